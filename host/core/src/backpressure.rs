@@ -1,0 +1,310 @@
+//! Per-connection bounded outbound queue ([`Outbox`]) and inbound token bucket.
+//!
+//! Producers (fan-out, command replies, direct sends) never block: a push onto a
+//! full queue drops the queue and asks the transport to close with 4008. The
+//! transport's writer takes everything queued in one go and writes it as one
+//! batch, so a busy socket gets one flush for many messages.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::protocol::{CloseCode, Frame};
+
+/// One queued outbound frame.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Encoded text frame (shared with other subscribers).
+    pub frame: Frame,
+    /// When the message was published, for publish-to-deliver latency.
+    pub published_at: Option<Instant>,
+}
+
+/// Why a push was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The queue was full: it was dropped and a 4008 close requested.
+    #[error("send queue full")]
+    Full,
+    /// The connection is closing; nothing more is accepted.
+    #[error("connection closing")]
+    Closed,
+}
+
+/// A close the transport should perform.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseRequest {
+    /// Close code.
+    pub code: CloseCode,
+    /// Write what is queued before closing (drain) or drop it (slow consumer, errors).
+    pub flush: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    frames: VecDeque<Outgoing>,
+    close: Option<CloseRequest>,
+}
+
+/// Bounded outbound queue of one connection.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    notify: Notify,
+    capacity: usize,
+    overflows: AtomicU32,
+}
+
+impl Outbox {
+    /// A queue holding at most `capacity` frames.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            capacity: capacity.max(1),
+            overflows: AtomicU32::new(0),
+        }
+    }
+
+    /// Queues a frame. On overflow the queue is dropped and close 4008 requested.
+    pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        if st.frames.len() >= self.capacity {
+            st.frames = VecDeque::new();
+            st.close = Some(CloseRequest {
+                code: CloseCode::SlowConsumer,
+                flush: false,
+            });
+            drop(st);
+            self.overflows.fetch_add(1, Ordering::Relaxed);
+            self.notify.notify_one();
+            return Err(PushError::Full);
+        }
+        let was_empty = st.frames.is_empty();
+        st.frames.push_back(item);
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a frame that is not tied to a publish.
+    pub fn push_frame(&self, frame: Frame) -> Result<(), PushError> {
+        self.push(Outgoing {
+            frame,
+            published_at: None,
+        })
+    }
+
+    /// Requests a close. The first request wins, except that an immediate close
+    /// overrides a pending flushing one. A non-flushing close drops the queue.
+    pub fn close(&self, code: CloseCode, flush: bool) {
+        let mut st = self.state.lock();
+        match st.close {
+            Some(CloseRequest { flush: false, .. }) => return,
+            Some(CloseRequest { flush: true, .. }) if flush => return,
+            _ => {}
+        }
+        st.close = Some(CloseRequest { code, flush });
+        if !flush {
+            st.frames = VecDeque::new();
+        }
+        drop(st);
+        self.notify.notify_one();
+    }
+
+    /// Whether a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.state.lock().close.is_some()
+    }
+
+    /// Moves everything queued into `out` (which should be empty) and reports a
+    /// pending close. A flushing close is reported only once the queue is empty.
+    pub fn take(&self, out: &mut VecDeque<Outgoing>) -> Option<CloseRequest> {
+        let mut st = self.state.lock();
+        std::mem::swap(&mut st.frames, out);
+        match st.close {
+            Some(c) if !c.flush => {
+                out.clear();
+                Some(c)
+            }
+            Some(c) if out.is_empty() => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Waits until something was pushed or a close requested.
+    pub async fn ready(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Times this queue overflowed (0 or 1 in practice).
+    pub fn overflows(&self) -> u32 {
+        self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// Frames currently queued.
+    pub fn len(&self) -> usize {
+        self.state.lock().frames.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Inbound token bucket: `rate` tokens per second up to `burst`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate: u32, burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Takes `cost` tokens if available.
+    pub fn try_take(&mut self, now: Instant, cost: u32) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let cost = f64::from(cost);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Counts offences within a sliding window; `hit` says when the limit is reached.
+#[derive(Debug, Clone)]
+pub struct Strikes {
+    count: u32,
+    window_start: Instant,
+    window: Duration,
+    limit: u32,
+}
+
+impl Strikes {
+    /// A counter allowing `limit` strikes per `window`.
+    pub fn new(limit: u32, window: Duration, now: Instant) -> Self {
+        Self {
+            count: 0,
+            window_start: now,
+            window,
+            limit,
+        }
+    }
+
+    /// Records one strike; true when the limit is reached.
+    pub fn hit(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.window_start) > self.window {
+            self.window_start = now;
+            self.count = 0;
+        }
+        self.count += 1;
+        self.count >= self.limit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(s: &'static str) -> Outgoing {
+        Outgoing {
+            frame: Frame::from_static(s),
+            published_at: None,
+        }
+    }
+
+    #[test]
+    fn overflow_drops_queue_and_requests_4008() {
+        let o = Outbox::new(2);
+        o.push(f("a")).expect("a");
+        o.push(f("b")).expect("b");
+        assert_eq!(o.push(f("c")), Err(PushError::Full));
+        assert_eq!(o.push(f("d")), Err(PushError::Closed));
+        let mut buf = VecDeque::new();
+        let close = o.take(&mut buf).expect("close");
+        assert_eq!(close.code, CloseCode::SlowConsumer);
+        assert!(buf.is_empty(), "queue dropped");
+        assert_eq!(o.overflows(), 1);
+    }
+
+    #[test]
+    fn flushing_close_waits_for_queue() {
+        let o = Outbox::new(8);
+        o.push(f("a")).expect("a");
+        o.close(CloseCode::GoingAway, true);
+        let mut buf = VecDeque::new();
+        assert!(o.take(&mut buf).is_none(), "queued frames go first");
+        assert_eq!(buf.len(), 1);
+        buf.clear();
+        assert_eq!(o.take(&mut buf).expect("then close").code, CloseCode::GoingAway);
+        // an immediate close overrides a pending flushing one
+        o.close(CloseCode::SlowConsumer, false);
+        assert_eq!(o.take(&mut buf).expect("close").code, CloseCode::SlowConsumer);
+        o.close(CloseCode::Normal, false);
+        assert_eq!(o.take(&mut buf).expect("close").code, CloseCode::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push() {
+        let o = std::sync::Arc::new(Outbox::new(4));
+        let o2 = o.clone();
+        let h = tokio::spawn(async move { o2.ready().await });
+        tokio::task::yield_now().await;
+        o.push(f("x")).expect("push");
+        tokio::time::timeout(Duration::from_secs(1), h)
+            .await
+            .expect("woken")
+            .expect("join");
+    }
+
+    #[test]
+    fn token_bucket_limits_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10, 5, t0);
+        let taken = (0..20).filter(|_| b.try_take(t0, 1)).count();
+        assert_eq!(taken, 5, "burst");
+        assert!(!b.try_take(t0 + Duration::from_millis(50), 1));
+        assert!(b.try_take(t0 + Duration::from_millis(150), 1), "refilled 1");
+        let later = t0 + Duration::from_secs(100);
+        let taken = (0..20).filter(|_| b.try_take(later, 1)).count();
+        assert_eq!(taken, 5, "capped at burst");
+    }
+
+    #[test]
+    fn strikes_window() {
+        let t0 = Instant::now();
+        let mut s = Strikes::new(3, Duration::from_secs(1), t0);
+        assert!(!s.hit(t0));
+        assert!(!s.hit(t0));
+        assert!(s.hit(t0));
+        let mut s = Strikes::new(3, Duration::from_secs(1), t0);
+        assert!(!s.hit(t0));
+        assert!(!s.hit(t0));
+        assert!(!s.hit(t0 + Duration::from_secs(2)), "window reset");
+    }
+}

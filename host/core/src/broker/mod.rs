@@ -1,0 +1,118 @@
+//! The broker seam: sequencing, history, recovery and cross-node delivery.
+//!
+//! A broker assigns each channel's `seq`, keeps history for recovery and hands
+//! every published message to [`Hub::deliver`](crate::hub::Hub::deliver) on every
+//! node that watches the channel. The embedded [`memory::MemoryBroker`] serves one
+//! node; `switchyard-redis` implements the same trait across nodes.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::value::RawValue;
+
+use crate::channel::ChannelKey;
+use crate::history::Recovery;
+use crate::protocol::StreamPosition;
+use crate::protocol::encode::PresenceEntry;
+
+/// Per-tenant channel settings the broker needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelOptions {
+    /// Messages kept per channel.
+    pub history_size: usize,
+    /// How long they are kept.
+    pub history_ttl: Duration,
+    /// `msgId` dedupe window (entries per channel).
+    pub dedupe_window: usize,
+}
+
+/// Outcome of a publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Seq assigned (for a duplicate: the seq first assigned).
+    pub seq: u64,
+    /// Channel epoch.
+    pub epoch: Arc<str>,
+    /// The `msgId` was seen before; nothing was delivered.
+    pub duplicate: bool,
+}
+
+/// Broker failures. Each maps to a protocol `error` code or HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// The backing store cannot be reached (`unavailable`, HTTP 503).
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// No node holds the addressed client (HTTP 404).
+    #[error("client not connected")]
+    NotFound,
+    /// Anything else.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// Broker health as shown by `/readyz`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerHealth {
+    /// Serving.
+    Up,
+    /// Not serving (reconnecting).
+    Down,
+}
+
+/// Sequencing, history and fan-out across nodes.
+///
+/// `watch`/`unwatch` are called once per local subscription (the broker keeps
+/// the count); `watch` returns once live messages for the channel reach this
+/// node's hub, so a subscriber that then asks for [`Broker::recover`] misses nothing.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// Short name for logs and metrics (`memory`, `redis`).
+    fn kind(&self) -> &'static str;
+
+    /// Publishes on a channel: dedupes by `msg_id`, assigns the next seq, records
+    /// history and delivers to every watching node.
+    async fn publish(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+    ) -> Result<Published, BrokerError>;
+
+    /// Current epoch and seq, plus missed messages after `since` when still in history.
+    async fn recover(
+        &self,
+        key: &ChannelKey,
+        since: Option<&StreamPosition>,
+        opts: &ChannelOptions,
+    ) -> Result<Recovery, BrokerError>;
+
+    /// A local subscription to `key` begins.
+    async fn watch(&self, key: &ChannelKey) -> Result<(), BrokerError>;
+
+    /// A local subscription to `key` ended.
+    async fn unwatch(&self, key: &ChannelKey);
+
+    /// Delivers `data` to client `client` of `tenant` on whichever node holds it.
+    async fn send_direct(
+        &self,
+        tenant: &str,
+        client: &str,
+        data: Arc<RawValue>,
+    ) -> Result<(), BrokerError>;
+
+    /// Clients present in a channel across nodes.
+    async fn presence(&self, key: &ChannelKey) -> Result<Vec<PresenceEntry>, BrokerError>;
+
+    /// Health for readiness.
+    fn health(&self) -> BrokerHealth {
+        BrokerHealth::Up
+    }
+
+    /// Stops background work (drain).
+    async fn shutdown(&self) {}
+}

@@ -1,0 +1,598 @@
+//! Gateway configuration: TOML file, every key optional, `SWITCHYARD_SECTION__KEY`
+//! environment overrides, unknown keys rejected with their path.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Errors raised while loading or validating configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// File that failed.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML.
+    #[error("invalid TOML: {0}")]
+    Syntax(String),
+    /// A key is unknown or has the wrong type; `path` names it (e.g. `limits.foo`).
+    #[error("{path}: {message}")]
+    Key {
+        /// Dotted path of the offending key.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An environment override could not be applied.
+    #[error("environment override {var}: {message}")]
+    Env {
+        /// Variable name.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// Values are individually valid but inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Listener and node identity.
+    pub server: ServerConfig,
+    /// Per-connection limits.
+    pub limits: Limits,
+    /// Message broker (embedded memory broker or Redis).
+    pub broker: BrokerConfig,
+    /// WebAssembly plugins folder and sandbox defaults.
+    pub plugins: PluginsConfig,
+    /// Admin API.
+    pub admin: AdminConfig,
+    /// Diagnostics endpoints.
+    pub diagnostics: DiagnosticsConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Tenants by id. `default` always exists.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut tenants = BTreeMap::new();
+        tenants.insert("default".to_owned(), TenantConfig::default());
+        Self {
+            server: ServerConfig::default(),
+            limits: Limits::default(),
+            broker: BrokerConfig::default(),
+            plugins: PluginsConfig::default(),
+            admin: AdminConfig::default(),
+            diagnostics: DiagnosticsConfig::default(),
+            log: LogConfig::default(),
+            tenants,
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Node id; default: hostname plus a random suffix.
+    pub node_id: String,
+    /// How long a graceful drain may take before remaining connections are cut.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// `reconnectIn` (milliseconds) announced to clients in `SERVER_SHUTDOWN`.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_in: Duration,
+    /// Name of the cookie carrying the node id on upgrade responses (sticky sessions); empty = none.
+    pub sticky_cookie: String,
+    /// Response header carrying the node id on upgrade responses; empty = none.
+    pub node_header: String,
+    /// Host header → tenant id mapping, used when the path names no tenant.
+    pub hosts: BTreeMap<String, String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            node_id: String::new(),
+            drain_timeout: Duration::from_secs(30),
+            reconnect_in: Duration::from_secs(2),
+            sticky_cookie: "SWITCHYARD_NODE".to_owned(),
+            node_header: "x-switchyard-node".to_owned(),
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted inbound message (bytes); larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Interval between server pings.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A peer silent this long is terminated (zombie).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Time allowed for the HTTP upgrade request to arrive.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Outbound queue length per connection before a slow-consumer close (4008).
+    pub send_queue_messages: usize,
+    /// Publish token-bucket refill rate per connection (messages per second).
+    pub publish_rate: u32,
+    /// Publish token-bucket capacity per connection.
+    pub publish_burst: u32,
+    /// Rejections (rate limited) within `abuse_window` before closing with 4029.
+    pub rate_limit_strikes: u32,
+    /// Malformed or unknown frames within `abuse_window` before closing with 1008.
+    pub protocol_strikes: u32,
+    /// Window over which strikes are counted.
+    #[serde(with = "humantime_serde")]
+    pub abuse_window: Duration,
+    /// Channels one connection may hold at once.
+    pub max_subscriptions: usize,
+    /// Connections a node accepts before answering 503 (overload).
+    pub max_connections: usize,
+    /// Grace period for a close handshake before the TCP connection is cut.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// WebSocket read buffer per connection (bytes).
+    pub read_buffer_bytes: usize,
+    /// `msgId` dedupe window per channel (entries).
+    pub dedupe_window: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 65536,
+            heartbeat_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            send_queue_messages: 1024,
+            publish_rate: 100,
+            publish_burst: 200,
+            rate_limit_strikes: 50,
+            protocol_strikes: 20,
+            abuse_window: Duration::from_secs(10),
+            max_subscriptions: 1024,
+            max_connections: 100_000,
+            close_timeout: Duration::from_secs(3),
+            read_buffer_bytes: 4096,
+            dedupe_window: 1024,
+        }
+    }
+}
+
+/// Broker kind.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// In-process broker (single node).
+    Memory,
+    /// Redis pub/sub + streams (multi node).
+    Redis,
+}
+
+/// `[broker]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory` or `redis`.
+    pub kind: BrokerKind,
+    /// Redis servers; several = consistent-hash shards.
+    pub redis_urls: Vec<String>,
+    /// Time-to-live of presence and client-directory entries (refreshed by heartbeats).
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: BrokerKind::Memory,
+            redis_urls: vec!["redis://127.0.0.1:6379".to_owned()],
+            presence_ttl: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[plugins]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Watched folder of `*.wasm` components; plugin name = file stem.
+    pub dir: PathBuf,
+    /// Folder for compiled-code cache (by content hash); empty = `<dir>/.cache`.
+    pub cache_dir: PathBuf,
+    /// Default per-call CPU deadline.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// Default per-instance memory cap (bytes).
+    pub memory_limit: usize,
+    /// Key-value entries one plugin may keep per tenant.
+    pub kv_max_entries: usize,
+    /// Whether the folder is watched for changes.
+    pub watch: bool,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("plugins"),
+            cache_dir: PathBuf::new(),
+            call_timeout: Duration::from_millis(10),
+            memory_limit: 64 << 20,
+            kv_max_entries: 100_000,
+            watch: true,
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`; empty = admin API off.
+    pub token: String,
+}
+
+/// `[diagnostics]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiagnosticsConfig {
+    /// Serve `GET /echo` through the normal connection machinery.
+    pub echo: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable.
+    #[default]
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info,switchyard=debug` (RUST_LOG wins when set).
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+/// `[tenants.<id>]`
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Allowed `Origin` values (`*` = any). Requests without `Origin` are always allowed.
+    pub origins: Vec<String>,
+    /// Bearer keys accepted by the HTTP API.
+    pub api_keys: Vec<String>,
+    /// Messages kept per channel for recovery.
+    pub history_size: usize,
+    /// How long history is kept.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Policies by role.
+    pub policies: PoliciesConfig,
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        Self {
+            origins: vec!["*".to_owned()],
+            api_keys: Vec::new(),
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            policies: PoliciesConfig::default(),
+        }
+    }
+}
+
+/// `[tenants.<id>.policies]`: one optional plugin per role.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoliciesConfig {
+    /// Authentication and authorization.
+    pub auth: Option<PolicyConfig>,
+    /// Publish routing.
+    pub router: Option<PolicyConfig>,
+    /// Rate limiting.
+    pub rate_limit: Option<PolicyConfig>,
+    /// State merge (conflict resolution).
+    pub merge: Option<PolicyConfig>,
+}
+
+/// What a failing plugin call decides.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Treat a failure as a denial.
+    Deny,
+    /// Treat a failure as the built-in default.
+    Allow,
+}
+
+/// One role's plugin mapping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// File stem in `plugins.dir`.
+    pub plugin: String,
+    /// Failure decision; default `deny`.
+    #[serde(default = "default_on_error")]
+    pub on_error: OnError,
+    /// Handed to the plugin as JSON.
+    #[serde(default = "empty_table")]
+    pub config: toml::Value,
+    /// Per-call CPU deadline override.
+    #[serde(default, with = "humantime_serde")]
+    pub call_timeout: Option<Duration>,
+    /// Memory cap override (bytes).
+    #[serde(default)]
+    pub memory_limit: Option<usize>,
+}
+
+fn default_on_error() -> OnError {
+    OnError::Deny
+}
+
+fn empty_table() -> toml::Value {
+    toml::Value::Table(toml::map::Map::new())
+}
+
+impl PolicyConfig {
+    /// The plugin config as JSON text.
+    pub fn config_json(&self) -> String {
+        serde_json::to_string(&self.config).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+impl Config {
+    /// Reads a file, applies environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml_with_env(&text, std::env::vars())
+    }
+
+    /// Parses TOML text and applies `SWITCHYARD_*` overrides from `env`.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut value: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut overrides: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SWITCHYARD_") && k.contains("__"))
+            .collect();
+        overrides.sort();
+        for (var, raw) in overrides {
+            apply_env(&mut value, &var, &raw)?;
+        }
+        let de = toml::Value::Table(value);
+        let mut cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::Key {
+                path,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        cfg.finish()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text without environment overrides.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml_with_env(text, std::iter::empty())
+    }
+
+    fn finish(&mut self) -> Result<(), ConfigError> {
+        self.tenants.entry("default".to_owned()).or_default();
+        if self.server.node_id.is_empty() {
+            self.server.node_id = default_node_id();
+        }
+        if self.plugins.cache_dir.as_os_str().is_empty() {
+            self.plugins.cache_dir = self.plugins.dir.join(".cache");
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 128 {
+            return Err(ConfigError::Invalid(
+                "limits.max_message_bytes must be at least 128".into(),
+            ));
+        }
+        if l.send_queue_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.send_queue_messages must be at least 1".into(),
+            ));
+        }
+        if l.heartbeat_interval.is_zero() || l.idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "limits.heartbeat_interval and limits.idle_timeout must be positive".into(),
+            ));
+        }
+        if l.publish_burst == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.publish_burst must be at least 1".into(),
+            ));
+        }
+        if self.broker.kind == BrokerKind::Redis && self.broker.redis_urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "broker.redis_urls must name at least one server when broker.kind = \"redis\""
+                    .into(),
+            ));
+        }
+        for (id, t) in &self.tenants {
+            if !crate::channel::valid_tenant(id) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenants.{id}: tenant ids are 1-64 characters of [A-Za-z0-9_-]"
+                )));
+            }
+            if t.history_size > 1_000_000 {
+                return Err(ConfigError::Invalid(format!(
+                    "tenants.{id}.history_size must be at most 1000000"
+                )));
+            }
+        }
+        for (host, tenant) in &self.server.hosts {
+            if !self.tenants.contains_key(tenant) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.hosts.{host}: unknown tenant {tenant:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "node".to_owned());
+    let suffix: u32 = rand::random();
+    format!("{host}-{:06x}", suffix & 0xff_ffff)
+}
+
+/// Applies `SWITCHYARD_A__B__C=value` as `a.b.c = value` (value parsed as TOML, else a string).
+fn apply_env(root: &mut toml::Table, var: &str, raw: &str) -> Result<(), ConfigError> {
+    let rest = &var["SWITCHYARD_".len()..];
+    let parts: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::Env {
+            var: var.to_owned(),
+            message: "empty path segment".into(),
+        });
+    }
+    let value = parse_env_value(raw);
+    let (last, dirs) = parts.split_last().ok_or_else(|| ConfigError::Env {
+        var: var.to_owned(),
+        message: "no key".into(),
+    })?;
+    let mut table = root;
+    for d in dirs {
+        let entry = table
+            .entry(d.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry.as_table_mut().ok_or_else(|| ConfigError::Env {
+            var: var.to_owned(),
+            message: format!("{d} is not a table"),
+        })?;
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&doc) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        Err(_) => toml::Value::String(raw.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = Config::from_toml("").expect("defaults");
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.limits.max_message_bytes, 65536);
+        assert!(c.tenants.contains_key("default"));
+        assert_eq!(c.broker.kind, BrokerKind::Memory);
+    }
+
+    #[test]
+    fn unknown_key_names_its_path() {
+        let err = Config::from_toml("[limits]\nmax_mesage_bytes = 5\n").unwrap_err();
+        let s = err.to_string();
+        assert!(s.contains("limits.max_mesage_bytes"), "{s}");
+        let err = Config::from_toml("[tenants.acme.policies.auth]\nplugin='x'\nbogus=1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tenants.acme.policies.auth.bogus"), "{err}");
+    }
+
+    #[test]
+    fn env_overrides_apply() {
+        let env = vec![
+            ("SWITCHYARD_LIMITS__PUBLISH_RATE".to_owned(), "7".to_owned()),
+            (
+                "SWITCHYARD_SERVER__LISTEN".to_owned(),
+                "127.0.0.1:9999".to_owned(),
+            ),
+            ("SWITCHYARD_LIMITS__IDLE_TIMEOUT".to_owned(), "5s".to_owned()),
+        ];
+        let c = Config::from_toml_with_env("[limits]\npublish_rate = 1\n", env).expect("ok");
+        assert_eq!(c.limits.publish_rate, 7);
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn policy_config_is_json() {
+        let c = Config::from_toml(
+            "[tenants.acme.policies.auth]\nplugin = \"jwt-auth\"\nconfig = { hs256_secret = \"s\", audience = \"acme\" }\n",
+        )
+        .expect("ok");
+        let p = c.tenants["acme"].policies.auth.as_ref().expect("auth");
+        assert_eq!(p.on_error, OnError::Deny);
+        let v: serde_json::Value = serde_json::from_str(&p.config_json()).expect("json");
+        assert_eq!(v["audience"], "acme");
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(Config::from_toml("[limits]\nsend_queue_messages = 0\n").is_err());
+        assert!(Config::from_toml("[server.hosts]\n\"a.test\" = \"nope\"\n").is_err());
+        assert!(Config::from_toml("[limits]\nidle_timeout = \"soon\"\n").is_err());
+    }
+}

@@ -1,0 +1,21 @@
+//! Switchyard core: the wire protocol, transport-agnostic sessions, channels,
+//! history, backpressure, the broker trait with the embedded memory broker, and
+//! the policy seam. No sockets live here.
+
+pub mod backpressure;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod dedupe;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod policy;
+pub mod protocol;
+pub mod publish;
+pub mod session;
+pub mod tenant;
+
+pub use config::Config;
+pub use node::Node;

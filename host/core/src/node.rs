@@ -1,0 +1,90 @@
+//! The node: everything a connection needs, shared by all of them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::broker::Broker;
+use crate::config::{Config, Limits};
+use crate::hub::{Hub, SessionId};
+use crate::metrics::Metrics;
+use crate::tenant::Tenants;
+
+/// Shared state of one gateway node.
+pub struct Node {
+    /// Node id.
+    pub id: Arc<str>,
+    /// Configuration at start (limits are fixed for the process lifetime).
+    pub config: Arc<Config>,
+    /// Local fan-out and registry.
+    pub hub: Arc<Hub>,
+    /// Sequencing, history, cross-node delivery.
+    pub broker: Arc<dyn Broker>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Tenants and their policies.
+    pub tenants: Tenants,
+    draining: AtomicBool,
+    next_session: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Assembles a node from its parts.
+    pub fn new(config: Arc<Config>, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Arc<Self> {
+        let tenants = Tenants::from_config(&config);
+        Arc::new(Self {
+            id: hub.node_id().clone(),
+            metrics: hub.metrics().clone(),
+            config,
+            hub,
+            broker,
+            tenants,
+            draining: AtomicBool::new(false),
+            next_session: AtomicU64::new(1),
+        })
+    }
+
+    /// A node with the embedded memory broker.
+    pub fn with_memory_broker(config: Arc<Config>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(
+            config.server.node_id.as_str(),
+            config.limits.send_queue_messages,
+            metrics,
+        ));
+        let broker = crate::broker::memory::MemoryBroker::new(hub.clone());
+        let idle = config
+            .tenants
+            .values()
+            .map(|t| t.history_ttl)
+            .max()
+            .unwrap_or_default();
+        broker.spawn_sweeper(std::time::Duration::from_secs(30), idle);
+        Self::new(config, hub, broker)
+    }
+
+    /// Limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether a drain began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Marks the node as draining (readiness fails, no new connections).
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}

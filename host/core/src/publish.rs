@@ -1,0 +1,164 @@
+//! The publish pipeline shared by WebSocket sessions and the HTTP API:
+//! rate-limit policy → authorize → route → broker, per destination channel.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use crate::broker::BrokerError;
+use crate::channel::{self, ChannelKey};
+use crate::node::Node;
+use crate::policy::{Denial, PublishRequest, RateDecision, RateKey, Route};
+use crate::protocol::ErrorCode;
+use crate::policy::Principal;
+use crate::tenant::Tenant;
+
+/// Most channels a router may fan one publish out to.
+pub const MAX_ROUTES: usize = 16;
+/// Longest delay a rate-limit policy may impose on one publish.
+pub const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// Why a publish failed; each maps to a protocol error code and HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Invalid channel name (from the client or a router).
+    #[error("{0}")]
+    BadChannel(String),
+    /// Refused by a policy.
+    #[error("{0}")]
+    Denied(Denial),
+    /// The broker failed.
+    #[error("{0}")]
+    Broker(#[from] BrokerError),
+}
+
+impl PublishError {
+    /// Protocol error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PublishError::BadChannel(_) => ErrorCode::BadChannel,
+            PublishError::Denied(Denial::RateLimited { .. }) => ErrorCode::RateLimited,
+            PublishError::Denied(_) => ErrorCode::Forbidden,
+            PublishError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
+            PublishError::Broker(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// HTTP status for the HTTP API.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            PublishError::BadChannel(_) => 400,
+            PublishError::Denied(Denial::Unauthorized(_)) => 401,
+            PublishError::Denied(Denial::RateLimited { .. }) => 429,
+            PublishError::Denied(_) => 403,
+            PublishError::Broker(BrokerError::Unavailable(_)) => 503,
+            PublishError::Broker(BrokerError::NotFound) => 404,
+            PublishError::Broker(BrokerError::Internal(_)) => 500,
+        }
+    }
+}
+
+/// One accepted destination.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// Channel published on.
+    pub channel: String,
+    /// Seq assigned.
+    pub seq: u64,
+    /// A repeated `msgId`: acknowledged, not delivered again.
+    pub duplicate: bool,
+}
+
+/// Runs the pipeline. An empty result means the router dropped the message.
+pub async fn publish(
+    node: &Node,
+    tenant: &Tenant,
+    principal: &Principal,
+    client: &str,
+    channel: &str,
+    data: Box<RawValue>,
+    msg_id: Option<&str>,
+) -> Result<Vec<Accepted>, PublishError> {
+    channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
+    let (targets, original, delay) = {
+        let policies = tenant.policies();
+        let key = RateKey {
+            principal: &principal.id,
+            client,
+            channel,
+        };
+        let delay = match policies.rate_limit.check(&key, 1) {
+            RateDecision::Allow => None,
+            RateDecision::Reject { retry_after_ms } => {
+                return Err(PublishError::Denied(Denial::RateLimited { retry_after_ms }));
+            }
+            RateDecision::Delay { ms } => Some(Duration::from_millis(ms).min(MAX_DELAY)),
+        };
+        policies
+            .auth
+            .authorize_publish(principal, channel, &data)
+            .map_err(PublishError::Denied)?;
+        let route = policies
+            .router
+            .route(&PublishRequest {
+                principal,
+                client,
+                channel,
+                data: &data,
+            })
+            .map_err(PublishError::Denied)?;
+        match route {
+            Route::Direct => (Vec::new(), true, delay),
+            Route::To(targets) => {
+                if targets.len() > MAX_ROUTES {
+                    return Err(PublishError::Denied(Denial::Failed(format!(
+                        "router returned {} routes (at most {MAX_ROUTES})",
+                        targets.len()
+                    ))));
+                }
+                for t in &targets {
+                    channel::validate(&t.channel).map_err(|e| {
+                        PublishError::Denied(Denial::Failed(format!(
+                            "router returned channel {:?}: {e}",
+                            t.channel
+                        )))
+                    })?;
+                }
+                (targets, false, delay)
+            }
+        }
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    let opts = tenant.channel_options();
+    let data: Arc<RawValue> = Arc::from(data);
+    let mut out = Vec::with_capacity(targets.len().max(1));
+    if original {
+        let key = ChannelKey::new(tenant.id.clone(), channel);
+        let p = node.broker.publish(&key, data, msg_id, &opts).await?;
+        node.metrics.publishes.inc();
+        out.push(Accepted {
+            channel: channel.to_owned(),
+            seq: p.seq,
+            duplicate: p.duplicate,
+        });
+        return Ok(out);
+    }
+    for t in targets {
+        let payload = match t.data {
+            Some(d) => Arc::from(d),
+            None => data.clone(),
+        };
+        let key = ChannelKey::new(tenant.id.clone(), t.channel.as_str());
+        let p = node.broker.publish(&key, payload, msg_id, &opts).await?;
+        node.metrics.publishes.inc();
+        out.push(Accepted {
+            channel: t.channel,
+            seq: p.seq,
+            duplicate: p.duplicate,
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,561 @@
+//! Transport-agnostic session: protocol v1 command handling for one client.
+//!
+//! A transport (WebSocket, SSE, long-poll) feeds inbound frames to a [`Handler`]
+//! and writes whatever the session's [`Outbox`] yields. The session never
+//! touches a socket, so its logic is tested without one.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::backpressure::{Outbox, Outgoing, Strikes, TokenBucket};
+use crate::broker::BrokerError;
+use crate::channel::{self, ChannelKey};
+use crate::hub::{Connection, SessionId, SubscriberInfo};
+use crate::node::Node;
+use crate::policy::{Denial, Principal};
+use crate::protocol::{
+    self, CloseCode, Command, CommandId, ErrorCode, Frame, ParseError, StreamPosition, encode,
+};
+use crate::publish::{self, PublishError};
+use crate::tenant::Tenant;
+use serde_json::value::RawValue;
+
+/// What a transport calls for each inbound data frame. `Err` closes the
+/// connection with that code.
+pub trait Handler: Send {
+    /// A text frame.
+    fn on_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), CloseCode>> + Send;
+    /// A binary frame.
+    fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Result<(), CloseCode>> + Send;
+    /// The queue the transport writes from.
+    fn outbox(&self) -> &Arc<Outbox>;
+}
+
+/// One client's protocol state.
+pub struct Session {
+    node: Arc<Node>,
+    tenant: Arc<Tenant>,
+    id: SessionId,
+    name: String,
+    client: Arc<str>,
+    principal: Principal,
+    principal_id: Arc<str>,
+    outbox: Arc<Outbox>,
+    subs: HashSet<Arc<str>>,
+    bucket: TokenBucket,
+    rate_strikes: Strikes,
+    protocol_strikes: Strikes,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    /// Opens a session: registers it on the node and queues `welcome`.
+    pub fn open(
+        node: Arc<Node>,
+        tenant: Arc<Tenant>,
+        client: Arc<str>,
+        principal: Principal,
+    ) -> Self {
+        let limits = node.limits().clone();
+        let now = Instant::now();
+        let outbox = Arc::new(Outbox::new(limits.send_queue_messages));
+        let id = node.next_session_id();
+        let principal_id: Arc<str> = Arc::from(principal.id.as_str());
+        node.hub.register(
+            &tenant.id,
+            &client,
+            Connection {
+                session: id,
+                outbox: outbox.clone(),
+                principal: principal_id.clone(),
+            },
+        );
+        node.metrics.connections_active.inc();
+        let name = uuid::Uuid::new_v4().to_string();
+        let heartbeat_ms = u64::try_from(limits.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
+        let _ = outbox.push_frame(encode::welcome(&name, &client, &node.id, heartbeat_ms));
+        Self {
+            tenant,
+            id,
+            name,
+            client,
+            principal,
+            principal_id,
+            outbox,
+            subs: HashSet::new(),
+            bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
+            rate_strikes: Strikes::new(limits.rate_limit_strikes, limits.abuse_window, now),
+            protocol_strikes: Strikes::new(limits.protocol_strikes, limits.abuse_window, now),
+            node,
+        }
+    }
+
+    /// Session id on this node.
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// Session name sent in `welcome`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Client id.
+    pub fn client(&self) -> &Arc<str> {
+        &self.client
+    }
+
+    /// Channels currently subscribed.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
+
+    fn reply(&self, frame: Frame) {
+        // A full queue requests close 4008 inside push; nothing else to do here.
+        let _ = self.outbox.push_frame(frame);
+    }
+
+    fn error(&self, id: Option<&RawValue>, code: ErrorCode, message: &str) {
+        self.reply(encode::error(id, code, message));
+    }
+
+    fn protocol_strike(&mut self) -> Result<(), CloseCode> {
+        if self.protocol_strikes.hit(Instant::now()) {
+            Err(CloseCode::Policy)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Handles one text frame.
+    pub async fn handle_text(&mut self, text: &str) -> Result<(), CloseCode> {
+        let cmd = match protocol::parse_command(text) {
+            Ok(c) => c,
+            Err(e) => {
+                let (code, reason) = match e {
+                    ParseError::UnknownType(_) => (ErrorCode::UnknownType, "unknown_type"),
+                    _ => (ErrorCode::BadRequest, "malformed"),
+                };
+                self.node.metrics.failed(reason);
+                let id = ParseError::recover_id(text);
+                self.error(id.as_deref(), code, &e.to_string());
+                return self.protocol_strike();
+            }
+        };
+        match cmd {
+            Command::Ping { id } => {
+                self.reply(encode::pong(id.as_deref()));
+                Ok(())
+            }
+            Command::Subscribe { id, channel, since } => {
+                self.subscribe(id, channel, since).await;
+                Ok(())
+            }
+            Command::Unsubscribe { id, channel } => {
+                self.unsubscribe(&channel).await;
+                self.reply(encode::unsubscribed(id.as_deref(), &channel));
+                Ok(())
+            }
+            Command::Publish {
+                id,
+                channel,
+                data,
+                msg_id,
+            } => self.publish(id, channel, data, msg_id).await,
+            Command::Presence { id, channel } => {
+                self.presence(id, channel).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Handles one binary frame (state patches arrive in a later version).
+    pub fn handle_binary(&mut self, _data: &[u8]) -> Result<(), CloseCode> {
+        self.node.metrics.failed("binary");
+        self.error(
+            None,
+            ErrorCode::Unsupported,
+            "binary frames are not supported by protocol v1 yet",
+        );
+        self.protocol_strike()
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<CommandId>,
+        channel: String,
+        since: Option<StreamPosition>,
+    ) {
+        let id = id.as_deref();
+        if let Err(e) = channel::validate(&channel) {
+            return self.error(id, ErrorCode::BadChannel, &e.to_string());
+        }
+        let name: Arc<str> = Arc::from(channel.as_str());
+        let resubscribe = self.subs.contains(&name);
+        if !resubscribe && self.subs.len() >= self.node.limits().max_subscriptions {
+            return self.error(
+                id,
+                ErrorCode::TooManySubscriptions,
+                "subscription limit reached",
+            );
+        }
+        let verdict = self
+            .tenant
+            .policies()
+            .auth
+            .authorize_subscribe(&self.principal, &channel);
+        if let Err(d) = verdict {
+            return self.error(id, denial_code(&d), &d.to_string());
+        }
+        let key = ChannelKey::new(self.tenant.id.clone(), name.clone());
+        if resubscribe {
+            self.unsubscribe(&channel).await;
+        }
+        self.node.hub.add(
+            &key,
+            SubscriberInfo {
+                session: self.id,
+                outbox: self.outbox.clone(),
+                client: self.client.clone(),
+                principal: self.principal_id.clone(),
+            },
+        );
+        if let Err(e) = self.node.broker.watch(&key).await {
+            self.node.hub.remove(&key, self.id);
+            return self.error(id, broker_code(&e), &e.to_string());
+        }
+        let opts = self.tenant.channel_options();
+        let rec = match self.node.broker.recover(&key, since.as_ref(), &opts).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.node.hub.remove(&key, self.id);
+                self.node.broker.unwatch(&key).await;
+                return self.error(id, broker_code(&e), &e.to_string());
+            }
+        };
+        self.subs.insert(name);
+        let mut head = Vec::with_capacity(1 + rec.messages.len());
+        head.push(Outgoing {
+            frame: encode::subscribed(id, &channel, &rec.epoch, rec.seq, rec.recovered),
+            published_at: None,
+        });
+        let mut last = rec.seq;
+        for m in &rec.messages {
+            last = last.max(m.seq);
+            head.push(Outgoing {
+                frame: encode::message(&channel, m.seq, &m.epoch, &m.data),
+                published_at: None,
+            });
+        }
+        self.node.hub.activate(&key, self.id, head, last);
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) {
+        if let Some(name) = self.subs.take(channel) {
+            let key = ChannelKey::new(self.tenant.id.clone(), name);
+            if self.node.hub.remove(&key, self.id) {
+                self.node.broker.unwatch(&key).await;
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        id: Option<CommandId>,
+        channel: String,
+        data: Box<RawValue>,
+        msg_id: Option<String>,
+    ) -> Result<(), CloseCode> {
+        let id = id.as_deref();
+        let now = Instant::now();
+        if !self.bucket.try_take(now, 1) {
+            self.node.metrics.failed("rate_limited");
+            if self.rate_strikes.hit(now) {
+                return Err(CloseCode::RateLimited);
+            }
+            self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
+            return Ok(());
+        }
+        let result = publish::publish(
+            &self.node,
+            &self.tenant,
+            &self.principal,
+            &self.client,
+            &channel,
+            data,
+            msg_id.as_deref(),
+        )
+        .await;
+        match result {
+            Ok(accepted) => {
+                let seqs: Vec<(String, u64)> =
+                    accepted.into_iter().map(|a| (a.channel, a.seq)).collect();
+                let frame = match seqs.as_slice() {
+                    [(ch, seq)] if *ch == channel => encode::ack(id, *seq),
+                    _ => encode::ack_routed(id, &channel, &seqs),
+                };
+                self.reply(frame);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, PublishError::Denied(Denial::RateLimited { .. }))
+                    && self.rate_strikes.hit(now)
+                {
+                    return Err(CloseCode::RateLimited);
+                }
+                self.error(id, e.code(), &e.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    async fn presence(&mut self, id: Option<CommandId>, channel: String) {
+        let id = id.as_deref();
+        if let Err(e) = channel::validate(&channel) {
+            return self.error(id, ErrorCode::BadChannel, &e.to_string());
+        }
+        let verdict = self
+            .tenant
+            .policies()
+            .auth
+            .authorize_subscribe(&self.principal, &channel);
+        if let Err(d) = verdict {
+            return self.error(id, denial_code(&d), &d.to_string());
+        }
+        let key = ChannelKey::new(self.tenant.id.clone(), channel.as_str());
+        match self.node.broker.presence(&key).await {
+            Ok(list) => self.reply(encode::presence(id, &channel, &list)),
+            Err(e) => self.error(id, broker_code(&e), &e.to_string()),
+        }
+    }
+
+    /// Leaves every channel and the registry. Called on every exit path (also by `Drop`).
+    pub async fn close(mut self) {
+        let subs: Vec<Arc<str>> = self.subs.drain().collect();
+        for name in subs {
+            let key = ChannelKey::new(self.tenant.id.clone(), name);
+            if self.node.hub.remove(&key, self.id) {
+                self.node.broker.unwatch(&key).await;
+            }
+        }
+        // Drop finishes the teardown (registry, gauge).
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for name in self.subs.drain() {
+            let key = ChannelKey::new(self.tenant.id.clone(), name);
+            if self.node.hub.remove(&key, self.id) {
+                let node = self.node.clone();
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    rt.spawn(async move { node.broker.unwatch(&key).await });
+                }
+            }
+        }
+        self.node
+            .hub
+            .unregister(&self.tenant.id, &self.client, self.id);
+        self.node.metrics.connections_active.dec();
+    }
+}
+
+impl Handler for Session {
+    async fn on_text(&mut self, text: Bytes) -> Result<(), CloseCode> {
+        match std::str::from_utf8(&text) {
+            Ok(s) => self.handle_text(s).await,
+            Err(_) => Err(CloseCode::InvalidPayload),
+        }
+    }
+
+    async fn on_binary(&mut self, data: Bytes) -> Result<(), CloseCode> {
+        self.handle_binary(&data)
+    }
+
+    fn outbox(&self) -> &Arc<Outbox> {
+        &self.outbox
+    }
+}
+
+fn denial_code(d: &Denial) -> ErrorCode {
+    match d {
+        Denial::RateLimited { .. } => ErrorCode::RateLimited,
+        _ => ErrorCode::Forbidden,
+    }
+}
+
+fn broker_code(e: &BrokerError) -> ErrorCode {
+    match e {
+        BrokerError::Unavailable(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use serde_json::Value;
+    use std::collections::VecDeque;
+
+    fn node(extra: &str) -> Arc<Node> {
+        let cfg = Config::from_toml(extra).expect("cfg");
+        Node::with_memory_broker(Arc::new(cfg))
+    }
+
+    fn open(node: &Arc<Node>, client: &str) -> Session {
+        let t = node.tenants.get("default").expect("tenant");
+        Session::open(node.clone(), t, Arc::from(client), Principal::anonymous())
+    }
+
+    fn frames(s: &Session) -> Vec<Value> {
+        let mut buf = VecDeque::new();
+        s.outbox.take(&mut buf);
+        buf.iter()
+            .map(|f| serde_json::from_str(f.frame.as_str()).expect("json"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn welcome_subscribe_publish_ack() {
+        let n = node("");
+        let mut a = open(&n, "a");
+        let mut b = open(&n, "b");
+        let w = frames(&a);
+        assert_eq!(w[0]["type"], "welcome");
+        assert_eq!(w[0]["client"], "a");
+        frames(&b);
+        a.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#).await.expect("ok");
+        let sub = frames(&a);
+        assert_eq!(sub[0]["type"], "subscribed");
+        assert_eq!(sub[0]["id"], 1);
+        assert_eq!(sub[0]["seq"], 0);
+        b.handle_text(r#"{"type":"publish","id":7,"channel":"room:1","data":{"t":"hi"},"msgId":"m1"}"#)
+            .await
+            .expect("ok");
+        let ack = frames(&b);
+        assert_eq!(ack[0], serde_json::json!({"type":"ack","id":7,"seq":1}));
+        let got = frames(&a);
+        assert_eq!(got[0]["type"], "message");
+        assert_eq!(got[0]["seq"], 1);
+        assert_eq!(got[0]["data"]["t"], "hi");
+        // a repeated msgId is acked with the same seq and not delivered again
+        b.handle_text(r#"{"type":"publish","id":8,"channel":"room:1","data":{"t":"hi"},"msgId":"m1"}"#)
+            .await
+            .expect("ok");
+        assert_eq!(frames(&b)[0]["seq"], 1);
+        assert!(frames(&a).is_empty());
+    }
+
+    #[tokio::test]
+    async fn recovery_and_epochs() {
+        let n = node("[tenants.default]\nhistory_size = 3\n");
+        let mut p = open(&n, "p");
+        for i in 0..5 {
+            p.handle_text(&format!(r#"{{"type":"publish","channel":"room:1","data":{i}}}"#))
+                .await
+                .expect("ok");
+        }
+        let mut s = open(&n, "s");
+        frames(&s);
+        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#).await.expect("ok");
+        let epoch = frames(&s)[0]["epoch"].as_str().expect("epoch").to_owned();
+        s.handle_text(&format!(
+            r#"{{"type":"subscribe","id":2,"channel":"room:1","since":{{"epoch":"{epoch}","seq":3}}}}"#
+        ))
+        .await
+        .expect("ok");
+        let f = frames(&s);
+        assert_eq!(f[0]["recovered"], true);
+        assert_eq!(f[0]["seq"], 5);
+        let seqs: Vec<u64> = f[1..].iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+        assert_eq!(seqs, vec![4, 5]);
+        // older than history
+        s.handle_text(&format!(
+            r#"{{"type":"subscribe","id":3,"channel":"room:1","since":{{"epoch":"{epoch}","seq":1}}}}"#
+        ))
+        .await
+        .expect("ok");
+        let f = frames(&s);
+        assert_eq!(f[0]["recovered"], false);
+        assert_eq!(f.len(), 1);
+        // stale epoch
+        s.handle_text(r#"{"type":"subscribe","id":4,"channel":"room:1","since":{"epoch":"old","seq":5}}"#)
+            .await
+            .expect("ok");
+        assert_eq!(frames(&s)[0]["recovered"], false);
+    }
+
+    #[tokio::test]
+    async fn malformed_input_gets_errors_then_abuse_closes() {
+        let n = node("[limits]\nprotocol_strikes = 3\n");
+        let mut s = open(&n, "s");
+        frames(&s);
+        s.handle_text("{nope").await.expect("kept");
+        let f = frames(&s);
+        assert_eq!(f[0]["type"], "error");
+        assert_eq!(f[0]["code"], "bad_request");
+        s.handle_text(r#"{"type":"dance","id":9}"#).await.expect("kept");
+        let f = frames(&s);
+        assert_eq!(f[0]["code"], "unknown_type");
+        assert_eq!(f[0]["id"], 9);
+        assert_eq!(s.handle_text("[]").await, Err(CloseCode::Policy));
+    }
+
+    #[tokio::test]
+    async fn rate_limit_errors_then_closes() {
+        let n = node("[limits]\npublish_rate = 1\npublish_burst = 2\nrate_limit_strikes = 3\n");
+        let mut s = open(&n, "s");
+        frames(&s);
+        let cmd = r#"{"type":"publish","id":1,"channel":"room:1","data":1}"#;
+        s.handle_text(cmd).await.expect("1");
+        s.handle_text(cmd).await.expect("2");
+        s.handle_text(cmd).await.expect("limited");
+        let f = frames(&s);
+        assert_eq!(f[2]["code"], "rate_limited");
+        assert_eq!(f[2]["id"], 1);
+        s.handle_text(cmd).await.expect("limited");
+        assert_eq!(s.handle_text(cmd).await, Err(CloseCode::RateLimited));
+    }
+
+    #[tokio::test]
+    async fn bad_channel_and_binary() {
+        let n = node("");
+        let mut s = open(&n, "s");
+        frames(&s);
+        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"nocolon"}"#).await.expect("ok");
+        assert_eq!(frames(&s)[0]["code"], "bad_channel");
+        s.handle_binary(&[1, 2, 3]).expect("kept");
+        assert_eq!(frames(&s)[0]["code"], "unsupported");
+        s.handle_text(r#"{"type":"ping","id":"x"}"#).await.expect("ok");
+        assert_eq!(frames(&s)[0], serde_json::json!({"type":"pong","id":"x"}));
+    }
+
+    #[tokio::test]
+    async fn teardown_leaves_channels_and_registry() {
+        let n = node("");
+        let mut s = open(&n, "s");
+        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#).await.expect("ok");
+        let key = ChannelKey::new("default", "room:1");
+        assert!(n.hub.has_subscribers(&key));
+        assert_eq!(n.hub.connection_count(), 1);
+        s.close().await;
+        assert!(!n.hub.has_subscribers(&key));
+        assert_eq!(n.hub.connection_count(), 0);
+        let s2 = open(&n, "s2");
+        drop(s2);
+        assert_eq!(n.hub.connection_count(), 0);
+    }
+}

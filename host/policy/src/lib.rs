@@ -1,0 +1,1 @@
+//! switchyard-policy (work in progress).

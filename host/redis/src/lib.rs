@@ -1,0 +1,1 @@
+//! switchyard-redis (work in progress).
