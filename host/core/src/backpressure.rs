@@ -14,13 +14,38 @@ use tokio::sync::Notify;
 
 use crate::protocol::{CloseCode, Frame};
 
+/// Called once a frame has been written to the socket (e.g. to XACK a directed message).
+pub type WrittenHook = std::sync::Arc<dyn Fn() + Send + Sync>;
+
 /// One queued outbound frame.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Outgoing {
-    /// Encoded text frame (shared with other subscribers).
+    /// Encoded frame (shared with other subscribers).
     pub frame: Frame,
     /// When the message was published, for publish-to-deliver latency.
     pub published_at: Option<Instant>,
+    /// Run after the frame was flushed to the socket.
+    pub on_written: Option<WrittenHook>,
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing")
+            .field("frame", &self.frame)
+            .field("published_at", &self.published_at)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outgoing {
+    /// A frame with no publish time and no hook.
+    pub fn frame(frame: Frame) -> Self {
+        Self {
+            frame,
+            published_at: None,
+            on_written: None,
+        }
+    }
 }
 
 /// Why a push was refused.
@@ -97,10 +122,7 @@ impl Outbox {
 
     /// Queues a frame that is not tied to a publish.
     pub fn push_frame(&self, frame: Frame) -> Result<(), PushError> {
-        self.push(Outgoing {
-            frame,
-            published_at: None,
-        })
+        self.push(Outgoing::frame(frame))
     }
 
     /// Requests a close. The first request wins, except that an immediate close
@@ -232,10 +254,7 @@ mod tests {
     use super::*;
 
     fn f(s: &'static str) -> Outgoing {
-        Outgoing {
-            frame: Frame::from_static(s),
-            published_at: None,
-        }
+        Outgoing::frame(Frame::from_static(s))
     }
 
     #[test]

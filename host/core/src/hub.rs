@@ -106,6 +106,7 @@ impl Hub {
         let item = Outgoing {
             frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
             published_at: Some(msg.published_at),
+            on_written: None,
         };
         let mut ch = entry.lock();
         for sub in &mut ch.subs {
@@ -333,6 +334,7 @@ mod tests {
         let head = vec![Outgoing {
             frame: encode::message("room:1", 3, "e", &msg(3).data),
             published_at: None,
+            on_written: None,
         }];
         h.activate(&key, 1, head, 3);
         h.deliver(&key, &msg(5));

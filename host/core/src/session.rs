@@ -250,6 +250,7 @@ impl Session {
         head.push(Outgoing {
             frame: encode::subscribed(id, &channel, &rec.epoch, rec.seq, rec.recovered),
             published_at: None,
+            on_written: None,
         });
         let mut last = rec.seq;
         for m in &rec.messages {
@@ -257,6 +258,7 @@ impl Session {
             head.push(Outgoing {
                 frame: encode::message(&channel, m.seq, &m.epoch, &m.data),
                 published_at: None,
+                on_written: None,
             });
         }
         self.node.hub.activate(&key, self.id, head, last);
