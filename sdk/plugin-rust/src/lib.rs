@@ -1,0 +1,1 @@
+//! switchyard-sdk (work in progress).
