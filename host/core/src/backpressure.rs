@@ -79,6 +79,7 @@ struct State {
 pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
+    close_notify: Notify,
     capacity: usize,
     overflows: AtomicU32,
 }
@@ -89,6 +90,7 @@ impl Outbox {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
+            close_notify: Notify::new(),
             capacity: capacity.max(1),
             overflows: AtomicU32::new(0),
         }
@@ -109,6 +111,7 @@ impl Outbox {
             drop(st);
             self.overflows.fetch_add(1, Ordering::Relaxed);
             self.notify.notify_one();
+            self.close_notify.notify_one();
             return Err(PushError::Full);
         }
         let was_empty = st.frames.is_empty();
@@ -140,6 +143,23 @@ impl Outbox {
         }
         drop(st);
         self.notify.notify_one();
+        if !flush {
+            self.close_notify.notify_one();
+        }
+    }
+
+    /// Waits until an immediate (non-flushing) close is requested, so a writer
+    /// blocked on a stalled socket can abandon its batch.
+    pub async fn closed(&self) {
+        loop {
+            if matches!(
+                self.state.lock().close,
+                Some(CloseRequest { flush: false, .. })
+            ) {
+                return;
+            }
+            self.close_notify.notified().await;
+        }
     }
 
     /// Whether a close was requested.
@@ -280,12 +300,21 @@ mod tests {
         assert!(o.take(&mut buf).is_none(), "queued frames go first");
         assert_eq!(buf.len(), 1);
         buf.clear();
-        assert_eq!(o.take(&mut buf).expect("then close").code, CloseCode::GoingAway);
+        assert_eq!(
+            o.take(&mut buf).expect("then close").code,
+            CloseCode::GoingAway
+        );
         // an immediate close overrides a pending flushing one
         o.close(CloseCode::SlowConsumer, false);
-        assert_eq!(o.take(&mut buf).expect("close").code, CloseCode::SlowConsumer);
+        assert_eq!(
+            o.take(&mut buf).expect("close").code,
+            CloseCode::SlowConsumer
+        );
         o.close(CloseCode::Normal, false);
-        assert_eq!(o.take(&mut buf).expect("close").code, CloseCode::SlowConsumer);
+        assert_eq!(
+            o.take(&mut buf).expect("close").code,
+            CloseCode::SlowConsumer
+        );
     }
 
     #[tokio::test]

@@ -569,7 +569,10 @@ mod tests {
                 "SWITCHYARD_SERVER__LISTEN".to_owned(),
                 "127.0.0.1:9999".to_owned(),
             ),
-            ("SWITCHYARD_LIMITS__IDLE_TIMEOUT".to_owned(), "5s".to_owned()),
+            (
+                "SWITCHYARD_LIMITS__IDLE_TIMEOUT".to_owned(),
+                "5s".to_owned(),
+            ),
         ];
         let c = Config::from_toml_with_env("[limits]\npublish_rate = 1\n", env).expect("ok");
         assert_eq!(c.limits.publish_rate, 7);

@@ -140,7 +140,12 @@ mod tests {
             h.push(now, msg(s));
         }
         assert_eq!(h.len(), 3);
-        let got: Vec<u64> = h.since(now, 2, 5).expect("covered").iter().map(|m| m.seq).collect();
+        let got: Vec<u64> = h
+            .since(now, 2, 5)
+            .expect("covered")
+            .iter()
+            .map(|m| m.seq)
+            .collect();
         assert_eq!(got, vec![3, 4, 5]);
         assert!(h.since(now, 1, 5).is_none(), "seq 2 was evicted");
         assert_eq!(h.since(now, 5, 5).expect("nothing missed").len(), 0);

@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use crate::backpressure::{Outbox, Outgoing, PushError};
+use crate::backpressure::{Outbox, Outgoing, PushError, WrittenHook};
 use crate::channel::ChannelKey;
 use crate::history::Message;
 use crate::metrics::Metrics;
@@ -72,6 +72,7 @@ pub struct Hub {
     connections: AtomicUsize,
     pending_limit: usize,
     metrics: Arc<Metrics>,
+    registry_changed: tokio::sync::Notify,
 }
 
 impl Hub {
@@ -85,6 +86,7 @@ impl Hub {
             connections: AtomicUsize::new(0),
             pending_limit: pending_limit.max(1),
             metrics,
+            registry_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -144,7 +146,13 @@ impl Hub {
 
     /// Ends recovery: queues `head` (the `subscribed` reply and replayed messages),
     /// then the live messages held meanwhile whose seq is above `last_seq`.
-    pub fn activate(&self, key: &ChannelKey, session: SessionId, head: Vec<Outgoing>, last_seq: u64) {
+    pub fn activate(
+        &self,
+        key: &ChannelKey,
+        session: SessionId,
+        head: Vec<Outgoing>,
+        last_seq: u64,
+    ) {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
             return;
         };
@@ -155,7 +163,12 @@ impl Hub {
         let pending = sub.pending.take().unwrap_or_default();
         let overflow = head
             .into_iter()
-            .chain(pending.into_iter().filter(|(seq, _)| *seq > last_seq).map(|(_, f)| f))
+            .chain(
+                pending
+                    .into_iter()
+                    .filter(|(seq, _)| *seq > last_seq)
+                    .map(|(_, f)| f),
+            )
             .any(|f| sub.outbox.push(f) == Err(PushError::Full));
         if overflow {
             self.metrics.send_queue_overflows.inc();
@@ -174,8 +187,9 @@ impl Hub {
             (ch.subs.len() != before, ch.subs.is_empty())
         };
         if empty {
-            self.channels
-                .remove_if(key, |_, e| Arc::ptr_eq(e, &entry) && e.lock().subs.is_empty());
+            self.channels.remove_if(key, |_, e| {
+                Arc::ptr_eq(e, &entry) && e.lock().subs.is_empty()
+            });
         }
         found
     }
@@ -220,6 +234,7 @@ impl Hub {
             .or_default()
             .push(conn);
         self.connections.fetch_add(1, Ordering::Relaxed);
+        self.registry_changed.notify_one();
     }
 
     /// Removes a connection from the registry.
@@ -234,6 +249,22 @@ impl Hub {
         self.clients.remove_if(&key, |_, l| l.is_empty());
         if removed {
             self.connections.fetch_sub(1, Ordering::Relaxed);
+            self.registry_changed.notify_one();
+        }
+    }
+
+    /// Signalled (one stored permit) whenever a connection registers or unregisters,
+    /// so a client directory (Redis broker) can sync without polling.
+    pub fn registry_changed(&self) -> &tokio::sync::Notify {
+        &self.registry_changed
+    }
+
+    /// Calls `f(tenant, client)` for every client with a connection here.
+    pub fn for_each_client(&self, mut f: impl FnMut(&Arc<str>, &Arc<str>)) {
+        for entry in &self.clients {
+            if !entry.value().is_empty() {
+                f(&entry.key().0, &entry.key().1);
+            }
         }
     }
 
@@ -246,13 +277,29 @@ impl Hub {
 
     /// Queues a `direct` message to every connection of a client. Returns how many got it.
     pub fn deliver_direct(&self, tenant: &str, client: &str, data: &RawValue) -> usize {
+        self.deliver_direct_with(tenant, client, data, None)
+    }
+
+    /// Like [`Hub::deliver_direct`], running `on_written` after a connection flushed
+    /// the frame (the Redis broker XACKs there).
+    pub fn deliver_direct_with(
+        &self,
+        tenant: &str,
+        client: &str,
+        data: &RawValue,
+        on_written: Option<WrittenHook>,
+    ) -> usize {
         let key = (Arc::from(tenant), Arc::from(client));
         let Some(list) = self.clients.get(&key).map(|l| l.clone()) else {
             return 0;
         };
-        let frame = encode::direct(data);
+        let item = Outgoing {
+            frame: encode::direct(data),
+            published_at: None,
+            on_written,
+        };
         list.iter()
-            .filter(|c| c.outbox.push_frame(frame.clone()).is_ok())
+            .filter(|c| c.outbox.push(item.clone()).is_ok())
             .count()
     }
 
@@ -302,7 +349,9 @@ mod tests {
     fn drain(o: &Outbox) -> Vec<String> {
         let mut buf = VecDeque::new();
         o.take(&mut buf);
-        buf.into_iter().map(|f| f.frame.as_str().to_owned()).collect()
+        buf.into_iter()
+            .map(|f| f.frame.as_str().to_owned())
+            .collect()
     }
 
     #[test]
@@ -340,7 +389,11 @@ mod tests {
         h.deliver(&key, &msg(5));
         let got: Vec<u64> = drain(&o)
             .iter()
-            .map(|s| serde_json::from_str::<serde_json::Value>(s).expect("json")["seq"].as_u64().expect("seq"))
+            .map(|s| {
+                serde_json::from_str::<serde_json::Value>(s).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
             .collect();
         assert_eq!(got, vec![3, 4, 5]);
     }
@@ -374,7 +427,15 @@ mod tests {
         assert!(!h.has_subscribers(&key));
         assert!(h.channel_keys().is_empty());
         let (t, c): (Arc<str>, Arc<str>) = ("t".into(), "c".into());
-        h.register(&t, &c, Connection { session: 7, outbox: o.clone(), principal: "".into() });
+        h.register(
+            &t,
+            &c,
+            Connection {
+                session: 7,
+                outbox: o.clone(),
+                principal: "".into(),
+            },
+        );
         assert_eq!(h.connection_count(), 1);
         let data = RawValue::from_string("\"hi\"".into()).expect("raw");
         assert_eq!(h.deliver_direct("t", "c", &data), 1);

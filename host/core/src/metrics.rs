@@ -109,7 +109,11 @@ impl Metrics {
                 "Upgrade requests refused, by reason",
                 m.handshake_rejections.clone(),
             );
-            r.register("switchyard_messages_in", "Inbound frames", m.messages_in.clone());
+            r.register(
+                "switchyard_messages_in",
+                "Inbound frames",
+                m.messages_in.clone(),
+            );
             r.register(
                 "switchyard_messages_out",
                 "Outbound frames written",
@@ -161,7 +165,9 @@ impl Metrics {
 
     /// Counts a closed connection.
     pub fn closed(&self, code: u16) {
-        self.connections_closed.get_or_create(&CodeLabel { code }).inc();
+        self.connections_closed
+            .get_or_create(&CodeLabel { code })
+            .inc();
     }
 
     /// Counts a failed inbound frame.

@@ -236,8 +236,8 @@ impl LwwDocument {
 
 impl MergeDocument for LwwDocument {
     fn apply(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
-        let serde_json::Value::Object(patch) = serde_json::from_slice(update)
-            .map_err(|e| MergeError::Invalid(e.to_string()))?
+        let serde_json::Value::Object(patch) =
+            serde_json::from_slice(update).map_err(|e| MergeError::Invalid(e.to_string()))?
         else {
             return Err(MergeError::Invalid("update must be a JSON object".into()));
         };
@@ -346,8 +346,15 @@ mod tests {
     fn lww_merge() {
         let p = PolicySet::default();
         let mut d = p.merge.open(b"{\"a\":1}").expect("open");
-        assert_eq!(d.apply(b"{\"a\":1}").expect("apply"), None, "no change, no broadcast");
-        let out = d.apply(b"{\"a\":2,\"b\":null,\"c\":3}").expect("apply").expect("changed");
+        assert_eq!(
+            d.apply(b"{\"a\":1}").expect("apply"),
+            None,
+            "no change, no broadcast"
+        );
+        let out = d
+            .apply(b"{\"a\":2,\"b\":null,\"c\":3}")
+            .expect("apply")
+            .expect("changed");
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         assert_eq!(v, serde_json::json!({"a":2,"c":3}));
         let snap: serde_json::Value = serde_json::from_slice(&d.snapshot()).expect("json");

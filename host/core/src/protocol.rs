@@ -132,10 +132,13 @@ pub fn parse_command(text: &str) -> Result<Command, ParseError> {
     if let Some(id) = &env.id {
         let first = id.get().as_bytes().first().copied();
         if !matches!(first, Some(b'0'..=b'9' | b'-' | b'"')) {
-            return Err(ParseError::Invalid("id must be a number or a string".into()));
+            return Err(ParseError::Invalid(
+                "id must be a number or a string".into(),
+            ));
         }
     }
-    let channel = |c: Option<String>| c.ok_or_else(|| ParseError::Invalid("missing \"channel\"".into()));
+    let channel =
+        |c: Option<String>| c.ok_or_else(|| ParseError::Invalid("missing \"channel\"".into()));
     match kind.as_ref() {
         "subscribe" => Ok(Command::Subscribe {
             id: env.id,
@@ -577,7 +580,10 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let c = parse_command(r#"{"type":"publish","id":"a","channel":"room:1","data":{"x":[1,2]},"msgId":"m1"}"#).expect("ok");
+        let c = parse_command(
+            r#"{"type":"publish","id":"a","channel":"room:1","data":{"x":[1,2]},"msgId":"m1"}"#,
+        )
+        .expect("ok");
         match c {
             Command::Publish { data, msg_id, .. } => {
                 assert_eq!(data.get(), r#"{"x":[1,2]}"#);
@@ -590,7 +596,10 @@ mod tests {
     #[test]
     fn rejects_bad_commands() {
         assert!(matches!(parse_command("{"), Err(ParseError::Malformed(_))));
-        assert!(matches!(parse_command("[1]"), Err(ParseError::Malformed(_))));
+        assert!(matches!(
+            parse_command("[1]"),
+            Err(ParseError::Malformed(_))
+        ));
         assert!(matches!(parse_command("{}"), Err(ParseError::MissingType)));
         assert!(matches!(
             parse_command(r#"{"type":"dance","id":3}"#),
@@ -605,7 +614,9 @@ mod tests {
             Err(ParseError::Invalid(_))
         ));
         assert_eq!(
-            ParseError::recover_id(r#"{"type":"dance","id":3}"#).expect("id").get(),
+            ParseError::recover_id(r#"{"type":"dance","id":3}"#)
+                .expect("id")
+                .get(),
             "3"
         );
     }

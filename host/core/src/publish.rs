@@ -9,9 +9,9 @@ use serde_json::value::RawValue;
 use crate::broker::BrokerError;
 use crate::channel::{self, ChannelKey};
 use crate::node::Node;
+use crate::policy::Principal;
 use crate::policy::{Denial, PublishRequest, RateDecision, RateKey, Route};
 use crate::protocol::ErrorCode;
-use crate::policy::Principal;
 use crate::tenant::Tenant;
 
 /// Most channels a router may fan one publish out to.
@@ -70,7 +70,7 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Runs the pipeline. An empty result means the router dropped the message.
+/// Runs the pipeline for a client publish. An empty result means the router dropped it.
 pub async fn publish(
     node: &Node,
     tenant: &Tenant,
@@ -80,6 +80,37 @@ pub async fn publish(
     data: Box<RawValue>,
     msg_id: Option<&str>,
 ) -> Result<Vec<Accepted>, PublishError> {
+    run(
+        node, tenant, principal, client, channel, data, msg_id, false,
+    )
+    .await
+}
+
+/// The pipeline for a server-side publish (HTTP API key): routed like any other,
+/// but not subject to the client rate-limit and publish-authorization policies.
+pub async fn publish_trusted(
+    node: &Node,
+    tenant: &Tenant,
+    principal: &Principal,
+    client: &str,
+    channel: &str,
+    data: Box<RawValue>,
+    msg_id: Option<&str>,
+) -> Result<Vec<Accepted>, PublishError> {
+    run(node, tenant, principal, client, channel, data, msg_id, true).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    node: &Node,
+    tenant: &Tenant,
+    principal: &Principal,
+    client: &str,
+    channel: &str,
+    data: Box<RawValue>,
+    msg_id: Option<&str>,
+    trusted: bool,
+) -> Result<Vec<Accepted>, PublishError> {
     channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
     let (targets, original, delay) = {
         let policies = tenant.policies();
@@ -88,17 +119,24 @@ pub async fn publish(
             client,
             channel,
         };
-        let delay = match policies.rate_limit.check(&key, 1) {
+        let decision = if trusted {
+            RateDecision::Allow
+        } else {
+            policies.rate_limit.check(&key, 1)
+        };
+        let delay = match decision {
             RateDecision::Allow => None,
             RateDecision::Reject { retry_after_ms } => {
                 return Err(PublishError::Denied(Denial::RateLimited { retry_after_ms }));
             }
             RateDecision::Delay { ms } => Some(Duration::from_millis(ms).min(MAX_DELAY)),
         };
-        policies
-            .auth
-            .authorize_publish(principal, channel, &data)
-            .map_err(PublishError::Denied)?;
+        if !trusted {
+            policies
+                .auth
+                .authorize_publish(principal, channel, &data)
+                .map_err(PublishError::Denied)?;
+        }
         let route = policies
             .router
             .route(&PublishRequest {

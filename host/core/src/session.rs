@@ -374,6 +374,20 @@ impl Drop for Session {
     }
 }
 
+impl<H: Handler> Handler for &mut H {
+    fn on_text(&mut self, text: Bytes) -> impl Future<Output = Result<(), CloseCode>> + Send {
+        (**self).on_text(text)
+    }
+
+    fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Result<(), CloseCode>> + Send {
+        (**self).on_binary(data)
+    }
+
+    fn outbox(&self) -> &Arc<Outbox> {
+        (**self).outbox()
+    }
+}
+
 impl Handler for Session {
     async fn on_text(&mut self, text: Bytes) -> Result<(), CloseCode> {
         match std::str::from_utf8(&text) {
@@ -439,14 +453,18 @@ mod tests {
         assert_eq!(w[0]["type"], "welcome");
         assert_eq!(w[0]["client"], "a");
         frames(&b);
-        a.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#).await.expect("ok");
+        a.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
         let sub = frames(&a);
         assert_eq!(sub[0]["type"], "subscribed");
         assert_eq!(sub[0]["id"], 1);
         assert_eq!(sub[0]["seq"], 0);
-        b.handle_text(r#"{"type":"publish","id":7,"channel":"room:1","data":{"t":"hi"},"msgId":"m1"}"#)
-            .await
-            .expect("ok");
+        b.handle_text(
+            r#"{"type":"publish","id":7,"channel":"room:1","data":{"t":"hi"},"msgId":"m1"}"#,
+        )
+        .await
+        .expect("ok");
         let ack = frames(&b);
         assert_eq!(ack[0], serde_json::json!({"type":"ack","id":7,"seq":1}));
         let got = frames(&a);
@@ -454,9 +472,11 @@ mod tests {
         assert_eq!(got[0]["seq"], 1);
         assert_eq!(got[0]["data"]["t"], "hi");
         // a repeated msgId is acked with the same seq and not delivered again
-        b.handle_text(r#"{"type":"publish","id":8,"channel":"room:1","data":{"t":"hi"},"msgId":"m1"}"#)
-            .await
-            .expect("ok");
+        b.handle_text(
+            r#"{"type":"publish","id":8,"channel":"room:1","data":{"t":"hi"},"msgId":"m1"}"#,
+        )
+        .await
+        .expect("ok");
         assert_eq!(frames(&b)[0]["seq"], 1);
         assert!(frames(&a).is_empty());
     }
@@ -466,13 +486,17 @@ mod tests {
         let n = node("[tenants.default]\nhistory_size = 3\n");
         let mut p = open(&n, "p");
         for i in 0..5 {
-            p.handle_text(&format!(r#"{{"type":"publish","channel":"room:1","data":{i}}}"#))
-                .await
-                .expect("ok");
+            p.handle_text(&format!(
+                r#"{{"type":"publish","channel":"room:1","data":{i}}}"#
+            ))
+            .await
+            .expect("ok");
         }
         let mut s = open(&n, "s");
         frames(&s);
-        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#).await.expect("ok");
+        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
         let epoch = frames(&s)[0]["epoch"].as_str().expect("epoch").to_owned();
         s.handle_text(&format!(
             r#"{{"type":"subscribe","id":2,"channel":"room:1","since":{{"epoch":"{epoch}","seq":3}}}}"#
@@ -482,7 +506,10 @@ mod tests {
         let f = frames(&s);
         assert_eq!(f[0]["recovered"], true);
         assert_eq!(f[0]["seq"], 5);
-        let seqs: Vec<u64> = f[1..].iter().map(|m| m["seq"].as_u64().expect("seq")).collect();
+        let seqs: Vec<u64> = f[1..]
+            .iter()
+            .map(|m| m["seq"].as_u64().expect("seq"))
+            .collect();
         assert_eq!(seqs, vec![4, 5]);
         // older than history
         s.handle_text(&format!(
@@ -494,9 +521,11 @@ mod tests {
         assert_eq!(f[0]["recovered"], false);
         assert_eq!(f.len(), 1);
         // stale epoch
-        s.handle_text(r#"{"type":"subscribe","id":4,"channel":"room:1","since":{"epoch":"old","seq":5}}"#)
-            .await
-            .expect("ok");
+        s.handle_text(
+            r#"{"type":"subscribe","id":4,"channel":"room:1","since":{"epoch":"old","seq":5}}"#,
+        )
+        .await
+        .expect("ok");
         assert_eq!(frames(&s)[0]["recovered"], false);
     }
 
@@ -509,7 +538,9 @@ mod tests {
         let f = frames(&s);
         assert_eq!(f[0]["type"], "error");
         assert_eq!(f[0]["code"], "bad_request");
-        s.handle_text(r#"{"type":"dance","id":9}"#).await.expect("kept");
+        s.handle_text(r#"{"type":"dance","id":9}"#)
+            .await
+            .expect("kept");
         let f = frames(&s);
         assert_eq!(f[0]["code"], "unknown_type");
         assert_eq!(f[0]["id"], 9);
@@ -537,11 +568,15 @@ mod tests {
         let n = node("");
         let mut s = open(&n, "s");
         frames(&s);
-        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"nocolon"}"#).await.expect("ok");
+        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"nocolon"}"#)
+            .await
+            .expect("ok");
         assert_eq!(frames(&s)[0]["code"], "bad_channel");
         s.handle_binary(&[1, 2, 3]).expect("kept");
         assert_eq!(frames(&s)[0]["code"], "unsupported");
-        s.handle_text(r#"{"type":"ping","id":"x"}"#).await.expect("ok");
+        s.handle_text(r#"{"type":"ping","id":"x"}"#)
+            .await
+            .expect("ok");
         assert_eq!(frames(&s)[0], serde_json::json!({"type":"pong","id":"x"}));
     }
 
@@ -549,7 +584,9 @@ mod tests {
     async fn teardown_leaves_channels_and_registry() {
         let n = node("");
         let mut s = open(&n, "s");
-        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#).await.expect("ok");
+        s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
         let key = ChannelKey::new("default", "room:1");
         assert!(n.hub.has_subscribers(&key));
         assert_eq!(n.hub.connection_count(), 1);

@@ -70,9 +70,9 @@ impl Tenant {
     /// Whether `key` is one of the tenant's API keys (constant-time per key).
     pub fn api_key_valid(&self, key: &str) -> bool {
         let cfg = self.config.load();
-        cfg.api_keys
-            .iter()
-            .fold(false, |ok, k| ok | constant_time_eq(k.as_bytes(), key.as_bytes()))
+        cfg.api_keys.iter().fold(false, |ok, k| {
+            ok | constant_time_eq(k.as_bytes(), key.as_bytes())
+        })
     }
 }
 
@@ -175,8 +175,16 @@ mod tests {
         let t = Tenants::from_config(&cfg);
         assert_eq!(&*t.resolve(Some("acme"), None).expect("acme").id, "acme");
         assert!(t.resolve(Some("nope"), None).is_none());
-        assert_eq!(&*t.resolve(None, Some("chat.acme.test:8080")).expect("host").id, "acme");
-        assert_eq!(&*t.resolve(None, Some("other")).expect("default").id, "default");
+        assert_eq!(
+            &*t.resolve(None, Some("chat.acme.test:8080"))
+                .expect("host")
+                .id,
+            "acme"
+        );
+        assert_eq!(
+            &*t.resolve(None, Some("other")).expect("default").id,
+            "default"
+        );
         let acme = t.get("acme").expect("acme");
         assert!(acme.origin_allowed("https://app.acme.test"));
         assert!(!acme.origin_allowed("https://evil.test"));

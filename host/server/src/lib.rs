@@ -1,1 +1,179 @@
-//! server
+//! Switchyard's HTTP side: the hyper server, WebSocket upgrade and transport,
+//! the HTTP API, metrics, health, admin and graceful drain.
+
+pub mod api;
+pub mod echo;
+pub mod handshake;
+pub mod response;
+pub mod routes;
+pub mod upgrade;
+pub mod websocket;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot_shim::Mutex;
+use switchyard_core::Node;
+use switchyard_core::backpressure::Outbox;
+use switchyard_core::protocol::{CloseCode, encode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+mod parking_lot_shim {
+    pub use std::sync::Mutex;
+}
+
+/// What `/admin/plugins` reports; provided by the plugin runtime.
+pub trait AdminSource: Send + Sync {
+    /// JSON list of plugins with name, role, hash, loaded-at, status, last error.
+    fn plugins(&self) -> serde_json::Value;
+}
+
+/// The server of one node.
+pub struct Server {
+    node: Arc<Node>,
+    admin: Option<Arc<dyn AdminSource>>,
+    open: AtomicUsize,
+    echo_conns: Mutex<HashMap<u64, Arc<Outbox>>>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("node", &self.node.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server for `node`.
+    pub fn new(node: Arc<Node>, admin: Option<Arc<dyn AdminSource>>) -> Arc<Self> {
+        let (stop, _) = watch::channel(false);
+        Arc::new(Self {
+            node,
+            admin,
+            open: AtomicUsize::new(0),
+            echo_conns: Mutex::new(HashMap::new()),
+            stop,
+        })
+    }
+
+    /// The node served.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// Open WebSocket connections (sessions and echo).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Accepts connections until [`Server::stop_accepting`] is called.
+    pub async fn run(self: &Arc<Self>, listener: TcpListener) {
+        let mut stop = self.stop.subscribe();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let _ = stream.set_nodelay(true);
+                        let this = self.clone();
+                        tokio::spawn(async move { this.serve_connection(stream, remote).await });
+                    }
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        tracing::info!("listener closed");
+    }
+
+    async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream, remote: SocketAddr) {
+        let io = TokioIo::new(stream);
+        let this = self.clone();
+        let svc = service_fn(move |req| {
+            let this = this.clone();
+            async move { Ok::<_, std::convert::Infallible>(routes::route(&this, req, remote).await) }
+        });
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.node.limits().handshake_timeout)
+            .max_buf_size(64 * 1024);
+        if let Err(e) = builder.serve_connection(io, svc).with_upgrades().await {
+            tracing::debug!(%remote, error = %e, "http connection ended with error");
+        }
+    }
+
+    /// Stops the accept loop (drain step 1).
+    pub fn stop_accepting(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Sends `SERVER_SHUTDOWN` to every client and closes it with 1001 once its
+    /// queue is flushed (drain step 2).
+    pub fn announce_shutdown(&self) {
+        let reconnect_ms =
+            u64::try_from(self.node.config.server.reconnect_in.as_millis()).unwrap_or(2000);
+        let frame = encode::shutdown(reconnect_ms);
+        self.node.hub.for_each_connection(|c| {
+            let _ = c.outbox.push_frame(frame.clone());
+            c.outbox.close(CloseCode::GoingAway, true);
+        });
+        if let Ok(echo) = self.echo_conns.lock() {
+            for o in echo.values() {
+                o.close(CloseCode::GoingAway, true);
+            }
+        }
+    }
+
+    /// Graceful drain: readiness fails, the listener stops, clients are told to
+    /// reconnect elsewhere and closed with 1001; returns when all are gone or at
+    /// `drain_timeout`. Returns the connections still open.
+    pub async fn drain(&self) -> usize {
+        self.node.start_drain();
+        self.stop_accepting();
+        self.announce_shutdown();
+        let deadline = tokio::time::Instant::now() + self.node.config.server.drain_timeout;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.node.broker.shutdown().await;
+        self.open_connections()
+    }
+
+    pub(crate) fn conn_opened(&self) -> usize {
+        self.open.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub(crate) fn conn_closed(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn track_echo(&self, id: u64, outbox: Option<Arc<Outbox>>) {
+        if let Ok(mut m) = self.echo_conns.lock() {
+            match outbox {
+                Some(o) => {
+                    m.insert(id, o);
+                }
+                None => {
+                    m.remove(&id);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn admin(&self) -> Option<&Arc<dyn AdminSource>> {
+        self.admin.as_ref()
+    }
+}

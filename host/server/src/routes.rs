@@ -1,0 +1,104 @@
+//! Request routing: one place that maps method + path to a handler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::Server;
+use crate::response::{Resp, json_error, json_ok, text};
+use crate::{api, upgrade};
+
+/// Dispatches one request.
+pub async fn route(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    let path = req.uri().path().to_owned();
+    let node = server.node();
+    match (req.method(), path.as_str()) {
+        (_, "/ws") => upgrade::session(server, req, remote, None).await,
+        (_, p) if p.starts_with("/ws/") => {
+            let tenant = p["/ws/".len()..].trim_end_matches('/').to_owned();
+            upgrade::session(server, req, remote, Some(tenant)).await
+        }
+        (_, "/echo") => {
+            if node.config.diagnostics.echo {
+                upgrade::echo(server, req).await
+            } else {
+                text(
+                    StatusCode::NOT_FOUND,
+                    "echo is disabled ([diagnostics] echo = false)\n",
+                )
+            }
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if node.is_draining() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if node.broker.health() != switchyard_core::broker::BrokerHealth::Up {
+                text(StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            let mut r = text(StatusCode::OK, node.metrics.encode());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            r
+        }
+        (&Method::POST, "/api/publish") | (&Method::POST, "/api/send") => {
+            let (parts, body) = req.into_parts();
+            let limit = node.limits().max_message_bytes + 1024;
+            let body = match Limited::new(body, limit).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_big",
+                        "request body exceeds limits.max_message_bytes",
+                    );
+                }
+            };
+            if path == "/api/publish" {
+                api::publish(node, &parts.headers, body).await
+            } else {
+                api::send(node, &parts.headers, body).await
+            }
+        }
+        (&Method::GET, "/admin/plugins") => admin_plugins(server, &req),
+        (_, "/api/publish" | "/api/send" | "/healthz" | "/readyz" | "/metrics") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
+    }
+}
+
+fn admin_plugins(server: &Arc<Server>, req: &Request<Incoming>) -> Resp {
+    let token = &server.node().config.admin.token;
+    if token.is_empty() {
+        return text(
+            StatusCode::NOT_FOUND,
+            "admin API is off ([admin] token is empty)\n",
+        );
+    }
+    let given = crate::handshake::bearer_token(req.headers(), "").unwrap_or_default();
+    let ok = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |a, (x, y)| a | (x ^ y))
+            == 0;
+    if !ok {
+        return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "bad admin token");
+    }
+    let plugins = server
+        .admin()
+        .map_or_else(|| serde_json::Value::Array(Vec::new()), |a| a.plugins());
+    json_ok(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
+}

@@ -1,0 +1,254 @@
+//! The upgrade endpoints: `/ws[/{tenant}]` (protocol sessions) and `/echo`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use switchyard_core::policy::{ConnectRequest, Denial};
+use switchyard_core::session::{Handler, Session};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::Instrument;
+
+use crate::Server;
+use crate::echo::Echo;
+use crate::handshake::{self, HandshakeError, Upgrade};
+use crate::response::{Resp, text};
+use crate::websocket::{self, TransportLimits};
+
+fn refuse(server: &Server, e: HandshakeError) -> Resp {
+    server.node().metrics.rejected(e.reason());
+    let mut r = text(e.status(), format!("{e}\n"));
+    match e {
+        HandshakeError::Version => {
+            r.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        HandshakeError::NotUpgrade => {
+            r.headers_mut()
+                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        }
+        _ => {}
+    }
+    r
+}
+
+fn ws_config(server: &Server) -> WebSocketConfig {
+    let l = server.node().limits();
+    WebSocketConfig::default()
+        .read_buffer_size(l.read_buffer_bytes.max(256))
+        .write_buffer_size(0)
+        .max_message_size(Some(l.max_message_bytes))
+        .max_frame_size(Some(l.max_message_bytes))
+}
+
+fn transport_limits(server: &Server) -> TransportLimits {
+    let l = server.node().limits();
+    TransportLimits {
+        heartbeat_interval: l.heartbeat_interval,
+        idle_timeout: l.idle_timeout,
+        close_timeout: l.close_timeout,
+    }
+}
+
+fn switching(up: &Upgrade, server: &Server) -> Resp {
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&up.accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = up.subprotocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    let cfg = &server.node().config.server;
+    let node = &server.node().id;
+    if !cfg.node_header.is_empty()
+        && let (Ok(name), Ok(v)) = (
+            header::HeaderName::from_bytes(cfg.node_header.as_bytes()),
+            HeaderValue::from_str(node),
+        )
+    {
+        h.insert(name, v);
+    }
+    if !cfg.sticky_cookie.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{}={node}; Path=/; HttpOnly; SameSite=Lax",
+            cfg.sticky_cookie
+        ))
+    {
+        h.insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+fn precheck(server: &Server, req: &Request<Incoming>) -> Result<Upgrade, HandshakeError> {
+    let up = handshake::validate(req.method(), req.headers())?;
+    if server.node().is_draining() {
+        return Err(HandshakeError::Draining);
+    }
+    if server.open_connections() >= server.node().limits().max_connections {
+        return Err(HandshakeError::Overloaded);
+    }
+    Ok(up)
+}
+
+/// `/ws` and `/ws/{tenant}`.
+pub async fn session(
+    server: &Arc<Server>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    path_tenant: Option<String>,
+) -> Resp {
+    let up = match precheck(server, &req) {
+        Ok(u) => u,
+        Err(e) => return refuse(server, e),
+    };
+    let node = server.node().clone();
+    let headers = req.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let Some(tenant) = node.tenants.resolve(path_tenant.as_deref(), host) else {
+        return refuse(server, HandshakeError::UnknownTenant);
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| tenant.origin_allowed(o));
+        if !ok {
+            return refuse(server, HandshakeError::Origin);
+        }
+    }
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let client_id = match headers
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| handshake::query_param(&query, "client_id"))
+    {
+        Some(id) if handshake::valid_client_id(&id) => id,
+        Some(_) => return refuse(server, HandshakeError::ClientId),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let connect = ConnectRequest {
+        tenant: tenant.id.to_string(),
+        path: req.uri().path().to_owned(),
+        query: query.clone(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        remote_addr: remote.to_string(),
+        client_id: client_id.clone(),
+        token: handshake::bearer_token(headers, &query),
+    };
+    let verdict = tenant.policies().auth.authenticate(&connect);
+    let principal = match verdict {
+        Ok(p) => p,
+        Err(Denial::Forbidden(m)) => return refuse(server, HandshakeError::Forbidden(m)),
+        Err(Denial::RateLimited { .. }) => return refuse(server, HandshakeError::RateLimited),
+        Err(d) => return refuse(server, HandshakeError::Unauthorized(d.to_string())),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = switching(&up, server);
+    let server = server.clone();
+    let span = tracing::info_span!(
+        "ws.connection",
+        tenant = %tenant.id,
+        client = %client_id,
+        peer = %remote,
+        traceparent = %traceparent,
+    );
+    server.conn_opened();
+    let config = ws_config(&server);
+    let limits = transport_limits(&server);
+    tokio::spawn(
+        async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upgrade failed");
+                    server.conn_closed();
+                    return;
+                }
+            };
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            let metrics = node.metrics.clone();
+            metrics
+                .connections_opened
+                .get_or_create(&switchyard_core::metrics::TransportLabel { transport: "ws" })
+                .inc();
+            let session = Session::open(node, tenant, Arc::from(client_id.as_str()), principal);
+            tracing::debug!(session = session.name(), "connected");
+            let (ended, session) = drive_owned(ws, session, limits, &metrics).await;
+            session.close().await;
+            metrics.closed(ended.code());
+            tracing::debug!(?ended, "disconnected");
+            server.conn_closed();
+        }
+        .instrument(span),
+    );
+    response
+}
+
+/// Runs the transport and hands the handler back for teardown.
+async fn drive_owned<H: Handler>(
+    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    handler: H,
+    limits: TransportLimits,
+    metrics: &switchyard_core::metrics::Metrics,
+) -> (websocket::Ended, H) {
+    let mut handler = handler;
+    let ended = websocket::drive(ws, &mut handler, limits, metrics).await;
+    (ended, handler)
+}
+
+/// `/echo` (diagnostics).
+pub async fn echo(server: &Arc<Server>, mut req: Request<Incoming>) -> Resp {
+    let up = match precheck(server, &req) {
+        Ok(u) => u,
+        Err(e) => return refuse(server, e),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = switching(&up, server);
+    let server = server.clone();
+    server.conn_opened();
+    let config = ws_config(&server);
+    let limits = transport_limits(&server);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            server.conn_closed();
+            return;
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let node = server.node().clone();
+        node.metrics
+            .connections_opened
+            .get_or_create(&switchyard_core::metrics::TransportLabel { transport: "echo" })
+            .inc();
+        let echo = Echo::new(node.limits().send_queue_messages);
+        let id = node.next_session_id();
+        server.track_echo(id, Some(echo.outbox().clone()));
+        let (ended, _echo) = drive_owned(ws, echo, limits, &node.metrics).await;
+        server.track_echo(id, None);
+        node.metrics.closed(ended.code());
+        server.conn_closed();
+    });
+    response
+}

@@ -1,0 +1,280 @@
+//! The WebSocket transport: drives a [`Handler`] over any `Sink + Stream` of
+//! tungstenite messages (a real socket, or an in-memory pair in tests).
+//!
+//! One task per connection runs two futures: the reader (inbound frames →
+//! handler) and the writer (outbox → socket, heartbeats, zombie detection).
+//! The writer takes everything queued at once and flushes it as one batch,
+//! so a busy connection costs one write for many messages. Closes always try
+//! the close handshake, bounded by `close_timeout`, then the socket is dropped.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
+use switchyard_core::metrics::Metrics;
+use switchyard_core::protocol::{CloseCode, Frame};
+use switchyard_core::session::Handler;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+/// Timing limits of the transport.
+#[derive(Debug, Clone, Copy)]
+pub struct TransportLimits {
+    /// Ping interval.
+    pub heartbeat_interval: Duration,
+    /// Silence after which the peer is terminated.
+    pub idle_timeout: Duration,
+    /// Grace period for the close handshake.
+    pub close_timeout: Duration,
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A close frame with this code was exchanged or sent (server- or peer-initiated).
+    Closed(u16),
+    /// Silent past the idle timeout: terminated without a handshake.
+    Zombie,
+    /// The socket failed or vanished.
+    Dropped,
+}
+
+impl Ended {
+    /// Code used for the closed-connections metric (1006 = abnormal).
+    pub fn code(self) -> u16 {
+        match self {
+            Ended::Closed(c) => c,
+            Ended::Zombie | Ended::Dropped => 1006,
+        }
+    }
+}
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_micros() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Converts an outbound frame to a tungstenite message without copying.
+pub fn to_message(frame: Frame) -> Message {
+    if frame.is_binary() {
+        Message::Binary(frame.into_bytes())
+    } else {
+        let bytes = frame.into_bytes();
+        // SAFETY: text `Frame`s are valid UTF-8 by construction (built from
+        // `String`, `&'static str` or checked bytes; see `Frame`).
+        #[allow(unsafe_code)]
+        let text = unsafe { Utf8Bytes::from_bytes_unchecked(bytes) };
+        Message::Text(text)
+    }
+}
+
+fn close_message(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: WsCloseCode::from(code),
+        reason: Utf8Bytes::from_static(reason),
+    }))
+}
+
+fn error_close(e: &WsError) -> Option<CloseCode> {
+    match e {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(CloseCode::TooBig),
+        WsError::Capacity(_) => Some(CloseCode::TooBig),
+        WsError::Utf8(_) => Some(CloseCode::InvalidPayload),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+        | WsError::ConnectionClosed
+        | WsError::AlreadyClosed
+        | WsError::Io(_) => None,
+        WsError::Protocol(_) => Some(CloseCode::ProtocolError),
+        _ => Some(CloseCode::ProtocolError),
+    }
+}
+
+enum WriterEnd {
+    /// Close frame sent (or attempted) with this code.
+    Closed(u16),
+    Zombie,
+    Failed,
+}
+
+/// Runs a connection to its end. The handler is dropped when this returns.
+pub async fn drive<S, H>(ws: S, mut handler: H, limits: TransportLimits, metrics: &Metrics) -> Ended
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
+    H: Handler,
+{
+    let outbox = handler.outbox().clone();
+    let (mut sink, mut stream) = ws.split();
+    let last_seen = AtomicU64::new(now_micros());
+    let peer_close = AtomicU64::new(0);
+
+    let reader = async {
+        let mut closing = false;
+        while let Some(item) = stream.next().await {
+            last_seen.store(now_micros(), Ordering::Relaxed);
+            match item {
+                Ok(Message::Text(t)) if !closing => {
+                    metrics.messages_in.inc();
+                    metrics.frame_size.observe(t.len() as f64);
+                    if let Err(code) = handler.on_text(Bytes::from(t)).await {
+                        outbox.close(code, false);
+                        closing = true;
+                    }
+                }
+                Ok(Message::Binary(b)) if !closing => {
+                    metrics.messages_in.inc();
+                    metrics.frame_size.observe(b.len() as f64);
+                    if let Err(code) = handler.on_binary(b).await {
+                        outbox.close(code, false);
+                        closing = true;
+                    }
+                }
+                Ok(Message::Pong(p)) => {
+                    if let Ok(raw) = <[u8; 8]>::try_from(p.as_ref()) {
+                        let sent = u64::from_be_bytes(raw);
+                        let now = now_micros();
+                        if sent <= now {
+                            metrics
+                                .heartbeat_rtt
+                                .observe(Duration::from_micros(now - sent).as_secs_f64());
+                        }
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    // tungstenite queues the close reply; keep polling to flush it.
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    peer_close.store(u64::from(code), Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(code) = error_close(&e) {
+                        metrics.failed(match code {
+                            CloseCode::TooBig => "too_big",
+                            CloseCode::InvalidPayload => "invalid_utf8",
+                            _ => "protocol",
+                        });
+                        outbox.close(code, false);
+                        // Give the writer a chance to send the close frame.
+                        return true;
+                    }
+                    return false;
+                }
+            }
+        }
+        false
+    };
+
+    let writer = async {
+        let mut batch: VecDeque<Outgoing> = VecDeque::new();
+        let start = tokio::time::Instant::now() + limits.heartbeat_interval;
+        let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = outbox.ready() => {}
+                _ = tick.tick() => {
+                    let silent = now_micros().saturating_sub(last_seen.load(Ordering::Relaxed));
+                    if Duration::from_micros(silent) > limits.idle_timeout {
+                        return WriterEnd::Zombie;
+                    }
+                    let ping = Message::Ping(Bytes::copy_from_slice(&now_micros().to_be_bytes()));
+                    if sink.send(ping).await.is_err() {
+                        return WriterEnd::Failed;
+                    }
+                    continue;
+                }
+            }
+            loop {
+                let close = outbox.take(&mut batch);
+                if !batch.is_empty() {
+                    let n = batch.len() as u64;
+                    let oldest = batch.iter().filter_map(|o| o.published_at).min();
+                    let write = async {
+                        let mut hooks = Vec::new();
+                        for item in batch.drain(..) {
+                            if let Some(h) = item.on_written {
+                                hooks.push(h);
+                            }
+                            sink.feed(to_message(item.frame)).await?;
+                        }
+                        sink.flush().await?;
+                        for h in hooks {
+                            h();
+                        }
+                        Ok::<(), WsError>(())
+                    };
+                    tokio::select! {
+                        r = write => {
+                            if r.is_err() {
+                                return WriterEnd::Failed;
+                            }
+                            metrics.messages_out.inc_by(n);
+                            if let Some(t) = oldest {
+                                metrics.publish_latency.observe(t.elapsed().as_secs_f64());
+                            }
+                        }
+                        () = outbox.closed() => {
+                            batch.clear();
+                            continue;
+                        }
+                    }
+                }
+                if let Some(CloseRequest { code, .. }) = close {
+                    let send = sink.send(close_message(code.code(), code.reason()));
+                    let _ = tokio::time::timeout(limits.close_timeout, send).await;
+                    return WriterEnd::Closed(code.code());
+                }
+                if batch.is_empty() && outbox.is_empty() {
+                    break;
+                }
+            }
+        }
+    };
+
+    tokio::pin!(reader, writer);
+    let peer_code = || match peer_close.load(Ordering::Relaxed) {
+        0 => None,
+        c => u16::try_from(c).ok(),
+    };
+    tokio::select! {
+        wants_close = &mut reader => {
+            if let Some(code) = peer_code() {
+                return Ended::Closed(code);
+            }
+            if wants_close {
+                // Reader hit a protocol error and asked for a close: let the writer send it.
+                return match tokio::time::timeout(limits.close_timeout, &mut writer).await {
+                    Ok(WriterEnd::Closed(c)) => Ended::Closed(c),
+                    _ => Ended::Dropped,
+                };
+            }
+            Ended::Dropped
+        }
+        end = &mut writer => match end {
+            WriterEnd::Closed(code) => {
+                // Wait (bounded) for the peer's close reply, reading to the end.
+                let _ = tokio::time::timeout(limits.close_timeout, &mut reader).await;
+                Ended::Closed(code)
+            }
+            WriterEnd::Zombie => {
+                metrics.zombies.inc();
+                Ended::Zombie
+            }
+            WriterEnd::Failed => match peer_code() {
+                Some(c) => Ended::Closed(c),
+                None => Ended::Dropped,
+            },
+        }
+    }
+}
+
+/// Convenience for tests and the echo endpoint: the handler's outbox.
+pub fn outbox_of<H: Handler>(h: &H) -> Arc<Outbox> {
+    h.outbox().clone()
+}
