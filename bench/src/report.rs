@@ -1,0 +1,247 @@
+//! Turns JSON result lines into markdown tables, one per case, with ratios
+//! against the case's reference server, and splices them into a document
+//! between `<!-- bench:start -->` and `<!-- bench:end -->`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::stats::{RunResult, fmt_us};
+
+const START: &str = "<!-- bench:start -->";
+const END: &str = "<!-- bench:end -->";
+
+/// Options of `report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// JSON-lines result files.
+    #[arg(required = true)]
+    pub results: Vec<String>,
+    /// Text put above the tables (e.g. machine and date).
+    #[arg(long, default_value = "")]
+    pub preamble: String,
+    /// Write the tables into this markdown file between the bench markers.
+    #[arg(long)]
+    pub update: Option<String>,
+}
+
+/// Runs `report`.
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let mut results = Vec::new();
+    for path in &args.results {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let r: RunResult =
+                serde_json::from_str(line).with_context(|| format!("{path}:{}", n + 1))?;
+            results.push(r);
+        }
+    }
+    let mut md = String::new();
+    if !args.preamble.is_empty() {
+        md.push_str(&args.preamble);
+        md.push_str("\n\n");
+    }
+    md.push_str(&render(&results));
+    print!("{md}");
+    if let Some(path) = &args.update {
+        let doc = std::fs::read_to_string(path).unwrap_or_default();
+        std::fs::write(path, splice(&doc, &md)?)?;
+        eprintln!("updated {path}");
+    }
+    Ok(())
+}
+
+/// Replaces the text between the markers (or appends a marked section).
+fn splice(doc: &str, body: &str) -> Result<String> {
+    match (doc.find(START), doc.find(END)) {
+        (Some(s), Some(e)) if s < e => Ok(format!(
+            "{}{START}\n{body}{END}{}",
+            &doc[..s],
+            &doc[e + END.len()..]
+        )),
+        (None, None) => Ok(format!("{doc}\n{START}\n{body}{END}\n")),
+        _ => bail!("bench markers are malformed"),
+    }
+}
+
+/// Runs of one server in one case.
+type ServerRuns = (String, Vec<RunResult>);
+
+/// Runs grouped by case, then server, in order of first appearance.
+fn group(results: &[RunResult]) -> Vec<(String, Vec<ServerRuns>)> {
+    let mut cases: Vec<(String, Vec<ServerRuns>)> = Vec::new();
+    for r in results {
+        let case = match cases.iter_mut().find(|(c, _)| *c == r.case) {
+            Some(c) => c,
+            None => {
+                cases.push((r.case.clone(), Vec::new()));
+                cases.last_mut().expect("just pushed")
+            }
+        };
+        match case.1.iter_mut().find(|(s, _)| *s == r.server) {
+            Some(s) => s.1.push(r.clone()),
+            None => case.1.push((r.server.clone(), vec![r.clone()])),
+        }
+    }
+    cases
+}
+
+fn median(runs: &[RunResult]) -> &RunResult {
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    let key = |r: &RunResult| {
+        if r.scenario == "idle" {
+            r.rss_per_conn_kib.unwrap_or(0.0)
+        } else {
+            r.rate_per_s
+        }
+    };
+    order.sort_by(|&a, &b| key(&runs[a]).total_cmp(&key(&runs[b])));
+    &runs[order[order.len() / 2]]
+}
+
+/// Renders all cases.
+pub fn render(results: &[RunResult]) -> String {
+    let mut md = String::new();
+    for (case, servers) in group(results) {
+        let medians: BTreeMap<&str, &RunResult> = servers
+            .iter()
+            .map(|(s, runs)| (s.as_str(), median(runs)))
+            .collect();
+        let first = median(&servers[0].1);
+        let ref_server = servers
+            .iter()
+            .flat_map(|(_, runs)| runs)
+            .map(|r| r.ref_server.as_str())
+            .find(|s| !s.is_empty())
+            .unwrap_or("");
+        let target = servers
+            .iter()
+            .flat_map(|(_, runs)| runs)
+            .map(|r| r.target.as_str())
+            .find(|s| !s.is_empty())
+            .unwrap_or("");
+        let _ = writeln!(md, "### {case}\n");
+        if !target.is_empty() {
+            let _ = writeln!(md, "Target: {target}\n");
+        }
+        if first.scenario == "idle" {
+            md.push_str("| server | connections | RSS before | RSS after | RSS / connection | handshakes/s | handshake p50 | handshake p99 | closed |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            for (server, runs) in &servers {
+                let r = median(runs);
+                let hs = r.handshake.unwrap_or_default();
+                let _ = writeln!(
+                    md,
+                    "| {server} | {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+                    r.connections,
+                    kib(r.rss_before_kib),
+                    kib(r.rss_after_kib),
+                    r.rss_per_conn_kib
+                        .map(|v| format!("**{v:.1} KiB**"))
+                        .unwrap_or("n/a".into()),
+                    r.handshakes_per_s.unwrap_or(0.0),
+                    fmt_us(hs.p50_us),
+                    fmt_us(hs.p99_us),
+                    r.closed,
+                );
+            }
+        } else {
+            let unit = if first.scenario == "echo" {
+                "msgs/s"
+            } else {
+                "deliveries/s"
+            };
+            let ref_rate = medians
+                .get(ref_server)
+                .map(|r| r.rate_per_s)
+                .filter(|v| *v > 0.0);
+            let ratio_head = if ref_rate.is_some() {
+                format!(" vs {ref_server} |")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                md,
+                "| server | {unit} |{ratio_head} p50 | p95 | p99 | max | sent/s | errors | closed | runs | note |"
+            );
+            let _ = writeln!(
+                md,
+                "|---|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                if ref_rate.is_some() { "---:|" } else { "" }
+            );
+            for (server, runs) in &servers {
+                let r = median(runs);
+                let ratio = match ref_rate {
+                    Some(base) => format!(" {:.2}× |", r.rate_per_s / base),
+                    None => String::new(),
+                };
+                let _ = writeln!(
+                    md,
+                    "| {server} | **{:.0}** |{ratio} {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                    r.rate_per_s,
+                    fmt_us(r.latency.p50_us),
+                    fmt_us(r.latency.p95_us),
+                    fmt_us(r.latency.p99_us),
+                    fmt_us(r.latency.max_us),
+                    r.sent_per_s,
+                    r.errors,
+                    r.closed,
+                    runs.len(),
+                    r.note,
+                );
+            }
+        }
+        md.push('\n');
+    }
+    md
+}
+
+fn kib(v: Option<u64>) -> String {
+    v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+        .unwrap_or_else(|| "n/a".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(case: &str, server: &str, rate: f64) -> RunResult {
+        RunResult {
+            scenario: "echo".into(),
+            case: case.into(),
+            server: server.into(),
+            rate_per_s: rate,
+            ref_server: "peer".into(),
+            ..RunResult::default()
+        }
+    }
+
+    #[test]
+    fn ratios_use_the_median_of_the_reference() {
+        let results = vec![
+            run("c", "peer", 100.0),
+            run("c", "ours", 150.0),
+            run("c", "peer", 300.0),
+            run("c", "peer", 200.0),
+        ];
+        let md = render(&results);
+        assert!(md.contains("| ours | **150** | 0.75× |"), "{md}");
+        assert!(md.contains("| peer | **200** | 1.00× |"), "{md}");
+    }
+
+    #[test]
+    fn splice_keeps_other_sections() {
+        let doc = format!("# B\n\nintro\n{START}\nold\n{END}\n\n## Plugin calls\nkeep\n");
+        let out = splice(&doc, "new\n").expect("splice");
+        assert!(out.contains("new\n") && !out.contains("old"));
+        assert!(out.ends_with("## Plugin calls\nkeep\n"));
+        let appended = splice("# B\n", "x\n").expect("append");
+        assert!(appended.contains(START) && appended.contains(END));
+        assert!(splice(&format!("{END}{START}"), "x").is_err());
+    }
+}
