@@ -1,0 +1,88 @@
+//! The live pub/sub payload: `seq \n epoch \n publish-ms \n data`, written by the
+//! publish script and decoded by every node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::value::RawValue;
+use switchyard_core::history::Message;
+
+/// Why a payload was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Missing fields or a bad number.
+    #[error("malformed live payload")]
+    Malformed,
+    /// The data part is not JSON.
+    #[error("live payload data is not JSON")]
+    Data,
+}
+
+/// A decoded live message.
+#[derive(Debug, Clone)]
+pub struct LiveMessage {
+    /// Channel seq.
+    pub seq: u64,
+    /// Channel epoch.
+    pub epoch: String,
+    /// Publish time, milliseconds since the Unix epoch (Redis clock).
+    pub published_ms: u64,
+    /// Raw JSON data.
+    pub data: Arc<RawValue>,
+}
+
+/// Decodes a payload. Hostile bytes give an error, never a panic.
+pub fn decode(payload: &[u8]) -> Result<LiveMessage, DecodeError> {
+    let text = std::str::from_utf8(payload).map_err(|_| DecodeError::Malformed)?;
+    let mut parts = text.splitn(4, '\n');
+    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or(DecodeError::Malformed)?;
+    let epoch = parts.next().filter(|e| !e.is_empty()).ok_or(DecodeError::Malformed)?;
+    let published_ms = parts.next().and_then(|s| s.parse().ok()).ok_or(DecodeError::Malformed)?;
+    let data = parts.next().ok_or(DecodeError::Malformed)?;
+    let data = RawValue::from_string(data.to_owned()).map_err(|_| DecodeError::Data)?;
+    Ok(LiveMessage {
+        seq,
+        epoch: epoch.to_owned(),
+        published_ms,
+        data: Arc::from(data),
+    })
+}
+
+/// Converts a wall-clock publish time into a local `Instant` (clamped to now).
+pub fn instant_of(published_ms: u64) -> Instant {
+    let now = Instant::now();
+    let wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let age = Duration::from_millis(wall.saturating_sub(published_ms));
+    now.checked_sub(age).unwrap_or(now)
+}
+
+impl LiveMessage {
+    /// As a hub message, sharing `epoch`.
+    pub fn into_message(self, epoch: Arc<str>) -> Message {
+        Message {
+            seq: self.seq,
+            epoch,
+            data: self.data,
+            published_at: instant_of(self.published_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_and_rejects() {
+        let m = decode(b"42\nabc\n1700000000000\n{\"a\":\"x\\ny\"}").expect("ok");
+        assert_eq!((m.seq, m.epoch.as_str(), m.published_ms), (42, "abc", 1_700_000_000_000));
+        assert_eq!(m.data.get(), "{\"a\":\"x\\ny\"}");
+        assert_eq!(decode(b"x\ne\n1\n1").unwrap_err(), DecodeError::Malformed);
+        assert_eq!(decode(b"1\n\n1\n1").unwrap_err(), DecodeError::Malformed);
+        assert_eq!(decode(b"1\ne\n1").unwrap_err(), DecodeError::Malformed);
+        assert_eq!(decode(b"1\ne\n1\n{oops").unwrap_err(), DecodeError::Data);
+        assert_eq!(decode(&[0xff, 0xfe]).unwrap_err(), DecodeError::Malformed);
+    }
+}

@@ -1,0 +1,219 @@
+//! Presence across nodes.
+//!
+//! Per channel, each node owns one hash `sy:{tenant:channel}:presence:<node>`
+//! (client → principal) with a TTL of `presence_ttl`, and registers itself in the
+//! index hash `sy:{tenant:channel}:presence`. `watch`/`unwatch` mark a channel
+//! dirty; a task diffs the hub's local subscribers against what it last wrote
+//! and sends only the changes (debounced), and refreshes every TTL by
+//! `presence_ttl / 3`. A node that dies stops refreshing, so its hash expires
+//! within the TTL and readers drop it from the index.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use switchyard_core::broker::BrokerError;
+use switchyard_core::channel::ChannelKey;
+use switchyard_core::hub::Hub;
+use switchyard_core::protocol::encode::PresenceEntry;
+use tokio::sync::{Notify, watch};
+
+use crate::keys::ChannelKeys;
+use crate::replies;
+use crate::scripts::{PRESENCE_GET, PRESENCE_TOUCH};
+use crate::shard::Shard;
+use crate::sharding::channel_shard;
+
+/// Changes arriving within this window are written together.
+const DEBOUNCE: Duration = Duration::from_millis(10);
+
+/// Writes this node's presence and reads everyone's.
+pub struct Presence {
+    shards: Arc<[Arc<Shard>]>,
+    hub: Arc<Hub>,
+    node: Arc<str>,
+    ttl: Duration,
+    dirty: Mutex<HashSet<ChannelKey>>,
+    wake: Notify,
+    /// What Redis holds for this node: channel → client → principal.
+    written: tokio::sync::Mutex<HashMap<ChannelKey, HashMap<String, String>>>,
+}
+
+impl Presence {
+    /// Presence for this node.
+    pub fn new(shards: Arc<[Arc<Shard>]>, hub: Arc<Hub>, ttl: Duration) -> Self {
+        let node = hub.node_id().clone();
+        Self {
+            shards,
+            hub,
+            node,
+            ttl,
+            dirty: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+            written: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn shard(&self, key: &ChannelKey) -> &Arc<Shard> {
+        &self.shards[channel_shard(&key.tenant, &key.channel, self.shards.len())]
+    }
+
+    /// The local subscribers of `key` changed.
+    pub fn mark(&self, key: &ChannelKey) {
+        self.dirty.lock().insert(key.clone());
+        self.wake.notify_one();
+    }
+
+    /// Clients present in `key` on every node. This node's part comes from the hub
+    /// (exact); other nodes' from Redis (as of their last write, within the TTL).
+    pub async fn list(&self, key: &ChannelKey) -> Result<Vec<PresenceEntry>, BrokerError> {
+        let shard = self.shard(key);
+        let keys = ChannelKeys::new(key);
+        let mut conn = shard.conn();
+        let v = shard
+            .run(
+                PRESENCE_GET
+                    .key(&keys.presence_index)
+                    .arg(&keys.presence_node_prefix)
+                    .invoke_async::<redis::Value>(&mut conn),
+            )
+            .await?;
+        let flat = replies::texts(&v)?;
+        let mut out: Vec<PresenceEntry> = flat
+            .chunks_exact(3)
+            .filter(|t| *t[0] != *self.node)
+            .map(|t| PresenceEntry {
+                node: t[0].clone(),
+                client: t[1].clone(),
+                principal: t[2].clone(),
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for e in self.hub.local_presence(key) {
+            if seen.insert(e.client.clone()) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs until `stop`: flushes dirty channels, refreshes all periodically.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval((self.ttl / 3).max(Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = self.wake.notified() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    self.flush().await;
+                }
+                _ = tick.tick() => {
+                    self.flush().await;
+                    self.refresh().await;
+                }
+            }
+        }
+    }
+
+    /// Writes the changes of dirty channels.
+    pub async fn flush(&self) {
+        let dirty: Vec<ChannelKey> = self.dirty.lock().drain().collect();
+        let mut written = self.written.lock().await;
+        for key in dirty {
+            let mut now: HashMap<String, String> = HashMap::new();
+            for e in self.hub.local_presence(&key) {
+                now.insert(e.client, e.principal);
+            }
+            let before = written.get(&key);
+            if let Err(e) = self.write(&key, before, &now).await {
+                tracing::debug!(channel = %key, error = %e, "presence write failed; retrying");
+                self.dirty.lock().insert(key);
+                continue;
+            }
+            if now.is_empty() {
+                written.remove(&key);
+            } else {
+                written.insert(key, now);
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        key: &ChannelKey,
+        before: Option<&HashMap<String, String>>,
+        now: &HashMap<String, String>,
+    ) -> Result<(), BrokerError> {
+        let shard = self.shard(key);
+        let keys = ChannelKeys::new(key);
+        let mine = format!("{}{}", keys.presence_node_prefix, self.node);
+        let ttl_ms = self.ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        if now.is_empty() {
+            pipe.del(&mine).ignore();
+            pipe.hdel(&keys.presence_index, &*self.node).ignore();
+        } else {
+            let empty = HashMap::new();
+            let before = before.unwrap_or(&empty);
+            let gone: Vec<&String> = before.keys().filter(|c| !now.contains_key(*c)).collect();
+            if !gone.is_empty() {
+                pipe.hdel(&mine, gone).ignore();
+            }
+            let changed: Vec<(&String, &String)> =
+                now.iter().filter(|(c, p)| before.get(*c) != Some(*p)).collect();
+            if !changed.is_empty() {
+                pipe.hset_multiple(&mine, &changed).ignore();
+            }
+            pipe.pexpire(&mine, ttl_ms as i64).ignore();
+            pipe.hset(&keys.presence_index, &*self.node, 1).ignore();
+            pipe.pexpire(&keys.presence_index, ttl_ms as i64).ignore();
+        }
+        let mut conn = shard.conn();
+        shard.run(pipe.exec_async(&mut conn)).await
+    }
+
+    /// Heartbeat: extends the expiry of everything this node wrote; rewrites a
+    /// channel whose hash vanished (e.g. Redis restarted).
+    pub async fn refresh(&self) {
+        let mut written = self.written.lock().await;
+        let ttl_ms = self.ttl.as_millis().max(1).to_string();
+        let mut lost = Vec::new();
+        for key in written.keys() {
+            let shard = self.shard(key);
+            let keys = ChannelKeys::new(key);
+            let mine = format!("{}{}", keys.presence_node_prefix, self.node);
+            let mut conn = shard.conn();
+            let r = shard
+                .run(
+                    PRESENCE_TOUCH
+                        .key(&keys.presence_index)
+                        .key(&mine)
+                        .arg(&*self.node)
+                        .arg(&ttl_ms)
+                        .invoke_async::<i64>(&mut conn),
+                )
+                .await;
+            if !matches!(r, Ok(1)) {
+                lost.push(key.clone());
+            }
+        }
+        for key in lost {
+            written.remove(&key);
+            self.dirty.lock().insert(key);
+        }
+        drop(written);
+        if !self.dirty.lock().is_empty() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Removes everything this node wrote (graceful shutdown).
+    pub async fn clear(&self) {
+        let mut written = self.written.lock().await;
+        for (key, _) in written.drain() {
+            let _ = self.write(&key, None, &HashMap::new()).await;
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Lua scripts run atomically inside Redis: one order for everyone.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Publish: dedupe by msgId, next seq, XADD history, expiry, PUBLISH — atomically.
+///
+/// KEYS: meta, stream, dedupe. ARGV: new epoch (used only if the channel has none),
+/// data, msgId (`""` = none), history_size, history_ttl ms, meta ttl ms,
+/// dedupe window, live pub/sub channel.
+/// Returns `{epoch, seq, duplicate (0|1)}`.
+pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SRC));
+
+const PUBLISH_SRC: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+end
+local msgid = ARGV[3]
+if msgid ~= '' then
+  local prev = redis.call('ZSCORE', KEYS[3], msgid)
+  if prev then
+    return {epoch, tonumber(prev), 1}
+  end
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local t = redis.call('TIME')
+local ts = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local size = tonumber(ARGV[4])
+if size > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', size, string.format('%d-0', seq), 'd', ARGV[2], 't', ts)
+  redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+if msgid ~= '' then
+  local window = tonumber(ARGV[7])
+  redis.call('ZADD', KEYS[3], seq, msgid)
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(window + 1))
+  redis.call('PEXPIRE', KEYS[3], ARGV[6])
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PUBLISH', ARGV[8], string.format('%d', seq) .. '\n' .. epoch .. '\n' .. ts .. '\n' .. ARGV[2])
+return {epoch, seq, 0}
+"#;
+
+/// Recover: the channel's epoch and seq, plus the history after `since` if complete.
+///
+/// KEYS: meta, stream. ARGV: new epoch (`""` = do not create a missing channel),
+/// since epoch (`""` = none), since seq, history_ttl ms, meta ttl ms.
+/// Returns `{epoch, seq, recovered (0|1), entries}`; `epoch` is `""` when the
+/// channel does not exist and was not created.
+pub static RECOVER: LazyLock<Script> = LazyLock::new(|| Script::new(RECOVER_SRC));
+
+const RECOVER_SRC: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  if ARGV[1] == '' then
+    return {'', 0, 0, {}}
+  end
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'seq', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {epoch, 0, 0, {}}
+end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
+if ARGV[2] == '' or ARGV[2] ~= epoch then
+  return {epoch, seq, 0, {}}
+end
+local since = tonumber(ARGV[3])
+if since == seq then
+  return {epoch, seq, 1, {}}
+end
+if since > seq then
+  return {epoch, seq, 0, {}}
+end
+local first = string.format('%d-0', since + 1)
+local entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', seq - since)
+if #entries == 0 or entries[1][1] ~= first then
+  return {epoch, seq, 0, {}}
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local fields = entries[1][2]
+for i = 1, #fields, 2 do
+  if fields[i] == 't' and tonumber(fields[i + 1]) + tonumber(ARGV[4]) < now then
+    return {epoch, seq, 0, {}}
+  end
+end
+return {epoch, seq, 1, entries}
+"#;
+
+/// Directory write: KEYS: directory hash. ARGV: node, ttl ms.
+/// Sets `node → now + ttl` and the key's expiry.
+pub static DIRECTORY_SET: LazyLock<Script> = LazyLock::new(|| Script::new(DIRECTORY_SET_SRC));
+
+const DIRECTORY_SET_SRC: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', now + tonumber(ARGV[2])))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// Directory lookup: KEYS: directory hash. Returns the nodes whose entry has not
+/// expired, removing the expired ones.
+pub static DIRECTORY_GET: LazyLock<Script> = LazyLock::new(|| Script::new(DIRECTORY_GET_SRC));
+
+const DIRECTORY_GET_SRC: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local live = {}
+for i = 1, #all, 2 do
+  if tonumber(all[i + 1]) and tonumber(all[i + 1]) >= now then
+    table.insert(live, all[i])
+  else
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+return live
+"#;
+
+/// Presence read: KEYS: presence index. ARGV: per-node hash prefix.
+/// Returns a flat list `node, client, principal, …` of nodes whose hash has not
+/// expired, dropping expired nodes from the index.
+pub static PRESENCE_GET: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENCE_GET_SRC));
+
+const PRESENCE_GET_SRC: &str = r#"
+local nodes = redis.call('HKEYS', KEYS[1])
+local out = {}
+for _, node in ipairs(nodes) do
+  local entries = redis.call('HGETALL', ARGV[1] .. node)
+  if #entries == 0 then
+    redis.call('HDEL', KEYS[1], node)
+  else
+    for i = 1, #entries, 2 do
+      table.insert(out, node)
+      table.insert(out, entries[i])
+      table.insert(out, entries[i + 1])
+    end
+  end
+end
+return out
+"#;
+
+/// Presence heartbeat: KEYS: presence index, this node's presence hash.
+/// ARGV: node, ttl ms. Refreshes both expiries; returns 0 when the node hash is
+/// gone (expired or lost) so the caller rewrites it.
+pub static PRESENCE_TOUCH: LazyLock<Script> = LazyLock::new(|| Script::new(PRESENCE_TOUCH_SRC));
+
+const PRESENCE_TOUCH_SRC: &str = r#"
+if redis.call('PEXPIRE', KEYS[2], ARGV[2]) == 0 then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"#;
+
+/// An `EVALSHA` command for pipelining (load the script first with [`ensure_loaded`]).
+pub fn evalsha(script: &Script, keys: &[&str], args: &[&str]) -> redis::Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(script.get_hash()).arg(keys.len()).arg(keys).arg(args);
+    c
+}
+
+/// Loads `script` into the server's script cache (idempotent).
+pub async fn ensure_loaded(
+    script: &Script,
+    conn: &mut redis::aio::ConnectionManager,
+) -> redis::RedisResult<()> {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script_source(script))
+        .query_async::<String>(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The sources by hash (the `redis` crate does not expose a script's code).
+fn script_source(script: &Script) -> &'static str {
+    static SOURCES: LazyLock<Vec<(&'static Script, &'static str)>> = LazyLock::new(|| {
+        vec![
+            (&*PUBLISH, PUBLISH_SRC),
+            (&*RECOVER, RECOVER_SRC),
+            (&*DIRECTORY_SET, DIRECTORY_SET_SRC),
+            (&*DIRECTORY_GET, DIRECTORY_GET_SRC),
+            (&*PRESENCE_GET, PRESENCE_GET_SRC),
+            (&*PRESENCE_TOUCH, PRESENCE_TOUCH_SRC),
+        ]
+    });
+    for (s, src) in SOURCES.iter() {
+        if s.get_hash() == script.get_hash() {
+            return src;
+        }
+    }
+    ""
+}

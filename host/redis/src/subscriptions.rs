@@ -1,0 +1,380 @@
+//! Pub/sub fan-in of one shard: ref-counted, batched SUBSCRIBE/UNSUBSCRIBE on a
+//! dedicated connection, and the reader that hands live messages to the hub.
+//!
+//! `watch`/`unwatch` only touch a table under a short lock; the shard task turns
+//! the difference between wanted and subscribed channels into one SUBSCRIBE and
+//! one UNSUBSCRIBE per batch window, so an unsubscribe followed quickly by a
+//! subscribe cancels out. After a reconnect the task resubscribes everything and
+//! replays, per channel, the history published while it was away.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use redis::aio::{PubSubSink, PubSubStream};
+use switchyard_core::broker::BrokerError;
+use switchyard_core::channel::ChannelKey;
+use switchyard_core::history::Message;
+use switchyard_core::hub::Hub;
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::codec::{self, instant_of};
+use crate::keys::{self, ChannelKeys};
+use crate::scripts;
+use crate::shard::{Backoff, Shard};
+
+/// Churn arriving within this window is coalesced into one command.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(3);
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command.
+const CHUNK: usize = 512;
+/// How long `watch` waits for Redis to confirm a subscription.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pub/sub liveness probe.
+const PING_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Wanted {
+    refs: usize,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+#[derive(Default)]
+struct Table {
+    wanted: HashMap<String, Wanted>,
+    /// Confirmed on the current connection.
+    live: HashSet<String>,
+    connected: bool,
+}
+
+/// The wanted and confirmed subscriptions of one shard.
+#[derive(Default)]
+pub struct Subscriptions {
+    table: Mutex<Table>,
+    wake: Notify,
+}
+
+impl Subscriptions {
+    /// One more local subscription to pub/sub channel `name`; returns once Redis
+    /// confirmed the subscription (or `Unavailable`).
+    pub async fn watch(&self, name: String) -> Result<(), BrokerError> {
+        let rx = {
+            let mut t = self.table.lock();
+            if !t.connected {
+                return Err(BrokerError::Unavailable("redis shard is disconnected".into()));
+            }
+            let live = t.live.contains(&name);
+            let w = t.wanted.entry(name.clone()).or_default();
+            w.refs += 1;
+            if live {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            w.waiters.push(tx);
+            rx
+        };
+        self.wake.notify_one();
+        match tokio::time::timeout(WATCH_TIMEOUT, rx).await {
+            Ok(Ok(())) => Ok(()),
+            _ => {
+                self.unwatch(&name);
+                Err(BrokerError::Unavailable("redis did not confirm the subscription".into()))
+            }
+        }
+    }
+
+    /// One local subscription to `name` ended.
+    pub fn unwatch(&self, name: &str) {
+        let mut t = self.table.lock();
+        if let Some(w) = t.wanted.get_mut(name) {
+            w.refs = w.refs.saturating_sub(1);
+            if w.refs == 0 {
+                t.wanted.remove(name);
+                drop(t);
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    /// Channels with local subscribers (wanted).
+    pub fn wanted_count(&self) -> usize {
+        self.table.lock().wanted.len()
+    }
+
+    /// Channels subscribed on the current connection.
+    pub fn live_count(&self) -> usize {
+        self.table.lock().live.len()
+    }
+
+    fn retain_wanted<V>(&self, tracks: &mut HashMap<String, V>) {
+        let t = self.table.lock();
+        tracks.retain(|n, _| t.wanted.contains_key(n));
+    }
+
+    fn set_connected(&self, connected: bool) {
+        let mut t = self.table.lock();
+        t.connected = connected;
+        t.live.clear();
+    }
+
+    /// What to subscribe and unsubscribe now. Channels to unsubscribe leave
+    /// `live` at once, so a concurrent `watch` waits for a fresh confirmation.
+    fn diff(&self) -> (Vec<String>, Vec<String>) {
+        let mut t = self.table.lock();
+        let t = &mut *t;
+        let sub: Vec<String> = t
+            .wanted
+            .keys()
+            .filter(|n| !t.live.contains(*n))
+            .cloned()
+            .collect();
+        let unsub: Vec<String> = t
+            .live
+            .iter()
+            .filter(|n| !t.wanted.contains_key(*n))
+            .cloned()
+            .collect();
+        for n in &unsub {
+            t.live.remove(n);
+        }
+        (sub, unsub)
+    }
+
+    fn confirm(&self, names: &[String]) {
+        let mut t = self.table.lock();
+        for n in names {
+            t.live.insert(n.clone());
+            if let Some(w) = t.wanted.get_mut(n) {
+                for tx in w.waiters.drain(..) {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Last delivered position of a channel on this node (dedupe and catch-up).
+struct Track {
+    key: ChannelKey,
+    epoch: Arc<str>,
+    last: u64,
+}
+
+/// The pub/sub task of one shard: connect, resubscribe, catch up, read, repeat.
+pub async fn run(
+    shard: Arc<Shard>,
+    hub: Arc<Hub>,
+    reconnects: Counter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::default();
+    let mut tracks: HashMap<String, Track> = HashMap::new();
+    let mut connected_before = false;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let pubsub = tokio::time::timeout(Duration::from_secs(2), shard.client.get_async_pubsub()).await;
+        let (mut sink, mut stream) = match pubsub {
+            Ok(Ok(p)) => p.split(),
+            Ok(Err(e)) => {
+                tracing::warn!(shard = %shard.addr, error = %e, "redis pub/sub connect failed");
+                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+            Err(_) => {
+                tracing::warn!(shard = %shard.addr, "redis pub/sub connect timed out");
+                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        shard.subs.set_connected(true);
+        if connected_before {
+            reconnects.inc();
+            tracing::info!(shard = %shard.addr, "redis pub/sub reconnected");
+        }
+        let catch_up_needed = connected_before;
+        connected_before = true;
+        let reason = serve(&shard, &hub, &mut sink, &mut stream, &mut tracks, catch_up_needed, &mut stop, &mut backoff).await;
+        shard.subs.set_connected(false);
+        shard.set_up(false);
+        match reason {
+            Exit::Stop => return,
+            Exit::Lost(why) => {
+                tracing::warn!(shard = %shard.addr, reason = %why, "redis pub/sub connection lost");
+                if sleep_or_stop(backoff.next_delay(), &mut stop).await {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+enum Exit {
+    Stop,
+    Lost(String),
+}
+
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shard: &Arc<Shard>,
+    hub: &Arc<Hub>,
+    sink: &mut PubSubSink,
+    stream: &mut PubSubStream,
+    tracks: &mut HashMap<String, Track>,
+    mut catch_up_needed: bool,
+    stop: &mut watch::Receiver<bool>,
+    backoff: &mut Backoff,
+) -> Exit {
+    shard.subs.retain_wanted(tracks);
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut first_sync = true;
+    loop {
+        if let Err(e) = sync(shard, sink, tracks).await {
+            return Exit::Lost(e);
+        }
+        if first_sync {
+            first_sync = false;
+            shard.set_up(true);
+            backoff.reset();
+        }
+        if catch_up_needed {
+            catch_up_needed = false;
+            catch_up(shard, hub, tracks).await;
+        }
+        tokio::select! {
+            biased;
+            _ = stop.changed() => return Exit::Stop,
+            msg = stream.next() => match msg {
+                Some(msg) => deliver(hub, tracks, msg.get_channel_name(), msg.get_payload_bytes()),
+                None => return Exit::Lost("stream ended".into()),
+            },
+            _ = shard.subs.wake.notified() => tokio::time::sleep(BATCH_WINDOW).await,
+            _ = ping.tick() => {
+                match tokio::time::timeout(Duration::from_secs(3), sink.ping::<String>()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Exit::Lost(e.to_string()),
+                    Err(_) => return Exit::Lost("ping timed out".into()),
+                }
+            }
+        }
+    }
+}
+
+async fn sync(
+    shard: &Shard,
+    sink: &mut PubSubSink,
+    tracks: &mut HashMap<String, Track>,
+) -> Result<(), String> {
+    let (sub, unsub) = shard.subs.diff();
+    for chunk in sub.chunks(CHUNK) {
+        match tokio::time::timeout(Duration::from_secs(5), sink.subscribe(chunk)).await {
+            Ok(Ok(())) => shard.subs.confirm(chunk),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("SUBSCRIBE timed out".into()),
+        }
+    }
+    for chunk in unsub.chunks(CHUNK) {
+        for n in chunk {
+            tracks.remove(n);
+        }
+        match tokio::time::timeout(Duration::from_secs(5), sink.unsubscribe(chunk)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("UNSUBSCRIBE timed out".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Hands one live payload to the hub, skipping what this node already delivered.
+fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: &[u8]) {
+    let live = match codec::decode(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!(channel = name, error = %e, "dropping malformed live message");
+            return;
+        }
+    };
+    let track = match tracks.get_mut(name) {
+        Some(t) => t,
+        None => {
+            let Some(key) = keys::parse_live_channel(name) else {
+                return;
+            };
+            tracks.entry(name.to_owned()).or_insert(Track {
+                key,
+                epoch: Arc::from(""),
+                last: 0,
+            })
+        }
+    };
+    if *track.epoch == *live.epoch {
+        if live.seq <= track.last {
+            return;
+        }
+    } else {
+        track.epoch = Arc::from(live.epoch.as_str());
+    }
+    track.last = live.seq;
+    let msg = live.into_message(track.epoch.clone());
+    hub.deliver(&track.key, &msg);
+}
+
+/// After a reconnect: replays from history what each channel missed.
+async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>) {
+    let mut conn = shard.conn();
+    for track in tracks.values_mut() {
+        if track.last == 0 {
+            continue;
+        }
+        let keys = ChannelKeys::new(&track.key);
+        let reply = shard
+            .run(
+                scripts::RECOVER
+                    .key(&keys.meta)
+                    .key(&keys.stream)
+                    .arg("")
+                    .arg(&*track.epoch)
+                    .arg(track.last)
+                    .arg(u64::MAX / 4)
+                    .arg(1u64)
+                    .invoke_async::<redis::Value>(&mut conn),
+            )
+            .await
+            .and_then(|v| crate::replies::recover(&v));
+        match reply {
+            Ok(r) if r.recovered => {
+                for e in r.entries {
+                    if e.seq <= track.last {
+                        continue;
+                    }
+                    track.last = e.seq;
+                    let msg = Message {
+                        seq: e.seq,
+                        epoch: track.epoch.clone(),
+                        data: e.data,
+                        published_at: instant_of(e.published_ms),
+                    };
+                    hub.deliver(&track.key, &msg);
+                }
+            }
+            Ok(_) => tracing::info!(channel = %track.key, "history lost while disconnected; the next message carries the new epoch"),
+            Err(e) => tracing::warn!(channel = %track.key, error = %e, "catch-up failed"),
+        }
+    }
+}
