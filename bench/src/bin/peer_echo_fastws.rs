@@ -21,10 +21,13 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Empty<Bytes>>> {
             let Ok(frame) = ws.read_frame().await else {
                 break;
             };
-            match frame.opcode {
+            let echo = match frame.opcode {
                 OpCode::Close => break,
-                OpCode::Text | OpCode::Binary if ws.write_frame(frame).await.is_err() => break,
-                _ => {}
+                OpCode::Text | OpCode::Binary => ws.write_frame(frame).await.is_ok(),
+                _ => true,
+            };
+            if !echo {
+                break;
             }
         }
     });
