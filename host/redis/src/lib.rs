@@ -68,6 +68,9 @@ pub enum ConnectError {
 /// How long the channel's epoch and seq outlive its last publish at least.
 const META_TTL_MIN: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a directed message waits at least for its client on the target node.
+const DIRECT_RETENTION_MIN: Duration = Duration::from_secs(30);
+
 /// The Redis broker.
 pub struct RedisBroker {
     hub: Arc<Hub>,
@@ -145,7 +148,9 @@ impl RedisBroker {
         }
         tasks.push(tokio::spawn(directory.clone().run(stop_rx.clone())));
         tasks.push(tokio::spawn(presence.clone().run(stop_rx.clone())));
-        tasks.extend(Inbox::spawn(&shards, hub.clone(), presence_ttl, inbox_metrics, stop_rx));
+        // A directed message waits on its node for the client to (re)connect.
+        let retention = (presence_ttl * 4).max(DIRECT_RETENTION_MIN);
+        tasks.extend(Inbox::spawn(&shards, hub.clone(), retention, inbox_metrics, stop_rx));
         Ok(Arc::new(Self {
             hub,
             shards,
