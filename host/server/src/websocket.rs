@@ -113,27 +113,32 @@ where
     let (mut sink, mut stream) = ws.split();
     let last_seen = AtomicU64::new(now_micros());
     let peer_close = AtomicU64::new(0);
+    let close_sent = std::sync::atomic::AtomicBool::new(false);
 
     let reader = async {
-        let mut closing = false;
-        while let Some(item) = stream.next().await {
+        // Once the handler asks to close, data frames are ignored and reading
+        // continues only to receive the peer's close reply, until `deadline`.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let item = match deadline {
+                None => stream.next().await,
+                Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
+                    Ok(item) => item,
+                    Err(_) => return false,
+                },
+            };
+            let Some(item) = item else { return false };
             last_seen.store(now_micros(), Ordering::Relaxed);
-            match item {
-                Ok(Message::Text(t)) if !closing => {
+            let verdict = match item {
+                Ok(Message::Text(t)) if deadline.is_none() => {
                     metrics.messages_in.inc();
                     metrics.frame_size.observe(t.len() as f64);
-                    if let Err(code) = handler.on_text(Bytes::from(t)).await {
-                        outbox.close(code, false);
-                        closing = true;
-                    }
+                    handler.on_text(Bytes::from(t)).await
                 }
-                Ok(Message::Binary(b)) if !closing => {
+                Ok(Message::Binary(b)) if deadline.is_none() => {
                     metrics.messages_in.inc();
                     metrics.frame_size.observe(b.len() as f64);
-                    if let Err(code) = handler.on_binary(b).await {
-                        outbox.close(code, false);
-                        closing = true;
-                    }
+                    handler.on_binary(b).await
                 }
                 Ok(Message::Pong(p)) => {
                     if let Ok(raw) = <[u8; 8]>::try_from(p.as_ref()) {
@@ -145,13 +150,19 @@ where
                                 .observe(Duration::from_micros(now - sent).as_secs_f64());
                         }
                     }
+                    Ok(())
                 }
                 Ok(Message::Close(frame)) => {
                     // tungstenite queues the close reply; keep polling to flush it.
                     let code = frame.map_or(1005, |f| u16::from(f.code));
                     peer_close.store(u64::from(code), Ordering::Relaxed);
+                    if close_sent.load(Ordering::Acquire) {
+                        // The reply to our close: the handshake is complete.
+                        return false;
+                    }
+                    Ok(())
                 }
-                Ok(_) => {}
+                Ok(_) => Ok(()),
                 Err(e) => {
                     if let Some(code) = error_close(&e) {
                         metrics.failed(match code {
@@ -160,14 +171,18 @@ where
                             _ => "protocol",
                         });
                         outbox.close(code, false);
-                        // Give the writer a chance to send the close frame.
+                        // The stream is unusable now: let the writer send the close frame.
                         return true;
                     }
                     return false;
                 }
+            };
+            if let Err(code) = verdict {
+                // Replies already queued (e.g. the last `error`) go out before the close.
+                outbox.close(code, true);
+                deadline = Some(tokio::time::Instant::now() + limits.close_timeout * 2);
             }
         }
-        false
     };
 
     let writer = async {
@@ -226,8 +241,10 @@ where
                     }
                 }
                 if let Some(CloseRequest { code, .. }) = close {
+                    close_sent.store(true, Ordering::Release);
                     let send = sink.send(close_message(code.code(), code.reason()));
-                    let _ = tokio::time::timeout(limits.close_timeout, send).await;
+                    let sent = tokio::time::timeout(limits.close_timeout, send).await;
+                    tracing::debug!(code = code.code(), sent = ?sent.as_ref().map(|r| r.is_ok()), "close frame");
                     return WriterEnd::Closed(code.code());
                 }
                 if batch.is_empty() && outbox.is_empty() {
@@ -259,7 +276,8 @@ where
         end = &mut writer => match end {
             WriterEnd::Closed(code) => {
                 // Wait (bounded) for the peer's close reply, reading to the end.
-                let _ = tokio::time::timeout(limits.close_timeout, &mut reader).await;
+                let r = tokio::time::timeout(limits.close_timeout, &mut reader).await;
+                tracing::debug!(code, reply = r.is_ok(), "close handshake");
                 Ended::Closed(code)
             }
             WriterEnd::Zombie => {
