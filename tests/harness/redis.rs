@@ -54,13 +54,19 @@ pub fn redis_server_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("REDIS_SERVER") {
         return PathBuf::from(p);
     }
-    for dir in std::env::var("PATH").unwrap_or_default().split(':').chain(["/usr/bin", "/usr/local/bin"]) {
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/bin", "/usr/local/bin"])
+    {
         let p = PathBuf::from(dir).join("redis-server");
         if p.exists() {
             return p;
         }
     }
-    panic!("redis-server is missing: install it (`apt-get install -y redis-server`; the README's test command does)");
+    panic!(
+        "redis-server is missing: install it (`apt-get install -y redis-server`; the README's test command does)"
+    );
 }
 
 /// A free loopback TCP port.
@@ -79,7 +85,10 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
-        let mut s = RedisServer { child: None, port: free_port() };
+        let mut s = RedisServer {
+            child: None,
+            port: free_port(),
+        };
         s.restart();
         s
     }
@@ -108,7 +117,9 @@ impl RedisServer {
                 .expect("spawn redis-server");
             let stdout = child.stdout.take().expect("stdout");
             // Drain its log so it never blocks on a full pipe.
-            std::thread::spawn(move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {});
+            std::thread::spawn(
+                move || for _ in BufReader::new(stdout).lines().map_while(Result::ok) {},
+            );
             let ready = Instant::now() + Duration::from_secs(5);
             while Instant::now() < ready {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -124,7 +135,11 @@ impl RedisServer {
             }
             let _ = child.kill();
             let _ = child.wait();
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }

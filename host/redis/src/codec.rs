@@ -35,9 +35,18 @@ pub struct LiveMessage {
 pub fn decode(payload: &[u8]) -> Result<LiveMessage, DecodeError> {
     let text = std::str::from_utf8(payload).map_err(|_| DecodeError::Malformed)?;
     let mut parts = text.splitn(4, '\n');
-    let seq = parts.next().and_then(|s| s.parse().ok()).ok_or(DecodeError::Malformed)?;
-    let epoch = parts.next().filter(|e| !e.is_empty()).ok_or(DecodeError::Malformed)?;
-    let published_ms = parts.next().and_then(|s| s.parse().ok()).ok_or(DecodeError::Malformed)?;
+    let seq = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(DecodeError::Malformed)?;
+    let epoch = parts
+        .next()
+        .filter(|e| !e.is_empty())
+        .ok_or(DecodeError::Malformed)?;
+    let published_ms = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or(DecodeError::Malformed)?;
     let data = parts.next().ok_or(DecodeError::Malformed)?;
     let data = RawValue::from_string(data.to_owned()).map_err(|_| DecodeError::Data)?;
     Ok(LiveMessage {
@@ -77,7 +86,10 @@ mod tests {
     #[test]
     fn decodes_and_rejects() {
         let m = decode(b"42\nabc\n1700000000000\n{\"a\":\"x\\ny\"}").expect("ok");
-        assert_eq!((m.seq, m.epoch.as_str(), m.published_ms), (42, "abc", 1_700_000_000_000));
+        assert_eq!(
+            (m.seq, m.epoch.as_str(), m.published_ms),
+            (42, "abc", 1_700_000_000_000)
+        );
         assert_eq!(m.data.get(), "{\"a\":\"x\\ny\"}");
         assert_eq!(decode(b"x\ne\n1\n1").unwrap_err(), DecodeError::Malformed);
         assert_eq!(decode(b"1\n\n1\n1").unwrap_err(), DecodeError::Malformed);

@@ -61,7 +61,11 @@ impl Directory {
         let mut conn = shard.conn();
         let key = keys::directory(tenant, client);
         let v = shard
-            .run(DIRECTORY_GET.key(&key).invoke_async::<redis::Value>(&mut conn))
+            .run(
+                DIRECTORY_GET
+                    .key(&key)
+                    .invoke_async::<redis::Value>(&mut conn),
+            )
             .await?;
         replies::texts(&v)
     }
@@ -119,7 +123,11 @@ impl Directory {
         for (idx, ops) in by_shard {
             let shard = &self.shards[idx];
             let mut conn = shard.conn();
-            if shard.run(scripts::ensure_loaded(&DIRECTORY_SET, &mut conn)).await.is_err() {
+            if shard
+                .run(scripts::ensure_loaded(&DIRECTORY_SET, &mut conn))
+                .await
+                .is_err()
+            {
                 continue;
             }
             for chunk in ops.chunks(PIPELINE) {
@@ -127,8 +135,12 @@ impl Directory {
                 for ((tenant, client), add) in chunk {
                     let key = keys::directory(tenant, client);
                     if *add {
-                        pipe.add_command(scripts::evalsha(&DIRECTORY_SET, &[&key], &[&self.node, &ttl_ms]))
-                            .ignore();
+                        pipe.add_command(scripts::evalsha(
+                            &DIRECTORY_SET,
+                            &[&key],
+                            &[&self.node, &ttl_ms],
+                        ))
+                        .ignore();
                     } else {
                         pipe.hdel(&key, &*self.node).ignore();
                     }
@@ -157,7 +169,12 @@ impl Directory {
             let mut conn = shard.conn();
             let key = keys::directory(&tenant, &client);
             let _ = shard
-                .run(redis::cmd("HDEL").arg(&key).arg(&*self.node).exec_async(&mut conn))
+                .run(
+                    redis::cmd("HDEL")
+                        .arg(&key)
+                        .arg(&*self.node)
+                        .exec_async(&mut conn),
+                )
                 .await;
         }
     }

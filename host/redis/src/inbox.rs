@@ -87,7 +87,10 @@ pub async fn enqueue(
         .arg(client)
         .arg("d")
         .arg(data.get());
-    shard.run(cmd.query_async::<String>(&mut conn)).await.map(|_| ())
+    shard
+        .run(cmd.query_async::<String>(&mut conn))
+        .await
+        .map(|_| ())
 }
 
 /// The consumer of this node's inbox.
@@ -130,7 +133,11 @@ impl Inbox {
         ]
     }
 
-    async fn acknowledge(self: Arc<Self>, mut rx: mpsc::Receiver<String>, mut stop: watch::Receiver<bool>) {
+    async fn acknowledge(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<String>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut batch = Vec::with_capacity(256);
         loop {
             tokio::select! {
@@ -258,7 +265,11 @@ impl Inbox {
     }
 
     /// Claims pending entries idle for `min_idle` and retries them.
-    async fn reclaim(&self, conn: &mut ConnectionManager, min_idle: Duration) -> Result<(), redis::RedisError> {
+    async fn reclaim(
+        &self,
+        conn: &mut ConnectionManager,
+        min_idle: Duration,
+    ) -> Result<(), redis::RedisError> {
         let mut cursor = "0-0".to_owned();
         for _ in 0..64 {
             let reply = redis::cmd("XAUTOCLAIM")
@@ -276,9 +287,13 @@ impl Inbox {
                 Err(e) if e.code() == Some("NOGROUP") => return self.create_group(conn).await,
                 Err(e) => return Err(e),
             };
-            let Value::Array(parts) = reply else { return Ok(()) };
+            let Value::Array(parts) = reply else {
+                return Ok(());
+            };
             let (next, entries) = match parts.as_slice() {
-                [next, Value::Array(entries), ..] => (text(next).unwrap_or("0-0").to_owned(), entries),
+                [next, Value::Array(entries), ..] => {
+                    (text(next).unwrap_or("0-0").to_owned(), entries)
+                }
                 _ => return Ok(()),
             };
             for e in entries {
@@ -314,7 +329,9 @@ impl Inbox {
             }
         }
         let parsed = match (tenant, client, data) {
-            (Some(t), Some(c), Some(d)) => RawValue::from_string(d.to_owned()).ok().map(|d| (t, c, d)),
+            (Some(t), Some(c), Some(d)) => {
+                RawValue::from_string(d.to_owned()).ok().map(|d| (t, c, d))
+            }
             _ => None,
         };
         let Some((tenant, client, data)) = parsed else {
@@ -340,7 +357,11 @@ impl Inbox {
                     }
                 }
             });
-            if self.hub.deliver_direct_with(tenant, client, &data, Some(hook)) > 0 {
+            if self
+                .hub
+                .deliver_direct_with(tenant, client, &data, Some(hook))
+                > 0
+            {
                 return;
             }
             // The hook (and guard) were dropped with the refused frames.
@@ -354,7 +375,10 @@ impl Inbox {
 
 /// Age of a stream entry from its id (`<ms>-<n>`).
 fn age(id: &str) -> Duration {
-    let ms: u64 = id.split_once('-').and_then(|(ms, _)| ms.parse().ok()).unwrap_or(0);
+    let ms: u64 = id
+        .split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .unwrap_or(0);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);

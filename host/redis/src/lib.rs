@@ -84,7 +84,9 @@ pub struct RedisBroker {
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisBroker").field("shards", &self.shards).finish_non_exhaustive()
+        f.debug_struct("RedisBroker")
+            .field("shards", &self.shards)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,20 +95,27 @@ impl std::fmt::Debug for RedisBroker {
 /// Connections are opened in the background: the gateway starts while Redis is
 /// unreachable and reports [`BrokerHealth::Down`] until a shard answers.
 pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
-    let broker: Arc<dyn Broker> = RedisBroker::start(&config.broker.redis_urls, config.broker.presence_ttl, hub)?;
+    let broker: Arc<dyn Broker> =
+        RedisBroker::start(&config.broker.redis_urls, config.broker.presence_ttl, hub)?;
     Ok(broker)
 }
 
 impl RedisBroker {
     /// Starts the broker over `urls` (one shard each).
-    pub fn start(urls: &[String], presence_ttl: Duration, hub: Arc<Hub>) -> Result<Arc<Self>, ConnectError> {
+    pub fn start(
+        urls: &[String],
+        presence_ttl: Duration,
+        hub: Arc<Hub>,
+    ) -> Result<Arc<Self>, ConnectError> {
         if urls.is_empty() {
             return Err(ConnectError::NoServers);
         }
         let shards: Arc<[Arc<Shard>]> = urls
             .iter()
             .enumerate()
-            .map(|(index, url)| Shard::new(index, url).map_err(|source| ConnectError::Url { index, source }))
+            .map(|(index, url)| {
+                Shard::new(index, url).map_err(|source| ConnectError::Url { index, source })
+            })
             .collect::<Result<Vec<_>, _>>()?
             .into();
         let presence_ttl = presence_ttl.max(Duration::from_millis(300));
@@ -150,7 +159,13 @@ impl RedisBroker {
         tasks.push(tokio::spawn(presence.clone().run(stop_rx.clone())));
         // A directed message waits on its node for the client to (re)connect.
         let retention = (presence_ttl * 4).max(DIRECT_RETENTION_MIN);
-        tasks.extend(Inbox::spawn(&shards, hub.clone(), retention, inbox_metrics, stop_rx));
+        tasks.extend(Inbox::spawn(
+            &shards,
+            hub.clone(),
+            retention,
+            inbox_metrics,
+            stop_rx,
+        ));
         Ok(Arc::new(Self {
             hub,
             shards,
@@ -254,6 +269,7 @@ impl Broker for RedisBroker {
             .await?;
         let r = replies::recover(&v)?;
         let epoch: Arc<str> = Arc::from(r.epoch);
+        shard.subs.note_position(&keys.live, &epoch, r.seq);
         let messages = r
             .entries
             .into_iter()
@@ -324,7 +340,11 @@ impl Broker for RedisBroker {
     fn health(&self) -> BrokerHealth {
         let up = self.shards.iter().filter(|s| s.is_up()).count();
         self.shards_up.set(up as i64);
-        if up == 0 { BrokerHealth::Down } else { BrokerHealth::Up }
+        if up == 0 {
+            BrokerHealth::Down
+        } else {
+            BrokerHealth::Up
+        }
     }
 
     async fn shutdown(&self) {

@@ -161,8 +161,10 @@ impl Presence {
             if !gone.is_empty() {
                 pipe.hdel(&mine, gone).ignore();
             }
-            let changed: Vec<(&String, &String)> =
-                now.iter().filter(|(c, p)| before.get(*c) != Some(*p)).collect();
+            let changed: Vec<(&String, &String)> = now
+                .iter()
+                .filter(|(c, p)| before.get(*c) != Some(*p))
+                .collect();
             if !changed.is_empty() {
                 pipe.hset_multiple(&mine, &changed).ignore();
             }

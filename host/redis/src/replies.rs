@@ -177,6 +177,13 @@ mod tests {
             ])]),
         ]);
         assert!(recover(&bad_data).is_err());
-        assert!(publish(&Value::Array(vec![bulk("e"), Value::Int(-1), Value::Int(0)])).is_err());
+        assert!(
+            publish(&Value::Array(vec![
+                bulk("e"),
+                Value::Int(-1),
+                Value::Int(0)
+            ]))
+            .is_err()
+        );
     }
 }

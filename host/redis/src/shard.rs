@@ -54,8 +54,10 @@ impl Shard {
     pub fn new(index: usize, url: &str) -> Result<Arc<Self>, RedisError> {
         let client = redis::Client::open(url)?;
         let addr = client.get_connection_info().addr().to_string();
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager_config(COMMAND_TIMEOUT))?;
+        let conn = ConnectionManager::new_lazy_with_config(
+            client.clone(),
+            manager_config(COMMAND_TIMEOUT),
+        )?;
         Ok(Arc::new(Self {
             index,
             addr,
@@ -144,7 +146,10 @@ mod tests {
     fn backoff_grows_with_jitter_and_caps() {
         let mut b = Backoff::default();
         let first = b.next_delay();
-        assert!((50..=100).contains(&(first.as_millis() as u64)), "{first:?}");
+        assert!(
+            (50..=100).contains(&(first.as_millis() as u64)),
+            "{first:?}"
+        );
         for _ in 0..20 {
             let d = b.next_delay();
             assert!(d <= Duration::from_secs(5));

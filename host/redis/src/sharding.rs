@@ -87,7 +87,11 @@ mod tests {
             }
             let frac = moved as f64 / names.len() as f64;
             let ideal = 1.0 / (n + 1) as f64;
-            assert!((frac - ideal).abs() < 0.02, "{n}->{}: moved {frac}, ideal {ideal}", n + 1);
+            assert!(
+                (frac - ideal).abs() < 0.02,
+                "{n}->{}: moved {frac}, ideal {ideal}",
+                n + 1
+            );
         }
     }
 

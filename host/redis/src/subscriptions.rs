@@ -44,6 +44,9 @@ struct Wanted {
 #[derive(Default)]
 struct Table {
     wanted: HashMap<String, Wanted>,
+    /// Latest position handed to a local subscriber by recovery, per wanted
+    /// channel: where a catch-up starts when no live message arrived yet.
+    noted: HashMap<String, (Arc<str>, u64)>,
     /// Confirmed on the current connection.
     live: HashSet<String>,
     connected: bool,
@@ -63,7 +66,9 @@ impl Subscriptions {
         let rx = {
             let mut t = self.table.lock();
             if !t.connected {
-                return Err(BrokerError::Unavailable("redis shard is disconnected".into()));
+                return Err(BrokerError::Unavailable(
+                    "redis shard is disconnected".into(),
+                ));
             }
             let live = t.live.contains(&name);
             let w = t.wanted.entry(name.clone()).or_default();
@@ -80,7 +85,9 @@ impl Subscriptions {
             Ok(Ok(())) => Ok(()),
             _ => {
                 self.unwatch(&name);
-                Err(BrokerError::Unavailable("redis did not confirm the subscription".into()))
+                Err(BrokerError::Unavailable(
+                    "redis did not confirm the subscription".into(),
+                ))
             }
         }
     }
@@ -92,10 +99,30 @@ impl Subscriptions {
             w.refs = w.refs.saturating_sub(1);
             if w.refs == 0 {
                 t.wanted.remove(name);
+                t.noted.remove(name);
                 drop(t);
                 self.wake.notify_one();
             }
         }
+    }
+
+    /// Records the position a local subscriber was recovered to (the channel must
+    /// be watched), so a catch-up after a reconnect starts there.
+    pub fn note_position(&self, name: &str, epoch: &Arc<str>, seq: u64) {
+        let mut t = self.table.lock();
+        if !t.wanted.contains_key(name) {
+            return;
+        }
+        match t.noted.get_mut(name) {
+            Some((e, s)) if **e == **epoch => *s = (*s).max(seq),
+            _ => {
+                t.noted.insert(name.to_owned(), (epoch.clone(), seq));
+            }
+        }
+    }
+
+    fn noted(&self) -> HashMap<String, (Arc<str>, u64)> {
+        self.table.lock().noted.clone()
     }
 
     /// Channels with local subscribers (wanted).
@@ -176,7 +203,8 @@ pub async fn run(
         if *stop.borrow() {
             return;
         }
-        let pubsub = tokio::time::timeout(Duration::from_secs(2), shard.client.get_async_pubsub()).await;
+        let pubsub =
+            tokio::time::timeout(Duration::from_secs(2), shard.client.get_async_pubsub()).await;
         let (mut sink, mut stream) = match pubsub {
             Ok(Ok(p)) => p.split(),
             Ok(Err(e)) => {
@@ -201,7 +229,17 @@ pub async fn run(
         }
         let catch_up_needed = connected_before;
         connected_before = true;
-        let reason = serve(&shard, &hub, &mut sink, &mut stream, &mut tracks, catch_up_needed, &mut stop, &mut backoff).await;
+        let reason = serve(
+            &shard,
+            &hub,
+            &mut sink,
+            &mut stream,
+            &mut tracks,
+            catch_up_needed,
+            &mut stop,
+            &mut backoff,
+        )
+        .await;
         shard.subs.set_connected(false);
         shard.set_up(false);
         match reason {
@@ -265,7 +303,7 @@ async fn serve(
             },
             _ = shard.subs.wake.notified() => tokio::time::sleep(BATCH_WINDOW).await,
             _ = ping.tick() => {
-                match tokio::time::timeout(Duration::from_secs(3), sink.ping::<String>()).await {
+                match tokio::time::timeout(Duration::from_secs(3), sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Exit::Lost(e.to_string()),
                     Err(_) => return Exit::Lost("ping timed out".into()),
@@ -338,8 +376,22 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
 /// After a reconnect: replays from history what each channel missed.
 async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>) {
     let mut conn = shard.conn();
-    for track in tracks.values_mut() {
+    for (name, (epoch, seq)) in shard.subs.noted() {
+        let Some(key) = keys::parse_live_channel(&name) else {
+            continue;
+        };
+        let track = tracks.entry(name).or_insert(Track {
+            key,
+            epoch: epoch.clone(),
+            last: 0,
+        });
         if track.last == 0 {
+            track.epoch = epoch;
+            track.last = seq;
+        }
+    }
+    for track in tracks.values_mut() {
+        if track.epoch.is_empty() {
             continue;
         }
         let keys = ChannelKeys::new(&track.key);
@@ -373,7 +425,9 @@ async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>)
                     hub.deliver(&track.key, &msg);
                 }
             }
-            Ok(_) => tracing::info!(channel = %track.key, "history lost while disconnected; the next message carries the new epoch"),
+            Ok(_) => {
+                tracing::info!(channel = %track.key, "history lost while disconnected; the next message carries the new epoch")
+            }
             Err(e) => tracing::warn!(channel = %track.key, error = %e, "catch-up failed"),
         }
     }

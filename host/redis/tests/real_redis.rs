@@ -58,7 +58,11 @@ fn command_calls(redis: &RedisServer, name: &str) -> u64 {
 }
 
 fn numsub(redis: &RedisServer, key: &ChannelKey) -> i64 {
-    let r = redis.cmd(&["PUBSUB", "NUMSUB", &switchyard_redis::keys::live_channel(key)]);
+    let r = redis.cmd(&[
+        "PUBSUB",
+        "NUMSUB",
+        &switchyard_redis::keys::live_channel(key),
+    ]);
     r.items().get(1).and_then(|v| v.int()).unwrap_or(-1)
 }
 
@@ -87,7 +91,9 @@ fn subscribe_local(hub: &Hub, key: &ChannelKey, session: u64, outbox: &Arc<Outbo
 async fn one_batched_subscription_per_channel() {
     let redis = RedisServer::start();
     let b = broker(&redis, hub("n1")).await;
-    let keys: Vec<ChannelKey> = (0..10).map(|i| ChannelKey::new("t", format!("room:{i}"))).collect();
+    let keys: Vec<ChannelKey> = (0..10)
+        .map(|i| ChannelKey::new("t", format!("room:{i}")))
+        .collect();
     let subscribes_before = command_calls(&redis, "subscribe");
     // 5 local subscriptions on each of 10 channels, all at once.
     let b2 = &b;
@@ -96,10 +102,17 @@ async fn one_batched_subscription_per_channel() {
         r.expect("watch");
     }
     for k in &keys {
-        assert_eq!(numsub(&redis, k), 1, "{k}: one Redis subscription per channel");
+        assert_eq!(
+            numsub(&redis, k),
+            1,
+            "{k}: one Redis subscription per channel"
+        );
     }
     let subscribes = command_calls(&redis, "subscribe") - subscribes_before;
-    assert!(subscribes <= 2, "50 watches were coalesced into {subscribes} SUBSCRIBE commands");
+    assert!(
+        subscribes <= 2,
+        "50 watches were coalesced into {subscribes} SUBSCRIBE commands"
+    );
 
     // A quick unsubscribe + resubscribe cancels out.
     let unsubscribes_before = command_calls(&redis, "unsubscribe");
@@ -135,7 +148,12 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
     let mut epoch = None;
     for i in 1..=5u64 {
         let p = b
-            .publish(&key, data(&format!("{{\"n\":{i}}}")), Some(&format!("m{i}")), &OPTS)
+            .publish(
+                &key,
+                data(&format!("{{\"n\":{i}}}")),
+                Some(&format!("m{i}")),
+                &OPTS,
+            )
             .await
             .expect("publish");
         assert_eq!(p.seq, i);
@@ -143,7 +161,10 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
         epoch.get_or_insert(p.epoch.clone());
         assert_eq!(Some(&p.epoch), epoch.as_ref());
     }
-    let dup = b.publish(&key, data("{\"n\":99}"), Some("m3"), &OPTS).await.expect("dup");
+    let dup = b
+        .publish(&key, data("{\"n\":99}"), Some("m3"), &OPTS)
+        .await
+        .expect("dup");
     assert_eq!((dup.seq, dup.duplicate), (3, true));
 
     let mut got = Vec::new();
@@ -152,12 +173,22 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
         got.len() >= 5
     })
     .await;
-    let seqs: Vec<u64> = got.iter().map(|f| f["seq"].as_u64().expect("seq")).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "in order, duplicate not delivered");
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "in order, duplicate not delivered"
+    );
     assert_eq!(got[0]["data"]["n"], 1);
 
     let epoch = epoch.expect("epoch").to_string();
-    let since = StreamPosition { epoch: epoch.clone(), seq: 2 };
+    let since = StreamPosition {
+        epoch: epoch.clone(),
+        seq: 2,
+    };
     let r = b.recover(&key, Some(&since), &OPTS).await.expect("recover");
     assert!(r.recovered);
     assert_eq!(r.seq, 5);
@@ -165,22 +196,57 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
     assert_eq!(rec, vec![3, 4, 5]);
     assert_eq!(r.messages[0].data.get(), "{\"n\":3}");
 
-    let stale = StreamPosition { epoch: "other".into(), seq: 2 };
-    assert!(!b.recover(&key, Some(&stale), &OPTS).await.expect("recover").recovered);
-    let ahead = StreamPosition { epoch: epoch.clone(), seq: 9 };
-    assert!(!b.recover(&key, Some(&ahead), &OPTS).await.expect("recover").recovered);
+    let stale = StreamPosition {
+        epoch: "other".into(),
+        seq: 2,
+    };
+    assert!(
+        !b.recover(&key, Some(&stale), &OPTS)
+            .await
+            .expect("recover")
+            .recovered
+    );
+    let ahead = StreamPosition {
+        epoch: epoch.clone(),
+        seq: 9,
+    };
+    assert!(
+        !b.recover(&key, Some(&ahead), &OPTS)
+            .await
+            .expect("recover")
+            .recovered
+    );
 
     // Beyond history_size the gap is reported, never papered over.
-    let small = ChannelOptions { history_size: 3, ..OPTS };
+    let small = ChannelOptions {
+        history_size: 3,
+        ..OPTS
+    };
     let k2 = ChannelKey::new("t", "room:small");
     let mut e2 = String::new();
     for i in 1..=6 {
-        e2 = b.publish(&k2, data(&i.to_string()), None, &small).await.expect("publish").epoch.to_string();
+        e2 = b
+            .publish(&k2, data(&i.to_string()), None, &small)
+            .await
+            .expect("publish")
+            .epoch
+            .to_string();
     }
-    let old = StreamPosition { epoch: e2.clone(), seq: 1 };
-    assert!(!b.recover(&k2, Some(&old), &small).await.expect("recover").recovered);
+    let old = StreamPosition {
+        epoch: e2.clone(),
+        seq: 1,
+    };
+    assert!(
+        !b.recover(&k2, Some(&old), &small)
+            .await
+            .expect("recover")
+            .recovered
+    );
     let recent = StreamPosition { epoch: e2, seq: 3 };
-    let r = b.recover(&k2, Some(&recent), &small).await.expect("recover");
+    let r = b
+        .recover(&k2, Some(&recent), &small)
+        .await
+        .expect("recover");
     assert!(r.recovered);
     assert_eq!(r.messages.len(), 3);
 }
@@ -190,16 +256,30 @@ async fn lost_history_gets_a_new_epoch() {
     let redis = RedisServer::start();
     let b = broker(&redis, hub("n1")).await;
     let key = ChannelKey::new("t", "room:e");
-    let first = b.publish(&key, data("1"), None, &OPTS).await.expect("publish");
-    b.publish(&key, data("2"), None, &OPTS).await.expect("publish");
+    let first = b
+        .publish(&key, data("1"), None, &OPTS)
+        .await
+        .expect("publish");
+    b.publish(&key, data("2"), None, &OPTS)
+        .await
+        .expect("publish");
     redis.cmd(&["FLUSHALL"]);
-    let since = StreamPosition { epoch: first.epoch.to_string(), seq: 2 };
+    let since = StreamPosition {
+        epoch: first.epoch.to_string(),
+        seq: 2,
+    };
     let r = b.recover(&key, Some(&since), &OPTS).await.expect("recover");
     assert!(!r.recovered);
     assert_ne!(*r.epoch, *first.epoch);
-    let p = b.publish(&key, data("3"), None, &OPTS).await.expect("publish");
+    let p = b
+        .publish(&key, data("3"), None, &OPTS)
+        .await
+        .expect("publish");
     assert_eq!(p.seq, 1);
-    assert_eq!(p.epoch, r.epoch, "recover created the epoch publishes continue");
+    assert_eq!(
+        p.epoch, r.epoch,
+        "recover created the epoch publishes continue"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,12 +297,18 @@ async fn survives_redis_restart_and_resubscribes() {
     let err = b.publish(&key, data("1"), None, &OPTS).await.unwrap_err();
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
     let other = ChannelKey::new("t", "room:other");
-    assert!(matches!(b.watch(&other).await, Err(BrokerError::Unavailable(_))));
+    assert!(matches!(
+        b.watch(&other).await,
+        Err(BrokerError::Unavailable(_))
+    ));
 
     redis.restart();
     until("health up", async || b.health() == BrokerHealth::Up).await;
     until("resubscribed", async || numsub(&redis, &key) == 1).await;
-    let p = b.publish(&key, data("{\"after\":true}"), None, &OPTS).await.expect("publish");
+    let p = b
+        .publish(&key, data("{\"after\":true}"), None, &OPTS)
+        .await
+        .expect("publish");
     assert_eq!(p.seq, 1, "fresh Redis: new epoch, seq restarts");
     let mut got = Vec::new();
     until("delivered after restart", async || {
@@ -234,7 +320,9 @@ async fn survives_redis_restart_and_resubscribes() {
     assert_eq!(got[0]["epoch"], *p.epoch);
     let metrics = h.metrics().encode();
     assert!(
-        metrics.lines().any(|l| l.starts_with("switchyard_broker_reconnects_total ") && !l.ends_with(" 0")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_broker_reconnects_total ") && !l.ends_with(" 0")),
         "{metrics}"
     );
 }
@@ -249,7 +337,10 @@ async fn catches_up_history_missed_while_pubsub_was_down() {
     let outbox = Arc::new(Outbox::new(64));
     subscribe_local(&h, &key, 1, &outbox);
     b.watch(&key).await.expect("watch");
-    publisher.publish(&key, data("1"), None, &OPTS).await.expect("publish");
+    publisher
+        .publish(&key, data("1"), None, &OPTS)
+        .await
+        .expect("publish");
     let mut got = Vec::new();
     until("first", async || {
         got.extend(frames(&outbox));
@@ -259,14 +350,20 @@ async fn catches_up_history_missed_while_pubsub_was_down() {
     // Drop only the pub/sub connection of n1; commands keep working.
     redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     for i in 2..=4 {
-        publisher.publish(&key, data(&i.to_string()), None, &OPTS).await.expect("publish");
+        publisher
+            .publish(&key, data(&i.to_string()), None, &OPTS)
+            .await
+            .expect("publish");
     }
     until("caught up", async || {
         got.extend(frames(&outbox));
         got.len() >= 4
     })
     .await;
-    publisher.publish(&key, data("5"), None, &OPTS).await.expect("publish");
+    publisher
+        .publish(&key, data("5"), None, &OPTS)
+        .await
+        .expect("publish");
     until("live again", async || {
         got.extend(frames(&outbox));
         got.len() >= 5
@@ -274,6 +371,55 @@ async fn catches_up_history_missed_while_pubsub_was_down() {
     .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     got.extend(frames(&outbox));
-    let seqs: Vec<u64> = got.iter().map(|f| f["seq"].as_u64().expect("seq")).collect();
-    assert_eq!(seqs, vec![1, 2, 3, 4, 5], "no gap, no duplicate across the reconnect");
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![1, 2, 3, 4, 5],
+        "no gap, no duplicate across the reconnect"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_starts_at_the_recovered_position_before_any_live_message() {
+    let redis = RedisServer::start();
+    let h = hub("n1");
+    let b = broker(&redis, h.clone()).await;
+    let publisher = broker(&redis, hub("n2")).await;
+    let key = ChannelKey::new("t", "room:q");
+    publisher
+        .publish(&key, data("1"), None, &OPTS)
+        .await
+        .expect("publish");
+    let outbox = Arc::new(Outbox::new(64));
+    subscribe_local(&h, &key, 1, &outbox);
+    b.watch(&key).await.expect("watch");
+    let r = b.recover(&key, None, &OPTS).await.expect("recover");
+    assert_eq!(r.seq, 1);
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    for i in 2..=3 {
+        publisher
+            .publish(&key, data(&i.to_string()), None, &OPTS)
+            .await
+            .expect("publish");
+    }
+    let mut got = Vec::new();
+    until("caught up", async || {
+        got.extend(frames(&outbox));
+        got.len() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    got.extend(frames(&outbox));
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|f| f["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(
+        seqs,
+        vec![2, 3],
+        "only what followed the recovered position"
+    );
 }

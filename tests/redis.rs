@@ -1,0 +1,451 @@
+//! Multi-node behaviour over a real `redis-server`: 2–3 `switchyard` processes on
+//! loopback sharing Redis (`broker.kind = "redis"`).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_tests::redis::RedisServer;
+use switchyard_tests::{Client, Gateway};
+
+const KEY: &str = "k";
+
+fn config(node: &str, redis: &[&RedisServer], presence_ttl: &str) -> String {
+    let urls: Vec<String> = redis.iter().map(|r| format!("\"{}\"", r.url())).collect();
+    format!(
+        r#"
+[server]
+node_id = "{node}"
+drain_timeout = "2s"
+
+[broker]
+kind = "redis"
+redis_urls = [{}]
+presence_ttl = "{presence_ttl}"
+
+[tenants.default]
+api_keys = ["{KEY}"]
+history_size = 100
+history_ttl = "5m"
+"#,
+        urls.join(", ")
+    )
+}
+
+fn start(node: &str, redis: &[&RedisServer]) -> Gateway {
+    Gateway::start(&config(node, redis, "30s"))
+}
+
+async fn until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ready(gw: &Gateway) -> bool {
+    gw.get("/readyz").await.0 == 200
+}
+
+async fn client(gw: &Gateway, id: &str) -> Client {
+    Client::connect(&gw.ws_url(&format!("/ws?client_id={id}"))).await
+}
+
+async fn publish(c: &mut Client, id: u64, channel: &str, data: Value) -> Value {
+    c.send_json(json!({"type":"publish","id":id,"channel":channel,"data":data}))
+        .await;
+    loop {
+        let v = c.recv_json().await;
+        if v["id"] == id && (v["type"] == "ack" || v["type"] == "error") {
+            return v;
+        }
+    }
+}
+
+async fn messages(c: &mut Client, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = c.recv_json().await;
+        if v["type"] == "message" {
+            out.push(v);
+        }
+    }
+    out
+}
+
+async fn presence(c: &mut Client, id: u64, channel: &str) -> Vec<(String, String)> {
+    c.send_json(json!({"type":"presence","id":id,"channel":channel}))
+        .await;
+    let v = c.recv_type("presence").await;
+    assert_eq!(v["id"], id);
+    let mut list: Vec<(String, String)> = v["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|e| {
+            (
+                e["client"].as_str().unwrap_or("").to_owned(),
+                e["node"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_publish_reaches_everyone_with_the_same_seq() {
+    let redis = RedisServer::start();
+    let gws = [
+        start("node-a", &[&redis]),
+        start("node-b", &[&redis]),
+        start("node-c", &[&redis]),
+    ];
+    for gw in &gws {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    let mut subs = Vec::new();
+    for (i, gw) in gws.iter().enumerate() {
+        let mut c = client(gw, &format!("sub-{i}")).await;
+        let s = c.subscribe(1, "room:x").await;
+        assert_eq!(s["seq"], 0);
+        assert_eq!(c.welcome["node"], ["node-a", "node-b", "node-c"][i]);
+        subs.push(c);
+    }
+    // Publishes from two nodes over WebSocket and one over HTTP.
+    let mut pa = client(&gws[0], "pub-a").await;
+    let mut pb = client(&gws[1], "pub-b").await;
+    for i in 0..3u64 {
+        let ack = publish(&mut pa, 10 + i, "room:x", json!({"from":"a","i":i})).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let ack = publish(&mut pb, 20, "room:x", json!({"from":"b"})).await;
+    assert_eq!(ack["seq"], 4);
+    let (st, body) = gws[2]
+        .post_json(
+            "/api/publish",
+            Some(KEY),
+            r#"{"channel":"room:x","data":{"from":"http"}}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    let mut seen: Vec<Vec<(u64, Value)>> = Vec::new();
+    for c in &mut subs {
+        let m = messages(c, 5).await;
+        seen.push(
+            m.iter()
+                .map(|v| (v["seq"].as_u64().expect("seq"), v["data"].clone()))
+                .collect(),
+        );
+        let epochs: Vec<&Value> = m.iter().map(|v| &v["epoch"]).collect();
+        assert!(epochs.windows(2).all(|w| w[0] == w[1]));
+    }
+    assert_eq!(
+        seen[0].iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(seen[0], seen[1], "node b sees the same order");
+    assert_eq!(seen[0], seen[2], "node c sees the same order");
+    assert_eq!(seen[0][4].1["from"], "http");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_is_served_by_another_node() {
+    let redis = RedisServer::start();
+    let (a, b) = (start("node-a", &[&redis]), start("node-b", &[&redis]));
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+    let mut c = client(&a, "reader").await;
+    c.subscribe(1, "room:r").await;
+    let mut p = client(&b, "writer").await;
+    for i in 1..=3u64 {
+        publish(&mut p, i, "room:r", json!(i)).await;
+    }
+    let got = messages(&mut c, 3).await;
+    let epoch = got[2]["epoch"].clone();
+    drop(c);
+    for i in 4..=6u64 {
+        publish(&mut p, i, "room:r", json!(i)).await;
+    }
+    let mut c = client(&b, "reader").await;
+    c.send_json(
+        json!({"type":"subscribe","id":2,"channel":"room:r","since":{"epoch":epoch,"seq":3}}),
+    )
+    .await;
+    let s = c.recv_type("subscribed").await;
+    assert_eq!(s["recovered"], true, "{s}");
+    assert_eq!(s["seq"], 6);
+    let replay = messages(&mut c, 3).await;
+    let seqs: Vec<u64> = replay
+        .iter()
+        .map(|v| v["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, vec![4, 5, 6]);
+    assert_eq!(replay[0]["data"], 4);
+    // and live messages follow with no gap
+    publish(&mut p, 7, "room:r", json!(7)).await;
+    assert_eq!(messages(&mut c, 1).await[0]["seq"], 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directed_send_reaches_a_client_on_another_node() {
+    let redis = RedisServer::start();
+    let (a, b) = (start("node-a", &[&redis]), start("node-b", &[&redis]));
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+    let mut alice = client(&b, "alice").await;
+    // The directory is written right after connect (debounced); poll for it.
+    let mut status = 0;
+    until(
+        "alice in the directory",
+        Duration::from_secs(5),
+        async || {
+            status = a
+                .post_json(
+                    "/api/send",
+                    Some(KEY),
+                    r#"{"client":"alice","data":{"hello":1}}"#,
+                )
+                .await
+                .0;
+            status != 404
+        },
+    )
+    .await;
+    assert_eq!(status, 202);
+    let d = alice.recv_type("direct").await;
+    assert_eq!(d["data"], json!({"hello":1}));
+    let (st, _) = a
+        .post_json("/api/send", Some(KEY), r#"{"client":"nobody","data":1}"#)
+        .await;
+    assert_eq!(st, 404);
+    let (st, _) = a
+        .post_json("/api/send", Some("wrong"), r#"{"client":"alice","data":1}"#)
+        .await;
+    assert_eq!(st, 401);
+    // after alice leaves, nobody holds her
+    drop(alice);
+    until("alice gone", Duration::from_secs(5), async || {
+        a.post_json("/api/send", Some(KEY), r#"{"client":"alice","data":2}"#)
+            .await
+            .0
+            == 404
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_reclaims_directed_messages_and_its_presence_expires() {
+    let redis = RedisServer::start();
+    let ttl = Duration::from_secs(2);
+    let a = Gateway::start(&config("node-a", &[&redis], "2s"));
+    let cfg_b = config("node-b", &[&redis], "2s");
+    let mut b = Gateway::start(&cfg_b);
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+
+    let mut watcher = client(&a, "watcher").await;
+    watcher.subscribe(1, "room:p").await;
+    let mut bob = client(&b, "bob").await;
+    bob.subscribe(1, "room:p").await;
+    until(
+        "bob present from node a",
+        Duration::from_secs(5),
+        async || {
+            presence(&mut watcher, 2, "room:p")
+                .await
+                .contains(&("bob".into(), "node-b".into()))
+        },
+    )
+    .await;
+    let list = presence(&mut watcher, 3, "room:p").await;
+    assert!(
+        list.contains(&("watcher".into(), "node-a".into())),
+        "{list:?}"
+    );
+    until("bob in the directory", Duration::from_secs(5), async || {
+        a.post_json("/api/send", Some(KEY), r#"{"client":"bob","data":{"n":0}}"#)
+            .await
+            .0
+            == 202
+    })
+    .await;
+    assert_eq!(bob.recv_type("direct").await["data"]["n"], 0);
+
+    b.kill();
+    drop(bob);
+    // node b is dead but still in the directory (within the TTL): queued for it
+    let (st, body) = a
+        .post_json("/api/send", Some(KEY), r#"{"client":"bob","data":{"n":1}}"#)
+        .await;
+    assert_eq!(st, 202, "{body}");
+    let killed = Instant::now();
+    until(
+        "bob's presence expired",
+        ttl + Duration::from_secs(3),
+        async || {
+            !presence(&mut watcher, 4, "room:p")
+                .await
+                .iter()
+                .any(|(c, _)| c == "bob")
+        },
+    )
+    .await;
+    assert!(
+        killed.elapsed() >= ttl - Duration::from_millis(800),
+        "expired by TTL, not earlier"
+    );
+
+    // node b restarts with the same node id; bob reconnects and gets the message
+    let b2 = Gateway::start(&cfg_b);
+    until("b ready", Duration::from_secs(15), async || {
+        ready(&b2).await
+    })
+    .await;
+    let mut bob = client(&b2, "bob").await;
+    let d = bob.recv_type("direct").await;
+    assert_eq!(d["data"]["n"], 1, "re-claimed from node b's inbox");
+    // acknowledged after the write: not delivered again
+    assert!(
+        tokio::time::timeout(Duration::from_millis(2500), bob.recv_type("direct"))
+            .await
+            .is_err(),
+        "delivered once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_survive_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (start("node-a", &[&redis]), start("node-b", &[&redis]));
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+    let mut sub = client(&a, "sub").await;
+    sub.subscribe(1, "room:z").await;
+    let mut p = client(&b, "pub").await;
+    for i in 1..=3u64 {
+        publish(&mut p, i, "room:z", json!(i)).await;
+    }
+    let got = messages(&mut sub, 3).await;
+    let old_epoch = got[2]["epoch"].as_str().expect("epoch").to_owned();
+
+    redis.kill();
+    until("a not ready", Duration::from_secs(10), async || {
+        !ready(&a).await
+    })
+    .await;
+    let e = publish(&mut p, 4, "room:z", json!(4)).await;
+    assert_eq!(e["type"], "error", "{e}");
+    assert_eq!(e["code"], "unavailable", "{e}");
+    let (st, body) = b
+        .post_json(
+            "/api/publish",
+            Some(KEY),
+            r#"{"channel":"room:z","data":1}"#,
+        )
+        .await;
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("unavailable"), "{body}");
+
+    redis.restart();
+    until("a ready", Duration::from_secs(15), async || ready(&a).await).await;
+    until("b ready", Duration::from_secs(15), async || ready(&b).await).await;
+    let (_, metrics) = a.get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("switchyard_broker_reconnects_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    // the subscription on node a was restored: live messages flow again, new epoch
+    let mut ack = json!(null);
+    until(
+        "publish accepted again",
+        Duration::from_secs(10),
+        async || {
+            ack = publish(&mut p, 5, "room:z", json!("after")).await;
+            ack["type"] == "ack"
+        },
+    )
+    .await;
+    let m = messages(&mut sub, 1).await;
+    assert_eq!(m[0]["data"], "after");
+    assert_ne!(m[0]["epoch"], old_epoch.as_str());
+    // a client resuming from before the restart learns history was lost
+    let mut late = client(&b, "late").await;
+    late.send_json(
+        json!({"type":"subscribe","id":9,"channel":"room:z","since":{"epoch":old_epoch,"seq":3}}),
+    )
+    .await;
+    let s = late.recv_type("subscribed").await;
+    assert_eq!(s["recovered"], false, "{s}");
+    assert_ne!(s["epoch"], old_epoch.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_spread_channels_and_fail_independently() {
+    let r1 = RedisServer::start();
+    let mut r2 = RedisServer::start();
+    let (a, b) = (start("node-a", &[&r1, &r2]), start("node-b", &[&r1, &r2]));
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+    let mut p = client(&a, "pub").await;
+    let channels: Vec<String> = (0..24).map(|i| format!("room:{i}")).collect();
+    for (i, ch) in channels.iter().enumerate() {
+        let ack = publish(&mut p, i as u64, ch, json!(i)).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let on = |r: &RedisServer, ch: &str| {
+        r.cmd(&["EXISTS", &format!("sy:{{default:{ch}}}:meta")])
+            .int()
+            == Some(1)
+    };
+    let (mut s1, mut s2) = (Vec::new(), Vec::new());
+    for ch in &channels {
+        match (on(&r1, ch), on(&r2, ch)) {
+            (true, false) => s1.push(ch.clone()),
+            (false, true) => s2.push(ch.clone()),
+            other => panic!("{ch} lives on exactly one shard, got {other:?}"),
+        }
+    }
+    assert!(
+        !s1.is_empty() && !s2.is_empty(),
+        "spread: {} vs {}",
+        s1.len(),
+        s2.len()
+    );
+
+    // a subscriber on node b of one channel per shard
+    let mut sub = client(&b, "sub").await;
+    sub.subscribe(1, &s1[0]).await;
+    r2.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        ready(&a).await,
+        "one shard down does not take the node out of rotation"
+    );
+    for (i, ch) in s1.iter().enumerate() {
+        let ack = publish(&mut p, 100 + i as u64, ch, json!("still")).await;
+        assert_eq!(ack["type"], "ack", "{ch} on the live shard: {ack}");
+    }
+    for (i, ch) in s2.iter().enumerate() {
+        let e = publish(&mut p, 200 + i as u64, ch, json!("down")).await;
+        assert_eq!(e["code"], "unavailable", "{ch} on the dead shard: {e}");
+    }
+    let m = messages(&mut sub, 1).await;
+    assert_eq!(m[0]["data"], "still", "the live shard keeps delivering");
+    sub.send_json(json!({"type":"subscribe","id":2,"channel":s2[0]}))
+        .await;
+    let e = sub.recv_type("error").await;
+    assert_eq!(e["code"], "unavailable", "{e}");
+}
