@@ -219,6 +219,13 @@ async fn directed_send_reaches_a_client_on_another_node() {
     assert_eq!(status, 202);
     let d = alice.recv_type("direct").await;
     assert_eq!(d["data"], json!({"hello":1}));
+    // acknowledged (after the write) and removed from node b's inbox
+    until("inbox drained", Duration::from_secs(5), async || {
+        let pending = redis.cmd(&["XPENDING", "sy:node:{node-b}:inbox", "sy"]);
+        redis.cmd(&["XLEN", "sy:node:{node-b}:inbox"]).int() == Some(0)
+            && pending.items().first().and_then(|v| v.int()) == Some(0)
+    })
+    .await;
     let (st, _) = a
         .post_json("/api/send", Some(KEY), r#"{"client":"nobody","data":1}"#)
         .await;

@@ -145,9 +145,17 @@ impl Inbox {
                 n = rx.recv_many(&mut batch, 256) => if n == 0 { return },
             }
             let mut conn = self.shard.conn();
-            let mut cmd = redis::cmd("XACK");
-            cmd.arg(&self.key).arg(INBOX_GROUP).arg(&batch);
-            if let Err(e) = self.shard.run(cmd.query_async::<i64>(&mut conn)).await {
+            // Acknowledged entries are deleted too: the inbox holds only what is
+            // still to be delivered.
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("XACK")
+                .arg(&self.key)
+                .arg(INBOX_GROUP)
+                .arg(&batch)
+                .ignore();
+            pipe.cmd("XDEL").arg(&self.key).arg(&batch).ignore();
+            if let Err(e) = self.shard.run(pipe.exec_async(&mut conn)).await {
                 // Left pending: the reclaim delivers again (at-least-once).
                 tracing::warn!(error = %e, "XACK failed");
             }

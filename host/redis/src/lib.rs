@@ -79,7 +79,6 @@ pub struct RedisBroker {
     presence: Arc<Presence>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
-    shards_up: Gauge,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -110,11 +109,13 @@ impl RedisBroker {
         if urls.is_empty() {
             return Err(ConnectError::NoServers);
         }
+        let shards_up = Gauge::default();
         let shards: Arc<[Arc<Shard>]> = urls
             .iter()
             .enumerate()
             .map(|(index, url)| {
-                Shard::new(index, url).map_err(|source| ConnectError::Url { index, source })
+                Shard::new(index, url, shards_up.clone())
+                    .map_err(|source| ConnectError::Url { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?
             .into();
@@ -126,7 +127,6 @@ impl RedisBroker {
             "Redis pub/sub reconnections",
             reconnects.clone(),
         );
-        let shards_up = Gauge::default();
         metrics.register(
             "switchyard_broker_shards_up",
             "Redis shards with a live pub/sub connection",
@@ -173,7 +173,6 @@ impl RedisBroker {
             presence,
             stop,
             tasks: Mutex::new(tasks),
-            shards_up,
         }))
     }
 
@@ -338,9 +337,7 @@ impl Broker for RedisBroker {
     }
 
     fn health(&self) -> BrokerHealth {
-        let up = self.shards.iter().filter(|s| s.is_up()).count();
-        self.shards_up.set(up as i64);
-        if up == 0 {
+        if !self.shards.iter().any(|s| s.is_up()) {
             BrokerHealth::Down
         } else {
             BrokerHealth::Up

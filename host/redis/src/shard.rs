@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng;
 use redis::RedisError;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,6 +26,7 @@ pub struct Shard {
     pub client: redis::Client,
     conn: ConnectionManager,
     up: AtomicBool,
+    up_gauge: Gauge,
     /// Channels this node subscribes to on this shard.
     pub subs: Subscriptions,
 }
@@ -51,7 +53,8 @@ pub fn manager_config(response_timeout: Duration) -> ConnectionManagerConfig {
 
 impl Shard {
     /// Opens (lazily) the shard at `url`.
-    pub fn new(index: usize, url: &str) -> Result<Arc<Self>, RedisError> {
+    /// `up_gauge` counts shards whose pub/sub connection is established.
+    pub fn new(index: usize, url: &str, up_gauge: Gauge) -> Result<Arc<Self>, RedisError> {
         let client = redis::Client::open(url)?;
         let addr = client.get_connection_info().addr().to_string();
         let conn = ConnectionManager::new_lazy_with_config(
@@ -64,6 +67,7 @@ impl Shard {
             client,
             conn,
             up: AtomicBool::new(false),
+            up_gauge,
             subs: Subscriptions::default(),
         }))
     }
@@ -79,7 +83,13 @@ impl Shard {
     }
 
     pub(crate) fn set_up(&self, up: bool) {
-        self.up.store(up, Ordering::Relaxed);
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                self.up_gauge.inc();
+            } else {
+                self.up_gauge.dec();
+            }
+        }
     }
 
     /// Runs a command future with the command timeout, mapping failures.
