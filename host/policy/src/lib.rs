@@ -1,31 +1,95 @@
 //! switchyard-policy: runs tenant policies as WebAssembly components.
 //!
-//! STUB — being implemented (issue 3). The binary calls exactly this API.
+//! One process-wide wasmtime engine (component model, pooling allocator, epoch
+//! interruption) compiles each plugin file once per content hash into an
+//! `InstancePre`, cached on disk. Each tenant's role gets a small pool of reused
+//! instances (never one per message) with a per-instance memory cap and a
+//! per-call CPU deadline; a trap, timeout or invalid return is contained and
+//! resolved by the policy's `on_error`. The plugins folder is watched and
+//! changes are swapped in atomically with `Tenant::set_policies`.
+//! See docs/plugins.md ("Roles and when they are called").
+
+mod adapters;
+mod bindings;
+mod engine;
+mod host_api;
+pub mod kv;
+mod metrics;
+mod pool;
+mod registry;
+mod role;
+mod watch;
 
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use switchyard_core::{Config, Node};
 
+pub use adapters::{
+    MAX_CHANNEL_BYTES, MAX_CLAIMS_BYTES, MAX_MERGE_BYTES, MAX_PRINCIPAL_BYTES,
+    MAX_ROUTED_DATA_BYTES,
+};
+pub use engine::{EPOCH_TICK, LoadError, MAX_PLUGIN_BYTES, POOL_INSTANCES};
+pub use metrics::{CallLabels, PluginLabel, RoleLabels};
+pub use pool::CallError;
+pub use registry::Status;
+pub use role::Role;
+
 /// Loads plugins from `plugins.dir`, applies tenant policy mappings and keeps them fresh.
-#[derive(Debug)]
 pub struct PluginHost {
-    _node: Arc<Node>,
+    registry: Arc<registry::Registry>,
+    watcher: Mutex<Option<watch::DirWatcher>>,
+}
+
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("dir", &self.registry.dir())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PluginHost {
     /// Starts the runtime: loads every plugin, installs each tenant's `PolicySet`,
     /// and (when `plugins.watch`) watches the folder for changes.
     pub async fn start(node: Arc<Node>) -> anyhow::Result<Arc<Self>> {
-        Ok(Arc::new(Self { _node: node }))
+        engine::runtime()?;
+        let watch = node.config.plugins.watch;
+        let registry = Arc::new(registry::Registry::new(node));
+        registry.scan().await;
+        let watcher = watch.then(|| watch::spawn(Arc::downgrade(&registry), registry.dir()));
+        Ok(Arc::new(Self {
+            registry,
+            watcher: Mutex::new(watcher),
+        }))
     }
 
-    /// Re-applies the tenant → plugin mapping of a new config (SIGHUP).
-    pub async fn reload(&self, _config: &Config) -> anyhow::Result<()> {
+    /// Re-applies the tenant → plugin mapping of a new config (SIGHUP). Call
+    /// `node.tenants.reload(config)` first. Also rescans the plugins folder and
+    /// takes the new sandbox defaults (`call_timeout`, `memory_limit`,
+    /// `kv_max_entries`); `plugins.dir` cannot change at runtime.
+    pub async fn reload(&self, config: &Config) -> anyhow::Result<()> {
+        self.registry.set_defaults(&config.plugins);
+        self.registry.scan().await;
         Ok(())
     }
 
-    /// `GET /admin/plugins` body: `[{"name","role","hash","loaded_at","status","last_error"}]`.
+    /// Rescans the plugins folder now (what the watcher does after a change):
+    /// loads new or changed files and swaps the affected policies.
+    pub async fn rescan(&self) {
+        self.registry.scan().await;
+    }
+
+    /// Stops watching the folder (policies stay installed).
+    pub fn stop_watching(&self) {
+        self.watcher.lock().take();
+    }
+
+    /// `GET /admin/plugins` body: `[{"name","role","hash","loaded_at","status","last_error"}]`,
+    /// plus `file_hash` (of a file that failed), `used_by` and `mapping_errors`.
+    /// `status` is `loaded`, `failed` (the previous version, if any, keeps
+    /// serving), `removed`, or `missing` (mapped but no such file).
     pub fn status_json(&self) -> serde_json::Value {
-        serde_json::Value::Array(Vec::new())
+        self.registry.status_json()
     }
 }

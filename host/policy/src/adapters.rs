@@ -1,0 +1,496 @@
+//! Role adapters: the core policy traits implemented by calls into a plugin's
+//! pooled instances. Every returned value is checked and bounded here; a failed
+//! call (trap, timeout, invalid return) resolves by the policy's `on_error`.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+use switchyard_core::config::OnError;
+use switchyard_core::policy::{
+    AuthPolicy, BuiltIn, ConnectRequest, Denial, MergeDocument, MergeError, MergePolicy, Principal,
+    PublishRequest, RateDecision, RateKey, RateLimitPolicy, Route, RouteTarget, RouterPolicy,
+};
+use wasmtime::Store;
+use wasmtime::component::ResourceAny;
+
+use crate::bindings::{auth, merge, rate_limit, router, types};
+use crate::engine::bounded;
+use crate::host_api::PluginState;
+use crate::metrics::{CallMetrics, Outcome};
+use crate::pool::{CallError, InstancePool, Loaded, RoleInstance, classify};
+
+/// Longest principal id a plugin may return.
+pub const MAX_PRINCIPAL_BYTES: usize = 256;
+/// Largest claims JSON a plugin may return.
+pub const MAX_CLAIMS_BYTES: usize = 16 * 1024;
+/// Longest channel name a router may return (core validates the syntax).
+pub const MAX_CHANNEL_BYTES: usize = 256;
+/// Largest rewritten payload a router may return.
+pub const MAX_ROUTED_DATA_BYTES: usize = 1 << 20;
+/// Largest merge update or snapshot a plugin may return.
+pub const MAX_MERGE_BYTES: usize = 16 << 20;
+/// Headers handed to the auth plugin (the rest are dropped).
+pub const MAX_HEADERS: usize = 64;
+/// Upper bound on retry-after / delay values from a plugin (ms).
+pub const MAX_WAIT_MS: u64 = 3_600_000;
+/// Retry-after used when a failing rate limiter denies (`on_error = deny`).
+pub const FAILED_RETRY_MS: u64 = 1000;
+
+/// Calls into one plugin for one tenant and role: the pool, the failure policy
+/// and the pre-resolved metrics.
+pub(crate) struct Caller<B> {
+    pub pool: InstancePool<B>,
+    pub on_error: OnError,
+    pub metrics: CallMetrics,
+    pub plugin: Arc<str>,
+    pub tenant: Arc<str>,
+    pub role: &'static str,
+}
+
+impl<B: RoleInstance> Caller<B> {
+    /// Runs one call, timing and counting it; `denied` tells whether an answer is a refusal.
+    fn run<R>(
+        &self,
+        f: impl FnOnce(&mut Store<PluginState>, &B) -> Result<R, CallError>,
+        denied: impl FnOnce(&R) -> bool,
+    ) -> Result<R, CallError> {
+        let start = Instant::now();
+        let r = self.pool.call(f);
+        self.record(start, &r, denied);
+        r
+    }
+
+    fn record<R>(&self, start: Instant, r: &Result<R, CallError>, denied: impl FnOnce(&R) -> bool) {
+        self.metrics.duration.observe(start.elapsed().as_secs_f64());
+        let outcome = match r {
+            Ok(v) if denied(v) => Outcome::Denied,
+            Ok(_) => Outcome::Ok,
+            Err(CallError::Timeout(_)) => Outcome::Timeout,
+            Err(CallError::Trap(_)) => Outcome::Trap,
+            Err(_) => Outcome::Error,
+        };
+        self.metrics.count(outcome);
+        if let Err(e) = r {
+            tracing::warn!(
+                plugin = &*self.plugin,
+                tenant = &*self.tenant,
+                role = self.role,
+                on_error = ?self.on_error,
+                "plugin call failed: {e}"
+            );
+        }
+    }
+
+    fn failed(&self, e: &CallError) -> Denial {
+        Denial::Failed(format!("{} plugin {}: {e}", self.role, self.plugin))
+    }
+
+    /// The answer, or the `on_error` decision for a failed call.
+    fn resolve<R>(
+        &self,
+        r: Result<Result<R, Denial>, CallError>,
+        built_in: impl FnOnce() -> Result<R, Denial>,
+    ) -> Result<R, Denial> {
+        match r {
+            Ok(v) => v,
+            Err(e) => match self.on_error {
+                OnError::Deny => Err(self.failed(&e)),
+                OnError::Allow => built_in(),
+            },
+        }
+    }
+}
+
+fn to_denial(d: types::Denial) -> Denial {
+    match d {
+        types::Denial::Unauthorized(s) => Denial::Unauthorized(bounded(s)),
+        types::Denial::Forbidden(s) => Denial::Forbidden(bounded(s)),
+        types::Denial::RateLimited(ms) => Denial::RateLimited {
+            retry_after_ms: ms.min(MAX_WAIT_MS),
+        },
+        types::Denial::Other(s) => Denial::Other(bounded(s)),
+    }
+}
+
+fn to_merge_error(e: types::MergeError) -> MergeError {
+    match e {
+        types::MergeError::Conflict(s) => MergeError::Conflict(bounded(s)),
+        types::MergeError::Invalid(s) => MergeError::Invalid(bounded(s)),
+        types::MergeError::Other(s) => MergeError::Failed(bounded(s)),
+    }
+}
+
+fn principal_param(p: &Principal) -> types::PrincipalParam<'_> {
+    types::PrincipalParam {
+        id: &p.id,
+        claims_json: &p.claims,
+    }
+}
+
+fn check_principal(p: types::PrincipalResult) -> Result<Principal, CallError> {
+    if p.id.len() > MAX_PRINCIPAL_BYTES {
+        return Err(CallError::Invalid(format!(
+            "principal id longer than {MAX_PRINCIPAL_BYTES} bytes"
+        )));
+    }
+    if p.claims_json.len() > MAX_CLAIMS_BYTES {
+        return Err(CallError::Invalid(format!(
+            "claims larger than {MAX_CLAIMS_BYTES} bytes"
+        )));
+    }
+    let claims: Arc<str> = if p.claims_json.trim().is_empty() {
+        Arc::from("{}")
+    } else {
+        let raw: &RawValue = serde_json::from_str(&p.claims_json)
+            .map_err(|e| CallError::Invalid(format!("claims are not JSON: {e}")))?;
+        if !raw.get().starts_with('{') {
+            return Err(CallError::Invalid("claims are not a JSON object".into()));
+        }
+        Arc::from(raw.get())
+    };
+    Ok(Principal { id: p.id, claims })
+}
+
+/// Auth role backed by a plugin.
+pub(crate) struct WasmAuth(pub Caller<auth::AuthPlugin>);
+
+impl WasmAuth {
+    fn authorize(
+        &self,
+        f: impl FnOnce(
+            &mut Store<PluginState>,
+            &auth::AuthPlugin,
+        ) -> wasmtime::Result<Result<(), types::Denial>>,
+    ) -> Result<(), Denial> {
+        let timeout = self.0.pool.timeout();
+        let r = self.0.run(
+            |store, b| {
+                f(store, b)
+                    .map(|a| a.map_err(to_denial))
+                    .map_err(|e| classify(&e, timeout))
+            },
+            Result::is_err,
+        );
+        self.0.resolve(r, || Ok(()))
+    }
+}
+
+impl AuthPolicy for WasmAuth {
+    fn authenticate(&self, req: &ConnectRequest) -> Result<Principal, Denial> {
+        let headers: Vec<types::Header<'_>> = req
+            .headers
+            .iter()
+            .take(MAX_HEADERS)
+            .map(|(name, value)| types::Header { name, value })
+            .collect();
+        let wreq = types::ConnectRequest {
+            tenant: &req.tenant,
+            path: &req.path,
+            query: &req.query,
+            headers: &headers,
+            remote_addr: &req.remote_addr,
+            client_id: &req.client_id,
+            token: req.token.as_deref(),
+        };
+        let timeout = self.0.pool.timeout();
+        let r = self.0.run(
+            |store, b| match b
+                .switchyard_gateway_auth()
+                .call_authenticate(store, wreq)
+                .map_err(|e| classify(&e, timeout))?
+            {
+                Ok(p) => check_principal(p).map(Ok),
+                Err(d) => Ok(Err(to_denial(d))),
+            },
+            Result::is_err,
+        );
+        self.0.resolve(r, || BuiltIn.authenticate(req))
+    }
+
+    fn authorize_subscribe(&self, principal: &Principal, channel: &str) -> Result<(), Denial> {
+        self.authorize(|store, b| {
+            b.switchyard_gateway_auth().call_authorize_subscribe(
+                store,
+                principal_param(principal),
+                channel,
+            )
+        })
+    }
+
+    fn authorize_publish(
+        &self,
+        principal: &Principal,
+        channel: &str,
+        data: &RawValue,
+    ) -> Result<(), Denial> {
+        self.authorize(|store, b| {
+            b.switchyard_gateway_auth().call_authorize_publish(
+                store,
+                principal_param(principal),
+                channel,
+                data.get(),
+            )
+        })
+    }
+}
+
+fn check_route(route: types::Route) -> Result<Route, CallError> {
+    let targets = match route {
+        types::Route::Direct => return Ok(Route::Direct),
+        types::Route::To(t) => t,
+    };
+    if targets.len() > switchyard_core::publish::MAX_ROUTES {
+        return Err(CallError::Invalid(format!(
+            "{} routes (at most {})",
+            targets.len(),
+            switchyard_core::publish::MAX_ROUTES
+        )));
+    }
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        if t.channel.is_empty() || t.channel.len() > MAX_CHANNEL_BYTES {
+            return Err(CallError::Invalid(format!(
+                "route channel must be 1-{MAX_CHANNEL_BYTES} bytes"
+            )));
+        }
+        let data = match t.data_json {
+            None => None,
+            Some(d) if d.len() > MAX_ROUTED_DATA_BYTES => {
+                return Err(CallError::Invalid(format!(
+                    "routed payload larger than {MAX_ROUTED_DATA_BYTES} bytes"
+                )));
+            }
+            Some(d) => Some(
+                RawValue::from_string(d)
+                    .map_err(|e| CallError::Invalid(format!("routed payload is not JSON: {e}")))?,
+            ),
+        };
+        out.push(RouteTarget {
+            channel: t.channel,
+            data,
+        });
+    }
+    Ok(Route::To(out))
+}
+
+/// Router role backed by a plugin.
+pub(crate) struct WasmRouter(pub Caller<router::RouterPlugin>);
+
+impl RouterPolicy for WasmRouter {
+    fn route(&self, req: &PublishRequest<'_>) -> Result<Route, Denial> {
+        let wreq = types::PublishRequest {
+            principal: principal_param(req.principal),
+            client_id: req.client,
+            channel: req.channel,
+            data_json: req.data.get(),
+        };
+        let timeout = self.0.pool.timeout();
+        let r = self.0.run(
+            |store, b| match b
+                .switchyard_gateway_router()
+                .call_route(store, wreq)
+                .map_err(|e| classify(&e, timeout))?
+            {
+                Ok(route) => check_route(route).map(Ok),
+                Err(d) => Ok(Err(to_denial(d))),
+            },
+            Result::is_err,
+        );
+        self.0.resolve(r, || Ok(Route::Direct))
+    }
+}
+
+/// Rate-limit role backed by a plugin.
+pub(crate) struct WasmRateLimit(pub Caller<rate_limit::RateLimitPlugin>);
+
+impl RateLimitPolicy for WasmRateLimit {
+    fn check(&self, key: &RateKey<'_>, cost: u32) -> RateDecision {
+        let wkey = types::RateKey {
+            principal: key.principal,
+            client_id: key.client,
+            channel: key.channel,
+        };
+        let timeout = self.0.pool.timeout();
+        let r = self.0.run(
+            |store, b| {
+                let d = b
+                    .switchyard_gateway_rate_limit()
+                    .call_check(store, wkey, cost)
+                    .map_err(|e| classify(&e, timeout))?;
+                Ok(match d {
+                    types::RateDecision::Allow => RateDecision::Allow,
+                    types::RateDecision::Reject(ms) => RateDecision::Reject {
+                        retry_after_ms: ms.min(MAX_WAIT_MS),
+                    },
+                    types::RateDecision::Delay(ms) => RateDecision::Delay {
+                        ms: ms.min(MAX_WAIT_MS),
+                    },
+                })
+            },
+            |d| matches!(d, RateDecision::Reject { .. }),
+        );
+        match r {
+            Ok(d) => d,
+            Err(_) => match self.0.on_error {
+                OnError::Deny => RateDecision::Reject {
+                    retry_after_ms: FAILED_RETRY_MS,
+                },
+                OnError::Allow => RateDecision::Allow,
+            },
+        }
+    }
+}
+
+/// Merge role backed by a plugin: each open document pins its own instance.
+pub(crate) struct WasmMerge(pub Arc<Caller<merge::MergePlugin>>);
+
+impl MergePolicy for WasmMerge {
+    fn open(&self, snapshot: &[u8]) -> Result<Box<dyn MergeDocument>, MergeError> {
+        let caller = &self.0;
+        let timeout = caller.pool.timeout();
+        let start = Instant::now();
+        let r = caller.pool.instantiate().and_then(|mut inst| {
+            let opened = inst
+                .bindings
+                .switchyard_gateway_merge()
+                .document()
+                .call_open(&mut inst.store, snapshot)
+                .map_err(|e| classify(&e, timeout))?;
+            Ok((inst, opened))
+        });
+        caller.record(start, &r, |(_, o)| o.is_err());
+        match r {
+            Ok((inst, Ok(handle))) => Ok(Box::new(WasmDocument {
+                caller: caller.clone(),
+                inner: RefCell::new(Some(Pinned { inst, handle })),
+            })),
+            Ok((_, Err(e))) => Err(to_merge_error(e)),
+            Err(e) => match caller.on_error {
+                OnError::Allow => BuiltIn.open(snapshot),
+                OnError::Deny => Err(MergeError::Failed(caller.failed(&e).to_string())),
+            },
+        }
+    }
+}
+
+struct Pinned {
+    inst: Loaded<merge::MergePlugin>,
+    handle: ResourceAny,
+}
+
+/// A live document inside a pinned plugin instance. After a failed call the
+/// instance is dropped and the document reports `MergeError::Failed` from then
+/// on (its state lived in the instance); the caller reopens from its snapshot.
+pub(crate) struct WasmDocument {
+    caller: Arc<Caller<merge::MergePlugin>>,
+    inner: RefCell<Option<Pinned>>,
+}
+
+impl WasmDocument {
+    fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Pinned) -> Result<R, CallError>,
+        denied: impl FnOnce(&R) -> bool,
+    ) -> Result<R, MergeError> {
+        let mut guard = self.inner.borrow_mut();
+        let Some(pinned) = guard.as_mut() else {
+            return Err(MergeError::Failed(format!(
+                "merge plugin {}: document lost after an earlier failure",
+                self.caller.plugin
+            )));
+        };
+        let start = Instant::now();
+        self.caller.pool.arm(&mut pinned.inst.store);
+        let r = f(pinned);
+        self.caller.record(start, &r, denied);
+        r.map_err(|e| {
+            *guard = None;
+            MergeError::Failed(self.caller.failed(&e).to_string())
+        })
+    }
+}
+
+impl MergeDocument for WasmDocument {
+    fn apply(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
+        let timeout = self.caller.pool.timeout();
+        self.call(
+            |p| {
+                let r = p
+                    .inst
+                    .bindings
+                    .switchyard_gateway_merge()
+                    .document()
+                    .call_apply(&mut p.inst.store, p.handle, update)
+                    .map_err(|e| classify(&e, timeout))?;
+                match r {
+                    Ok(Some(u)) if u.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
+                        "update larger than {MAX_MERGE_BYTES} bytes"
+                    ))),
+                    // Empty updates are never broadcast.
+                    Ok(Some(u)) if u.is_empty() => Ok(Ok(None)),
+                    Ok(u) => Ok(Ok(u)),
+                    Err(e) => Ok(Err(to_merge_error(e))),
+                }
+            },
+            Result::is_err,
+        )?
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let timeout = self.caller.pool.timeout();
+        let r = self.call(
+            |p| {
+                let s = p
+                    .inst
+                    .bindings
+                    .switchyard_gateway_merge()
+                    .document()
+                    .call_snapshot(&mut p.inst.store, p.handle)
+                    .map_err(|e| classify(&e, timeout))?;
+                if s.len() > MAX_MERGE_BYTES {
+                    return Err(CallError::Invalid(format!(
+                        "snapshot larger than {MAX_MERGE_BYTES} bytes"
+                    )));
+                }
+                Ok(s)
+            },
+            |_| false,
+        );
+        r.unwrap_or_default()
+    }
+}
+
+/// Auth stand-in while a mapped plugin is missing, failed or of the wrong role
+/// and `on_error = deny`: refuses everything rather than opening the door.
+pub(crate) struct Unavailable {
+    pub reason: String,
+    pub metrics: CallMetrics,
+}
+
+impl Unavailable {
+    fn refuse<R>(&self) -> Result<R, Denial> {
+        self.metrics.count(Outcome::Error);
+        Err(Denial::Failed(self.reason.clone()))
+    }
+}
+
+impl AuthPolicy for Unavailable {
+    fn authenticate(&self, _req: &ConnectRequest) -> Result<Principal, Denial> {
+        self.refuse()
+    }
+
+    fn authorize_subscribe(&self, _principal: &Principal, _channel: &str) -> Result<(), Denial> {
+        self.refuse()
+    }
+
+    fn authorize_publish(
+        &self,
+        _principal: &Principal,
+        _channel: &str,
+        _data: &RawValue,
+    ) -> Result<(), Denial> {
+        self.refuse()
+    }
+}

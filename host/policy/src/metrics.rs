@@ -1,0 +1,151 @@
+//! Plugin metric families, registered into the node's registry:
+//! `switchyard_plugin_calls_total{plugin,role,outcome}`,
+//! `switchyard_plugin_call_duration_seconds{plugin,role}`,
+//! `switchyard_plugin_load_failures_total{plugin}`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use switchyard_core::metrics::Metrics;
+
+use crate::role::Role;
+
+/// Labels of `plugin_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// Role.
+    pub role: &'static str,
+    /// `ok`, `denied`, `error`, `timeout`, `trap`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `plugin_call_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RoleLabels {
+    /// Plugin name.
+    pub plugin: String,
+    /// Role.
+    pub role: &'static str,
+}
+
+/// Labels of `plugin_load_failures_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    /// Plugin name.
+    pub plugin: String,
+}
+
+type HistogramFamily = Family<RoleLabels, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    // 100 ns … ~0.4 s
+    Histogram::new(exponential_buckets(1e-7, 4.0, 12))
+}
+
+/// The runtime's families.
+#[derive(Debug, Clone)]
+pub(crate) struct PluginMetrics {
+    calls: Family<CallLabels, Counter>,
+    duration: HistogramFamily,
+    load_failures: Family<PluginLabel, Counter>,
+}
+
+/// What happened to one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Ok,
+    Denied,
+    Error,
+    Timeout,
+    Trap,
+}
+
+/// Counters of one plugin+role, resolved once so a call touches no label map.
+#[derive(Debug, Clone)]
+pub(crate) struct CallMetrics {
+    ok: Counter,
+    denied: Counter,
+    error: Counter,
+    timeout: Counter,
+    trap: Counter,
+    pub duration: Histogram,
+}
+
+impl CallMetrics {
+    pub(crate) fn count(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::Denied => &self.denied,
+            Outcome::Error => &self.error,
+            Outcome::Timeout => &self.timeout,
+            Outcome::Trap => &self.trap,
+        }
+        .inc();
+    }
+}
+
+impl PluginMetrics {
+    /// Creates the families and registers them with `metrics`.
+    pub(crate) fn register(metrics: &Metrics) -> Self {
+        let m = Self {
+            calls: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            load_failures: Family::default(),
+        };
+        metrics.register(
+            "switchyard_plugin_calls",
+            "Plugin calls by plugin, role and outcome (ok, denied, error, timeout, trap)",
+            m.calls.clone(),
+        );
+        metrics.register(
+            "switchyard_plugin_call_duration_seconds",
+            "Plugin call duration, by plugin and role",
+            m.duration.clone(),
+        );
+        metrics.register(
+            "switchyard_plugin_load_failures",
+            "Plugin files that failed to load (compile, world check, instantiate)",
+            m.load_failures.clone(),
+        );
+        m
+    }
+
+    /// Counters for `plugin` in `role`.
+    pub(crate) fn for_call(&self, plugin: &str, role: Role) -> CallMetrics {
+        let c = |outcome| {
+            self.calls
+                .get_or_create(&CallLabels {
+                    plugin: plugin.to_owned(),
+                    role: role.as_str(),
+                    outcome,
+                })
+                .clone()
+        };
+        CallMetrics {
+            ok: c("ok"),
+            denied: c("denied"),
+            error: c("error"),
+            timeout: c("timeout"),
+            trap: c("trap"),
+            duration: self
+                .duration
+                .get_or_create(&RoleLabels {
+                    plugin: plugin.to_owned(),
+                    role: role.as_str(),
+                })
+                .clone(),
+        }
+    }
+
+    /// Counts a failed load of `plugin`.
+    pub(crate) fn load_failed(&self, plugin: &str) {
+        self.load_failures
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_owned(),
+            })
+            .inc();
+    }
+}

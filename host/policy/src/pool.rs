@@ -1,0 +1,164 @@
+//! Reusable instances of one plugin version for one tenant: a small stack of
+//! (Store, instance) pairs. A call takes one (instantiating from the
+//! `InstancePre` only when none is idle), runs under the epoch deadline, and
+//! gives it back; a call that trapped, timed out or returned garbage drops its
+//! store, since a trapped instance is poisoned.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use wasmtime::{Store, Trap};
+
+use crate::bindings::{auth, merge, rate_limit, router};
+use crate::engine::{Compiled, RolePre, bounded, deadline_ticks, runtime};
+use crate::host_api::{PluginState, Scope};
+
+/// Idle instances kept per pool (more are dropped when given back).
+const MAX_IDLE: usize = 16;
+
+/// Least deadline for instantiating (running a guest's start code).
+const INSTANTIATE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Why a call did not produce a usable answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The call ran past its CPU deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The guest trapped (panic, unreachable, out of memory, …).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The guest returned a value the host refuses.
+    #[error("invalid return: {0}")]
+    Invalid(String),
+    /// No instance could be created (pool exhausted, instantiation failed).
+    #[error("cannot instantiate: {0}")]
+    Instantiate(String),
+    /// The plugin is not loaded.
+    #[error("not loaded: {0}")]
+    Unavailable(String),
+}
+
+/// Bindings of one role's world, instantiated from its `RolePre`.
+pub(crate) trait RoleInstance: Sized + Send + 'static {
+    fn instantiate(pre: &RolePre, store: &mut Store<PluginState>) -> wasmtime::Result<Self>;
+}
+
+macro_rules! role_instance {
+    ($ty:ty, $variant:ident) => {
+        impl RoleInstance for $ty {
+            fn instantiate(
+                pre: &RolePre,
+                store: &mut Store<PluginState>,
+            ) -> wasmtime::Result<Self> {
+                match pre {
+                    RolePre::$variant(p) => p.instantiate(store),
+                    _ => Err(wasmtime::Error::msg("plugin role mismatch")),
+                }
+            }
+        }
+    };
+}
+role_instance!(auth::AuthPlugin, Auth);
+role_instance!(router::RouterPlugin, Router);
+role_instance!(rate_limit::RateLimitPlugin, RateLimit);
+role_instance!(merge::MergePlugin, Merge);
+
+/// One live instance with its own store.
+pub(crate) struct Loaded<B> {
+    pub store: Store<PluginState>,
+    pub bindings: B,
+}
+
+/// Limits a pool applies to its instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub call_timeout: Duration,
+    pub memory_limit: usize,
+}
+
+/// Instances of one plugin version for one tenant.
+pub(crate) struct InstancePool<B> {
+    compiled: Arc<Compiled>,
+    scope: Arc<Scope>,
+    limits: Limits,
+    ticks: u64,
+    idle: Mutex<Vec<Loaded<B>>>,
+}
+
+impl<B: RoleInstance> InstancePool<B> {
+    pub(crate) fn new(compiled: Arc<Compiled>, scope: Arc<Scope>, limits: Limits) -> Self {
+        Self {
+            compiled,
+            scope,
+            limits,
+            ticks: deadline_ticks(limits.call_timeout),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A fresh instance in its own store (not taken from or returned to the pool).
+    pub(crate) fn instantiate(&self) -> Result<Loaded<B>, CallError> {
+        let rt = runtime().map_err(|e| CallError::Instantiate(e.to_string()))?;
+        let mut store = Store::new(
+            &rt.engine,
+            PluginState::new(self.scope.clone(), self.limits.memory_limit),
+        );
+        store.limiter(|s| &mut s.limits);
+        // Instantiation (guest start code) gets its own, roomier deadline.
+        store.set_epoch_deadline(self.ticks.max(deadline_ticks(INSTANTIATE_TIMEOUT)));
+        let bindings =
+            B::instantiate(&self.compiled.pre, &mut store).map_err(|e| {
+                match classify(&e, self.limits.call_timeout) {
+                    CallError::Trap(t) => CallError::Instantiate(t),
+                    CallError::Timeout(_) => {
+                        CallError::Timeout(INSTANTIATE_TIMEOUT.max(self.limits.call_timeout))
+                    }
+                    other => other,
+                }
+            })?;
+        Ok(Loaded { store, bindings })
+    }
+
+    /// Runs `f` on an idle (or new) instance under the call deadline. On success
+    /// the instance goes back to the pool; on any error it is dropped.
+    pub(crate) fn call<R>(
+        &self,
+        f: impl FnOnce(&mut Store<PluginState>, &B) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        let popped = self.idle.lock().pop();
+        let mut inst = match popped {
+            Some(i) => i,
+            None => self.instantiate()?,
+        };
+        inst.store.set_epoch_deadline(self.ticks);
+        let r = f(&mut inst.store, &inst.bindings);
+        if r.is_ok() {
+            let mut idle = self.idle.lock();
+            if idle.len() < MAX_IDLE {
+                idle.push(inst);
+            }
+        }
+        r
+    }
+
+    /// Re-arms the deadline of a pinned instance before a call on it.
+    pub(crate) fn arm(&self, store: &mut Store<PluginState>) {
+        store.set_epoch_deadline(self.ticks);
+    }
+
+    /// The call timeout in force.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.limits.call_timeout
+    }
+}
+
+/// Classifies an error from a guest call.
+pub(crate) fn classify(e: &wasmtime::Error, timeout: Duration) -> CallError {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout(timeout),
+        Some(_) => CallError::Trap(bounded(format!("{e:#}"))),
+        None => CallError::Trap(bounded(format!("{e:#}"))),
+    }
+}

@@ -1,0 +1,566 @@
+//! The plugin registry: plugin files and their compiled versions, load status,
+//! and installation of each tenant's `PolicySet` from its policy mappings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde_json::json;
+use switchyard_core::Node;
+use switchyard_core::config::{OnError, PluginsConfig, PolicyConfig};
+use switchyard_core::policy::{BuiltIn, PolicySet};
+use switchyard_core::tenant::Tenant;
+
+use crate::adapters::{Caller, Unavailable, WasmAuth, WasmMerge, WasmRateLimit, WasmRouter};
+use crate::engine::{
+    Compiled, ContentHash, LoadError, MAX_PLUGIN_BYTES, compile, content_hash, hex,
+};
+use crate::host_api::Scope;
+use crate::kv::KvStore;
+use crate::metrics::PluginMetrics;
+use crate::pool::{InstancePool, Limits, RoleInstance};
+use crate::role::Role;
+
+/// Largest memory cap a policy may ask for (32-bit linear memory).
+const MAX_MEMORY_LIMIT: usize = 4 << 30;
+
+/// Load state of one plugin file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// The current file is compiled and serving.
+    Loaded,
+    /// The current file failed; the previous version (if any) keeps serving.
+    Failed,
+    /// The file is gone; mappings fall back (see docs/plugins.md).
+    Removed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Loaded => "loaded",
+            Status::Failed => "failed",
+            Status::Removed => "removed",
+        }
+    }
+}
+
+/// (mtime, length, inode): a cheap "file unchanged" check before hashing.
+type FileSig = (SystemTime, u64, u64);
+
+struct PluginEntry {
+    file_sig: Option<FileSig>,
+    file_hash: Option<ContentHash>,
+    status: Status,
+    serving: Option<Arc<Compiled>>,
+    loaded_at: Option<SystemTime>,
+    last_error: Option<String>,
+}
+
+/// What a tenant's role is bound to.
+#[derive(Clone, PartialEq)]
+enum Binding {
+    BuiltIn,
+    Plugin {
+        hash: ContentHash,
+        policy: PolicyConfig,
+        limits: Limits,
+        kv_max: usize,
+    },
+    Refuse {
+        reason: String,
+    },
+}
+
+struct TenantInstall {
+    bindings: [Binding; 4],
+    set: PolicySet,
+}
+
+struct MappingIssue {
+    tenant: String,
+    role: Role,
+    plugin: String,
+    message: String,
+}
+
+struct State {
+    defaults: PluginsConfig,
+    plugins: BTreeMap<String, PluginEntry>,
+    kv: HashMap<(String, String), Arc<KvStore>>,
+    installed: HashMap<String, TenantInstall>,
+    issues: Vec<MappingIssue>,
+}
+
+/// Shared by the `PluginHost`, its watcher and its reload path.
+pub(crate) struct Registry {
+    node: Arc<Node>,
+    metrics: PluginMetrics,
+    dir: PathBuf,
+    cache_dir: PathBuf,
+    state: Mutex<State>,
+    /// Serialises scans and reloads (held across awaits; `state` never is).
+    scan_lock: tokio::sync::Mutex<()>,
+}
+
+/// Outcome of reading one file.
+enum FileLoad {
+    Unchanged,
+    Loaded(Arc<Compiled>),
+    Failed(Option<ContentHash>, LoadError),
+}
+
+impl Registry {
+    pub(crate) fn new(node: Arc<Node>) -> Self {
+        let defaults = node.config.plugins.clone();
+        let dir = defaults.dir.clone();
+        let cache_dir = if defaults.cache_dir.as_os_str().is_empty() {
+            dir.join(".cache")
+        } else {
+            defaults.cache_dir.clone()
+        };
+        Self {
+            metrics: PluginMetrics::register(&node.metrics),
+            node,
+            dir,
+            cache_dir,
+            state: Mutex::new(State {
+                defaults,
+                plugins: BTreeMap::new(),
+                kv: HashMap::new(),
+                installed: HashMap::new(),
+                issues: Vec::new(),
+            }),
+            scan_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replaces the sandbox defaults (call timeout, memory cap, kv bound).
+    pub(crate) fn set_defaults(&self, plugins: &PluginsConfig) {
+        if plugins.dir != self.dir {
+            tracing::warn!(
+                old = %self.dir.display(),
+                new = %plugins.dir.display(),
+                "plugins.dir cannot change at runtime; restart to use the new folder"
+            );
+        }
+        self.state.lock().defaults = plugins.clone();
+    }
+
+    /// Reads the folder, (re)loads new or changed files, marks removed ones, and
+    /// re-installs every tenant's policies.
+    pub(crate) async fn scan(&self) {
+        let _serial = self.scan_lock.lock().await;
+        let dir = self.dir.clone();
+        let files = tokio::task::spawn_blocking(move || list_wasm(&dir))
+            .await
+            .unwrap_or_default();
+        for (name, path, sig) in &files {
+            let (known_sig, known_hash) = {
+                let st = self.state.lock();
+                match st.plugins.get(name) {
+                    Some(e) if e.status != Status::Removed => (e.file_sig, e.file_hash),
+                    _ => (None, None),
+                }
+            };
+            if known_sig == Some(*sig) {
+                continue;
+            }
+            let load = self.read_and_compile(path.clone(), known_hash).await;
+            self.record_load(name, *sig, load);
+        }
+        {
+            let mut st = self.state.lock();
+            for (name, e) in st.plugins.iter_mut() {
+                if e.status != Status::Removed && !files.iter().any(|(n, _, _)| n == name) {
+                    tracing::warn!(plugin = %name, "plugin file removed; its mappings fall back to the built-in policy (auth with on_error = deny refuses)");
+                    e.status = Status::Removed;
+                    e.serving = None;
+                    e.file_sig = None;
+                    e.file_hash = None;
+                    e.last_error = None;
+                }
+            }
+        }
+        self.install();
+    }
+
+    async fn read_and_compile(&self, path: PathBuf, known: Option<ContentHash>) -> FileLoad {
+        let cache_dir = self.cache_dir.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let bytes = read_bounded(&path).map_err(|e| (None, e))?;
+            let hash = content_hash(&bytes);
+            if known == Some(hash) {
+                return Ok(None);
+            }
+            compile(&bytes, &cache_dir)
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| (Some(hash), e))
+        });
+        match job.await {
+            Ok(Ok(None)) => FileLoad::Unchanged,
+            Ok(Ok(Some(c))) => FileLoad::Loaded(c),
+            Ok(Err((hash, e))) => FileLoad::Failed(hash, e),
+            Err(e) => FileLoad::Failed(None, LoadError::Compile(format!("compile task: {e}"))),
+        }
+    }
+
+    fn record_load(&self, name: &str, sig: FileSig, load: FileLoad) {
+        let mut st = self.state.lock();
+        let e = st
+            .plugins
+            .entry(name.to_owned())
+            .or_insert_with(|| PluginEntry {
+                file_sig: None,
+                file_hash: None,
+                status: Status::Failed,
+                serving: None,
+                loaded_at: None,
+                last_error: None,
+            });
+        e.file_sig = Some(sig);
+        let load = match load {
+            FileLoad::Loaded(c) if e.serving.as_ref().is_some_and(|old| old.role != c.role) => {
+                let old = e.serving.as_ref().map_or(c.role, |o| o.role);
+                FileLoad::Failed(
+                    Some(c.hash),
+                    LoadError::World(format!(
+                        "the new file implements the {} role, the serving version {old}; remove the file first (or use a new name) to change a plugin's role",
+                        c.role
+                    )),
+                )
+            }
+            other => other,
+        };
+        match load {
+            FileLoad::Unchanged => {}
+            FileLoad::Loaded(c) => {
+                tracing::info!(
+                    plugin = %name,
+                    role = %c.role,
+                    hash = %hex(&c.hash),
+                    from_cache = c.from_cache,
+                    "plugin loaded"
+                );
+                e.file_hash = Some(c.hash);
+                e.status = Status::Loaded;
+                e.serving = Some(c);
+                e.loaded_at = Some(SystemTime::now());
+                e.last_error = None;
+            }
+            FileLoad::Failed(hash, err) => {
+                self.metrics.load_failed(name);
+                match &e.serving {
+                    Some(old) => tracing::warn!(
+                        plugin = %name,
+                        serving = %hex(&old.hash),
+                        "plugin failed to load; the previous version keeps serving: {err}"
+                    ),
+                    None => tracing::warn!(plugin = %name, "plugin failed to load: {err}"),
+                }
+                e.file_hash = hash;
+                e.status = Status::Failed;
+                e.last_error = Some(err.to_string());
+            }
+        }
+    }
+
+    /// Builds and installs every tenant's `PolicySet`, reusing the adapters (and
+    /// their warm instances) of roles whose binding did not change.
+    pub(crate) fn install(&self) {
+        let mut st = self.state.lock();
+        st.issues.clear();
+        let tenants = self.node.tenants.all();
+        for tenant in &tenants {
+            self.install_tenant(&mut st, tenant);
+        }
+        st.installed
+            .retain(|id, _| tenants.iter().any(|t| &*t.id == id.as_str()));
+        for i in &st.issues {
+            tracing::warn!(
+                tenant = %i.tenant,
+                role = %i.role,
+                plugin = %i.plugin,
+                "policy mapping not served by its plugin: {}",
+                i.message
+            );
+        }
+    }
+
+    fn install_tenant(&self, st: &mut State, tenant: &Arc<Tenant>) {
+        let cfg = tenant.config();
+        let mappings = [
+            cfg.policies.auth.as_ref(),
+            cfg.policies.router.as_ref(),
+            cfg.policies.rate_limit.as_ref(),
+            cfg.policies.merge.as_ref(),
+        ];
+        let bindings: [Binding; 4] =
+            std::array::from_fn(|i| self.binding(st, &tenant.id, Role::ALL[i], mappings[i]));
+        let old = st.installed.remove(&*tenant.id);
+        if let Some(o) = old.as_ref().filter(|o| o.bindings == bindings) {
+            let set = o.set.clone();
+            st.installed
+                .insert(tenant.id.to_string(), TenantInstall { bindings, set });
+            return;
+        }
+        let old = old.as_ref();
+        let reuse = |i: usize| old.filter(|o| o.bindings[i] == bindings[i]).map(|o| &o.set);
+        let builtin = Arc::new(BuiltIn);
+        let set = PolicySet {
+            auth: match reuse(0) {
+                Some(s) => s.auth.clone(),
+                None => match &bindings[0] {
+                    Binding::BuiltIn => builtin.clone(),
+                    Binding::Refuse { reason } => Arc::new(Unavailable {
+                        reason: reason.clone(),
+                        metrics: self
+                            .metrics
+                            .for_call(mappings[0].map_or("", |p| p.plugin.as_str()), Role::Auth),
+                    }),
+                    Binding::Plugin { .. } => {
+                        Arc::new(WasmAuth(self.caller(st, tenant, Role::Auth, &bindings[0])))
+                    }
+                },
+            },
+            router: match (reuse(1), &bindings[1]) {
+                (Some(s), _) => s.router.clone(),
+                (None, b @ Binding::Plugin { .. }) => {
+                    Arc::new(WasmRouter(self.caller(st, tenant, Role::Router, b)))
+                }
+                (None, _) => builtin.clone(),
+            },
+            rate_limit: match (reuse(2), &bindings[2]) {
+                (Some(s), _) => s.rate_limit.clone(),
+                (None, b @ Binding::Plugin { .. }) => {
+                    Arc::new(WasmRateLimit(self.caller(st, tenant, Role::RateLimit, b)))
+                }
+                (None, _) => builtin.clone(),
+            },
+            merge: match (reuse(3), &bindings[3]) {
+                (Some(s), _) => s.merge.clone(),
+                (None, b @ Binding::Plugin { .. }) => {
+                    Arc::new(WasmMerge(Arc::new(self.caller(st, tenant, Role::Merge, b))))
+                }
+                (None, _) => builtin,
+            },
+        };
+        tenant.set_policies(set.clone());
+        st.installed
+            .insert(tenant.id.to_string(), TenantInstall { bindings, set });
+    }
+
+    fn binding(
+        &self,
+        st: &mut State,
+        tenant: &str,
+        role: Role,
+        policy: Option<&PolicyConfig>,
+    ) -> Binding {
+        let Some(policy) = policy else {
+            return Binding::BuiltIn;
+        };
+        let entry = st.plugins.get(&policy.plugin);
+        let problem = match entry.and_then(|e| e.serving.as_ref()) {
+            Some(c) if c.role == role => {
+                let limits = Limits {
+                    call_timeout: policy
+                        .call_timeout
+                        .unwrap_or(st.defaults.call_timeout)
+                        .max(Duration::from_millis(1)),
+                    memory_limit: policy
+                        .memory_limit
+                        .unwrap_or(st.defaults.memory_limit)
+                        .min(MAX_MEMORY_LIMIT),
+                };
+                return Binding::Plugin {
+                    hash: c.hash,
+                    policy: policy.clone(),
+                    limits,
+                    kv_max: st.defaults.kv_max_entries,
+                };
+            }
+            Some(c) => format!(
+                "plugin {} implements the {} role, but is mapped as {role}",
+                policy.plugin, c.role
+            ),
+            None => match entry {
+                None => format!("plugin {} is not in {}", policy.plugin, self.dir.display()),
+                Some(e) => format!(
+                    "plugin {} is {}{}",
+                    policy.plugin,
+                    e.status.as_str(),
+                    e.last_error
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                ),
+            },
+        };
+        st.issues.push(MappingIssue {
+            tenant: tenant.to_owned(),
+            role,
+            plugin: policy.plugin.clone(),
+            message: problem.clone(),
+        });
+        if role == Role::Auth && policy.on_error == OnError::Deny {
+            Binding::Refuse {
+                reason: format!("auth policy unavailable: {problem}"),
+            }
+        } else {
+            Binding::BuiltIn
+        }
+    }
+
+    fn caller<B: RoleInstance>(
+        &self,
+        st: &mut State,
+        tenant: &Tenant,
+        role: Role,
+        binding: &Binding,
+    ) -> Caller<B> {
+        let Binding::Plugin {
+            policy,
+            limits,
+            kv_max,
+            ..
+        } = binding
+        else {
+            unreachable!("caller() is only built for plugin bindings")
+        };
+        let compiled = st
+            .plugins
+            .get(&policy.plugin)
+            .and_then(|e| e.serving.clone())
+            .expect("binding() checked the plugin is serving");
+        let kv = st
+            .kv
+            .entry((policy.plugin.clone(), tenant.id.to_string()))
+            .or_insert_with(|| Arc::new(KvStore::new(*kv_max)))
+            .clone();
+        let plugin: Arc<str> = Arc::from(policy.plugin.as_str());
+        let scope = Arc::new(Scope {
+            plugin: plugin.clone(),
+            tenant: tenant.id.clone(),
+            config_json: Arc::from(policy.config_json()),
+            kv,
+        });
+        Caller {
+            pool: InstancePool::new(compiled, scope, *limits),
+            on_error: policy.on_error,
+            metrics: self.metrics.for_call(&policy.plugin, role),
+            plugin,
+            tenant: tenant.id.clone(),
+            role: role.as_str(),
+        }
+    }
+
+    /// `GET /admin/plugins` body.
+    pub(crate) fn status_json(&self) -> serde_json::Value {
+        let st = self.state.lock();
+        let mut out = Vec::with_capacity(st.plugins.len());
+        for (name, e) in &st.plugins {
+            let used_by: Vec<_> = st
+                .installed
+                .iter()
+                .flat_map(|(tenant, inst)| {
+                    inst.bindings
+                        .iter()
+                        .zip(Role::ALL)
+                        .filter_map(move |(b, role)| match b {
+                            Binding::Plugin { policy, .. } if &policy.plugin == name => {
+                                Some(json!({"tenant": tenant, "role": role.as_str()}))
+                            }
+                            _ => None,
+                        })
+                })
+                .collect();
+            let mapping_errors: Vec<_> = st
+                .issues
+                .iter()
+                .filter(|i| &i.plugin == name)
+                .map(|i| json!({"tenant": i.tenant, "role": i.role.as_str(), "error": i.message}))
+                .collect();
+            let last_error = e.last_error.clone().or_else(|| {
+                st.issues
+                    .iter()
+                    .find(|i| &i.plugin == name)
+                    .map(|i| format!("tenant {}: {}", i.tenant, i.message))
+            });
+            out.push(json!({
+                "name": name,
+                "role": e.serving.as_ref().map(|c| c.role.as_str()),
+                "hash": e.serving.as_ref().map(|c| hex(&c.hash)),
+                "file_hash": e.file_hash.as_ref().map(hex),
+                "loaded_at": e.loaded_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                "status": e.status.as_str(),
+                "compiled_from_cache": e.serving.as_ref().map(|c| c.from_cache),
+                "last_error": last_error,
+                "used_by": used_by,
+                "mapping_errors": mapping_errors,
+            }));
+        }
+        for i in &st.issues {
+            if !st.plugins.contains_key(&i.plugin) {
+                out.push(json!({
+                    "name": i.plugin,
+                    "role": i.role.as_str(),
+                    "hash": null,
+                    "file_hash": null,
+                    "loaded_at": null,
+                    "status": "missing",
+                    "last_error": format!("tenant {}: {}", i.tenant, i.message),
+                    "used_by": [],
+                    "mapping_errors": [{"tenant": i.tenant, "role": i.role.as_str(), "error": i.message}],
+                }));
+            }
+        }
+        serde_json::Value::Array(out)
+    }
+}
+
+fn read_bounded(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let meta = std::fs::metadata(path).map_err(|e| LoadError::Io(e.to_string()))?;
+    if meta.len() > MAX_PLUGIN_BYTES {
+        return Err(LoadError::TooLarge);
+    }
+    std::fs::read(path).map_err(|e| LoadError::Io(e.to_string()))
+}
+
+/// `*.wasm` files of `dir`: (stem, path, signature). A missing folder is empty.
+fn list_wasm(dir: &Path) -> Vec<(String, PathBuf, FileSig)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = rd
+        .filter_map(Result::ok)
+        .filter_map(|ent| {
+            let path = ent.path();
+            if path.extension()? != "wasm" {
+                return None;
+            }
+            let meta = std::fs::metadata(&path).ok()?;
+            if !meta.is_file() {
+                return None;
+            }
+            let name = path.file_stem()?.to_str()?.to_owned();
+            if name.starts_with('.') {
+                return None;
+            }
+            let sig = (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            );
+            Some((name, path, sig))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
