@@ -284,6 +284,12 @@ async fn killed_node_reclaims_directed_messages_and_its_presence_expires() {
     })
     .await;
     assert_eq!(bob.recv_type("direct").await["data"]["n"], 0);
+    // acknowledged once written (a kill before the XACK would deliver it again: at-least-once)
+    until("n:0 acknowledged", Duration::from_secs(5), async || {
+        let pending = redis.cmd(&["XPENDING", "sy:node:{node-b}:inbox", "sy"]);
+        pending.items().first().and_then(|v| v.int()) == Some(0)
+    })
+    .await;
 
     b.kill();
     drop(bob);

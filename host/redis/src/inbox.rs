@@ -64,18 +64,27 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Sends a directed message to a node's inbox.
+/// How long an inbox outlives its last use: twice the retention, so the inbox
+/// of a node that is gone for good disappears.
+pub fn inbox_ttl(retention: Duration) -> u64 {
+    (retention * 2).as_millis().max(1) as u64
+}
+
+/// Sends a directed message to a node's inbox (`retention`: see [`Inbox::spawn`]).
 pub async fn enqueue(
     shards: &[Arc<Shard>],
     node: &str,
     tenant: &str,
     client: &str,
     data: &RawValue,
+    retention: Duration,
 ) -> Result<(), BrokerError> {
     let shard = &shards[node_shard(node, shards.len())];
     let mut conn = shard.conn();
     let key = keys::inbox(node);
-    let mut cmd = redis::cmd("XADD");
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    let cmd = pipe.cmd("XADD");
     cmd.arg(&key)
         .arg("MAXLEN")
         .arg("~")
@@ -86,11 +95,10 @@ pub async fn enqueue(
         .arg("c")
         .arg(client)
         .arg("d")
-        .arg(data.get());
-    shard
-        .run(cmd.query_async::<String>(&mut conn))
-        .await
-        .map(|_| ())
+        .arg(data.get())
+        .ignore();
+    pipe.pexpire(&key, inbox_ttl(retention) as i64).ignore();
+    shard.run(pipe.exec_async(&mut conn)).await
 }
 
 /// The consumer of this node's inbox.
@@ -216,6 +224,12 @@ impl Inbox {
             if last_reclaim.elapsed() >= RECLAIM_IDLE {
                 self.reclaim(&mut conn, RECLAIM_IDLE).await?;
                 last_reclaim = tokio::time::Instant::now();
+                // Keep our own inbox alive while we run.
+                redis::cmd("PEXPIRE")
+                    .arg(&self.key)
+                    .arg(inbox_ttl(self.max_age))
+                    .exec_async(&mut conn)
+                    .await?;
             }
             let mut cmd = redis::cmd("XREADGROUP");
             cmd.arg("GROUP")

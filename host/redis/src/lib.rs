@@ -79,6 +79,8 @@ pub struct RedisBroker {
     presence: Arc<Presence>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// How long a directed message waits on its node for the client.
+    retention: Duration,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -173,6 +175,7 @@ impl RedisBroker {
             presence,
             stop,
             tasks: Mutex::new(tasks),
+            retention,
         }))
     }
 
@@ -321,7 +324,7 @@ impl Broker for RedisBroker {
         let mut last_err = None;
         let mut sent = 0usize;
         for node in &nodes {
-            match inbox::enqueue(&self.shards, node, tenant, client, &data).await {
+            match inbox::enqueue(&self.shards, node, tenant, client, &data, self.retention).await {
                 Ok(()) => sent += 1,
                 Err(e) => last_err = Some(e),
             }
