@@ -80,6 +80,12 @@ impl PluginHost {
         self.registry.scan().await;
     }
 
+    /// Instantiates the current version of `plugin` once in a fresh store with
+    /// default limits and returns how long that took (benchmarks, diagnostics).
+    pub fn instantiate_once(&self, plugin: &str) -> Result<std::time::Duration, CallError> {
+        self.registry.instantiate_once(plugin)
+    }
+
     /// Stops watching the folder (policies stay installed).
     pub fn stop_watching(&self) {
         self.watcher.lock().take();

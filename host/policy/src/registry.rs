@@ -20,7 +20,8 @@ use crate::engine::{
 use crate::host_api::Scope;
 use crate::kv::KvStore;
 use crate::metrics::PluginMetrics;
-use crate::pool::{InstancePool, Limits, RoleInstance};
+use crate::bindings::{auth, merge, rate_limit, router};
+use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
 use crate::role::Role;
 
 /// Largest memory cap a policy may ask for (32-bit linear memory).
@@ -459,6 +460,47 @@ impl Registry {
             tenant: tenant.id.clone(),
             role: role.as_str(),
         }
+    }
+
+    /// See [`crate::PluginHost::instantiate_once`].
+    pub(crate) fn instantiate_once(&self, plugin: &str) -> Result<Duration, CallError> {
+        let (compiled, defaults) = {
+            let st = self.state.lock();
+            let c = st
+                .plugins
+                .get(plugin)
+                .and_then(|e| e.serving.clone())
+                .ok_or_else(|| CallError::Unavailable(plugin.to_owned()))?;
+            (c, st.defaults.clone())
+        };
+        let scope = Arc::new(Scope {
+            plugin: Arc::from(plugin),
+            tenant: Arc::from(""),
+            config_json: Arc::from("{}"),
+            kv: Arc::new(KvStore::new(16)),
+        });
+        let limits = Limits {
+            call_timeout: defaults.call_timeout,
+            memory_limit: defaults.memory_limit,
+        };
+        let start = std::time::Instant::now();
+        match compiled.role {
+            Role::Auth => InstancePool::<auth::AuthPlugin>::new(compiled, scope, limits)
+                .instantiate()
+                .map(drop),
+            Role::Router => InstancePool::<router::RouterPlugin>::new(compiled, scope, limits)
+                .instantiate()
+                .map(drop),
+            Role::RateLimit => {
+                InstancePool::<rate_limit::RateLimitPlugin>::new(compiled, scope, limits)
+                    .instantiate()
+                    .map(drop)
+            }
+            Role::Merge => InstancePool::<merge::MergePlugin>::new(compiled, scope, limits)
+                .instantiate()
+                .map(drop),
+        }?;
+        Ok(start.elapsed())
     }
 
     /// `GET /admin/plugins` body.

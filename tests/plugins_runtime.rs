@@ -1,0 +1,216 @@
+//! Plugin runtime against the real binary: hot reload under load and a broken
+//! plugin file, with the runtime's own test guests (tests/fixtures/plugins,
+//! built into target/test-plugins/ by tests/fixtures/plugins/build.sh).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_tests::{Client, Gateway, http, repo_root, scratch_dir, target_dir};
+use tokio_tungstenite::tungstenite::Message;
+
+fn fixture(name: &str) -> PathBuf {
+    let dir = target_dir().join("test-plugins");
+    let path = dir.join(format!("{name}.wasm"));
+    if !path.is_file() {
+        let ok = std::process::Command::new(repo_root().join("tests/fixtures/plugins/build.sh"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tests/fixtures/plugins/build.sh failed");
+    }
+    path
+}
+
+/// Puts `bytes` in place as `<name>.wasm` atomically (write + rename), as a deploy would.
+fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
+    let tmp = dir.join(format!(".{name}.partial"));
+    std::fs::write(&tmp, bytes).expect("write");
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename");
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).expect("read fixture")
+}
+
+async fn admin_plugins(gw: &Gateway, token: &str) -> (u16, Value) {
+    let auth = format!("Bearer {token}");
+    let (status, body) = http(gw.addr, "GET", "/admin/plugins", &[("authorization", &auth)], None).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+fn plugin_entry<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["plugins"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// Publishes `data` and returns the routed `data` of the message that comes back
+/// on the (subscribed) channel, after the matching ack.
+async fn publish_roundtrip(c: &mut Client, id: u64, channel: &str, data: Value) -> Result<Value, String> {
+    c.send_json(json!({"type":"publish","id":id,"channel":channel,"data":data}))
+        .await;
+    let (mut acked, mut routed) = (false, None);
+    while !(acked && routed.is_some()) {
+        match c.recv_within(Duration::from_secs(30)).await {
+            Some(Message::Text(t)) => {
+                let v: Value = serde_json::from_str(&t).map_err(|e| e.to_string())?;
+                match v["type"].as_str() {
+                    Some("ack") if v["id"] == id => acked = true,
+                    Some("message") if v["channel"] == channel && v["data"]["data"] == data => {
+                        if routed.replace(v["data"].clone()).is_some() {
+                            return Err(format!("message delivered twice: {v}"));
+                        }
+                    }
+                    Some("error") => return Err(format!("error reply: {v}")),
+                    _ => return Err(format!("unexpected frame: {v}")),
+                }
+            }
+            other => return Err(format!("connection ended: {other:?}")),
+        }
+    }
+    routed.ok_or_else(|| "no message".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_swaps_router_without_losing_messages() {
+    let plugins = scratch_dir("plugins");
+    let v1 = read(&fixture("router-v1"));
+    let v2 = read(&fixture("router-v2"));
+    deploy(&plugins, "router", &v1);
+    // Present at start so its compiled code is in the cache when it is swapped in.
+    deploy(&plugins, "router-next", &v2);
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\nwatch = true\ncall_timeout = \"1s\"\n\
+         [limits]\npublish_rate = 10000\npublish_burst = 10000\n\
+         [tenants.default.policies.router]\nplugin = \"router\"\n",
+        plugins.display().to_string()
+    ));
+    const CLIENTS: usize = 200;
+    let swapped = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..CLIENTS {
+        let url = gw.ws_url("/ws");
+        let swapped = swapped.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(&url).await;
+            let channel = format!("load:{i}");
+            c.subscribe(1, &channel).await;
+            let mut versions = Vec::new();
+            let mut after_swap = 0;
+            let mut k = 0u64;
+            // Publish until this client saw the swap land (plus a few more), or give up.
+            while after_swap < 5 && start.elapsed() < Duration::from_secs(90) {
+                k += 1;
+                if swapped.load(Ordering::Relaxed) {
+                    after_swap += 1;
+                }
+                let routed = publish_roundtrip(&mut c, 1 + k, &channel, json!({"i": i, "k": k})).await?;
+                versions.push(routed["v"].as_u64().ok_or(format!("not routed by v1/v2: {routed}"))?);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            c.send_json(json!({"type":"ping","id":999_999})).await;
+            let pong = c.recv_json().await;
+            if pong["type"] != "pong" {
+                return Err(format!("connection not healthy after the swap: {pong}"));
+            }
+            Ok::<_, String>(versions)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    deploy(&plugins, "router", &v2);
+    swapped.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    let (mut saw_v1, mut saw_v2) = (false, false);
+    for t in tasks {
+        let versions = t.await.expect("client task").unwrap_or_else(|e| panic!("{e}\n{}", gw.logs()));
+        assert!(versions.iter().all(|v| *v == 1 || *v == 2), "{versions:?}");
+        let first_v2 = versions.iter().position(|v| *v == 2).unwrap_or(versions.len());
+        assert!(versions[first_v2..].iter().all(|v| *v == 2), "v1 after v2: {versions:?}");
+        saw_v1 |= first_v2 > 0;
+        saw_v2 |= first_v2 < versions.len();
+        total += versions.len();
+    }
+    assert!(saw_v1 && saw_v2, "the swap happened while clients were publishing");
+    let (_, metrics) = gw.get("/metrics").await;
+    let closed: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_connections_closed_total{"))
+        .collect();
+    assert!(closed.is_empty(), "no connection was closed: {closed:?}");
+    eprintln!("{CLIENTS} clients, {total} messages, all decided by v1 or v2, none lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_wasm_keeps_old_version_serving_and_admin_shows_error() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "router", &read(&fixture("router-v1")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\nwatch = true\ncall_timeout = \"1s\"\n\
+         [admin]\ntoken = \"adm\"\n\
+         [tenants.default.policies.router]\nplugin = \"router\"\n",
+        plugins.display().to_string()
+    ));
+    let (status, before) = admin_plugins(&gw, "adm").await;
+    assert_eq!(status, 200, "{before}");
+    let entry = plugin_entry(&before, "router").clone();
+    assert_eq!(entry["status"], "loaded", "{before}");
+    assert_eq!(entry["role"], "router");
+    let hash = entry["hash"].as_str().expect("hash").to_owned();
+    assert_eq!(admin_plugins(&gw, "wrong").await.0, 401);
+
+    let mut c = Client::connect(&gw.ws_url("/ws")).await;
+    c.subscribe(1, "room:1").await;
+    let routed = publish_roundtrip(&mut c, 2, "room:1", json!({"n": 1})).await.expect("publish");
+    assert_eq!(routed["v"], 1);
+
+    deploy(&plugins, "router", b"\0asm\x0d\0\x01\0this is not a component");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let entry = loop {
+        let (_, v) = admin_plugins(&gw, "adm").await;
+        let e = plugin_entry(&v, "router").clone();
+        if e["status"] == "failed" {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "broken file never reported: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(entry["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{entry}");
+    assert_eq!(entry["hash"], hash.as_str(), "the old version is still the one serving");
+    let routed = publish_roundtrip(&mut c, 3, "room:1", json!({"n": 2})).await.expect("publish");
+    assert_eq!(routed["v"], 1, "old version keeps serving");
+    gw.wait_metric("switchyard_plugin_load_failures_total{plugin=\"router\"} 1").await;
+    gw.wait_metric("switchyard_plugin_calls_total{plugin=\"router\",role=\"router\",outcome=\"ok\"} 2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_and_looping_router_is_contained_per_tenant() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "misbehave", &read(&fixture("misbehave")));
+    deploy(&plugins, "router", &read(&fixture("router-v1")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n\
+         [tenants.a.policies.router]\nplugin = \"misbehave\"\ncall_timeout = \"50ms\"\n\
+         [tenants.b.policies.router]\nplugin = \"router\"\n",
+        plugins.display().to_string()
+    ));
+    let mut a = Client::connect(&gw.ws_url("/ws/a")).await;
+    let mut b = Client::connect(&gw.ws_url("/ws/b")).await;
+    b.subscribe(1, "room:1").await;
+    for (id, channel) in [(10, "loop"), (11, "trap"), (12, "loop")] {
+        a.send_json(json!({"type":"publish","id":id,"channel":channel,"data":1})).await;
+        let r = a.recv_json().await;
+        assert_eq!(r["type"], "error", "{r}");
+        assert_eq!(r["id"], id);
+        let routed = publish_roundtrip(&mut b, id, "room:1", json!({"id": id})).await.expect("tenant b");
+        assert_eq!(routed["v"], 1);
+    }
+    // Tenant a's connection survives and its next ordinary publish goes through.
+    a.send_json(json!({"type":"publish","id":20,"channel":"room:2","data":1})).await;
+    assert_eq!(a.recv_type("ack").await["id"], 20);
+    gw.wait_metric("switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"timeout\"} 2").await;
+    gw.wait_metric("switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"trap\"} 1").await;
+}
