@@ -207,6 +207,9 @@ where
             }
             loop {
                 let close = outbox.take(&mut batch);
+                if batch.is_empty() && close.is_none() {
+                    break;
+                }
                 if !batch.is_empty() {
                     let n = batch.len() as u64;
                     let oldest = batch.iter().filter_map(|o| o.published_at).min();
@@ -246,9 +249,6 @@ where
                     let sent = tokio::time::timeout(limits.close_timeout, send).await;
                     tracing::debug!(code = code.code(), sent = ?sent.as_ref().map(|r| r.is_ok()), "close frame");
                     return WriterEnd::Closed(code.code());
-                }
-                if batch.is_empty() && outbox.is_empty() {
-                    break;
                 }
             }
         }
@@ -295,4 +295,107 @@ where
 /// Convenience for tests and the echo endpoint: the handler's outbox.
 pub fn outbox_of<H: Handler>(h: &H) -> Arc<Outbox> {
     h.outbox().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The transport over an in-memory duplex pipe: no sockets involved.
+    use super::*;
+    use crate::echo::Echo;
+    use tokio_tungstenite::WebSocketStream;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    fn limits(hb_ms: u64, idle_ms: u64) -> TransportLimits {
+        TransportLimits {
+            heartbeat_interval: Duration::from_millis(hb_ms),
+            idle_timeout: Duration::from_millis(idle_ms),
+            close_timeout: Duration::from_millis(500),
+        }
+    }
+
+    async fn pair() -> (
+        WebSocketStream<tokio::io::DuplexStream>,
+        WebSocketStream<tokio::io::DuplexStream>,
+    ) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn echoes_and_closes_on_request() {
+        let (server, mut client) = pair().await;
+        let metrics = Metrics::new();
+        let run = tokio::spawn(async move {
+            let m = Metrics::new();
+            drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
+        });
+        client.send(Message::text("hi")).await.expect("send");
+        assert_eq!(client.next().await.expect("msg").expect("ok"), Message::text("hi"));
+        client.send(Message::binary(vec![1u8, 2])).await.expect("send");
+        assert_eq!(
+            client.next().await.expect("msg").expect("ok"),
+            Message::binary(vec![1u8, 2])
+        );
+        client.close(None).await.expect("close");
+        while let Some(Ok(_)) = client.next().await {}
+        assert_eq!(run.await.expect("join"), Ended::Closed(1005));
+        drop(metrics);
+    }
+
+    #[tokio::test]
+    async fn pings_and_terminates_a_silent_peer() {
+        let (server, client) = pair().await;
+        let m = Metrics::new();
+        // The client never polls, so it never answers pings.
+        let ended = drive(server, Echo::new(16), limits(20, 100), &m).await;
+        assert_eq!(ended, Ended::Zombie);
+        assert_eq!(m.zombies.get(), 1);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn slow_consumer_close_is_sent_with_4008() {
+        let (server, mut client) = pair().await;
+        let echo = Echo::new(4);
+        let outbox = echo.outbox().clone();
+        let run = tokio::spawn(async move {
+            let m = Metrics::new();
+            drive(server, echo, limits(10_000, 20_000), &m).await
+        });
+        for _ in 0..5 {
+            let _ = outbox.push_frame(Frame::from_static("x"));
+        }
+        let mut code = None;
+        while let Some(Ok(m)) = client.next().await {
+            if let Message::Close(f) = m {
+                code = f.map(|f| u16::from(f.code));
+            }
+        }
+        assert_eq!(code, Some(4008));
+        assert_eq!(run.await.expect("join"), Ended::Closed(4008));
+    }
+
+    #[tokio::test]
+    async fn draining_flushes_queue_before_1001() {
+        let (server, mut client) = pair().await;
+        let echo = Echo::new(16);
+        let outbox = echo.outbox().clone();
+        let run = tokio::spawn(async move {
+            let m = Metrics::new();
+            drive(server, echo, limits(10_000, 20_000), &m).await
+        });
+        outbox.push_frame(Frame::from_static("a")).expect("a");
+        outbox.push_frame(Frame::from_static("b")).expect("b");
+        outbox.close(CloseCode::GoingAway, true);
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = client.next().await {
+            got.push(m);
+        }
+        assert_eq!(got[0], Message::text("a"));
+        assert_eq!(got[1], Message::text("b"));
+        assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 1001));
+        assert_eq!(run.await.expect("join"), Ended::Closed(1001));
+    }
 }
