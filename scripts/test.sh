@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what it needs, builds the
+# plugins once, builds the binary, runs every test. Used by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain (rust-toolchain.toml)"
+rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
+rustup target list --installed | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy rustfmt
+
+step "system packages"
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+fi
+redis-server --version
+
+step "format"
+cargo fmt --all -- --check
+
+step "plugins (wasm32-wasip2, built once)"
+scripts/build-plugins.sh
+
+step "build"
+cargo build --workspace --bins
+
+step "lint"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "tests"
+cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"
+
+step "all tests passed"
