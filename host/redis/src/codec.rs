@@ -18,13 +18,14 @@ pub enum DecodeError {
     Data,
 }
 
-/// A decoded live message.
+/// A decoded live message (the epoch borrows the payload: it rarely changes,
+/// so the reader allocates it only when it does).
 #[derive(Debug, Clone)]
-pub struct LiveMessage {
+pub struct LiveMessage<'a> {
     /// Channel seq.
     pub seq: u64,
     /// Channel epoch.
-    pub epoch: String,
+    pub epoch: &'a str,
     /// Publish time, milliseconds since the Unix epoch (Redis clock).
     pub published_ms: u64,
     /// Raw JSON data.
@@ -32,7 +33,7 @@ pub struct LiveMessage {
 }
 
 /// Decodes a payload. Hostile bytes give an error, never a panic.
-pub fn decode(payload: &[u8]) -> Result<LiveMessage, DecodeError> {
+pub fn decode(payload: &[u8]) -> Result<LiveMessage<'_>, DecodeError> {
     let text = std::str::from_utf8(payload).map_err(|_| DecodeError::Malformed)?;
     let mut parts = text.splitn(4, '\n');
     let seq = parts
@@ -51,7 +52,7 @@ pub fn decode(payload: &[u8]) -> Result<LiveMessage, DecodeError> {
     let data = RawValue::from_string(data.to_owned()).map_err(|_| DecodeError::Data)?;
     Ok(LiveMessage {
         seq,
-        epoch: epoch.to_owned(),
+        epoch,
         published_ms,
         data: Arc::from(data),
     })
@@ -67,7 +68,7 @@ pub fn instant_of(published_ms: u64) -> Instant {
     now.checked_sub(age).unwrap_or(now)
 }
 
-impl LiveMessage {
+impl LiveMessage<'_> {
     /// As a hub message, sharing `epoch`.
     pub fn into_message(self, epoch: Arc<str>) -> Message {
         Message {
@@ -87,7 +88,7 @@ mod tests {
     fn decodes_and_rejects() {
         let m = decode(b"42\nabc\n1700000000000\n{\"a\":\"x\\ny\"}").expect("ok");
         assert_eq!(
-            (m.seq, m.epoch.as_str(), m.published_ms),
+            (m.seq, m.epoch, m.published_ms),
             (42, "abc", 1_700_000_000_000)
         );
         assert_eq!(m.data.get(), "{\"a\":\"x\\ny\"}");

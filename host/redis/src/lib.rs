@@ -197,6 +197,12 @@ impl RedisBroker {
     pub async fn flush_presence(&self) {
         self.presence.flush().await;
     }
+
+    /// Runs one presence heartbeat now (tests; normally every `presence_ttl / 3`).
+    pub async fn refresh_presence(&self) {
+        self.presence.refresh().await;
+        self.presence.flush().await;
+    }
 }
 
 fn ms(d: Duration) -> u64 {

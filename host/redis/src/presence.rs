@@ -21,12 +21,14 @@ use tokio::sync::{Notify, watch};
 
 use crate::keys::ChannelKeys;
 use crate::replies;
-use crate::scripts::{PRESENCE_GET, PRESENCE_TOUCH};
+use crate::scripts::{self, PRESENCE_GET, PRESENCE_TOUCH};
 use crate::shard::Shard;
 use crate::sharding::channel_shard;
 
 /// Changes arriving within this window are written together.
 const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Commands per pipeline.
+const PIPELINE: usize = 1000;
 
 /// Writes this node's presence and reads everyone's.
 pub struct Presence {
@@ -156,6 +158,10 @@ impl Presence {
             pipe.hdel(&keys.presence_index, &*self.node).ignore();
         } else {
             let empty = HashMap::new();
+            if before.is_none() {
+                // Unknown state in Redis (first write, or after a failure): start over.
+                pipe.del(&mine).ignore();
+            }
             let before = before.unwrap_or(&empty);
             let gone: Vec<&String> = before.keys().filter(|c| !now.contains_key(*c)).collect();
             if !gone.is_empty() {
@@ -176,29 +182,51 @@ impl Presence {
         shard.run(pipe.exec_async(&mut conn)).await
     }
 
-    /// Heartbeat: extends the expiry of everything this node wrote; rewrites a
-    /// channel whose hash vanished (e.g. Redis restarted).
+    /// Heartbeat: extends the expiry of everything this node wrote (one pipeline
+    /// per shard); rewrites a channel whose hash vanished (e.g. Redis restarted).
     pub async fn refresh(&self) {
         let mut written = self.written.lock().await;
         let ttl_ms = self.ttl.as_millis().max(1).to_string();
-        let mut lost = Vec::new();
+        let mut by_shard: HashMap<usize, Vec<ChannelKey>> = HashMap::new();
         for key in written.keys() {
-            let shard = self.shard(key);
-            let keys = ChannelKeys::new(key);
-            let mine = format!("{}{}", keys.presence_node_prefix, self.node);
+            by_shard
+                .entry(channel_shard(&key.tenant, &key.channel, self.shards.len()))
+                .or_default()
+                .push(key.clone());
+        }
+        let mut lost = Vec::new();
+        for (idx, keys) in by_shard {
+            let shard = &self.shards[idx];
             let mut conn = shard.conn();
-            let r = shard
-                .run(
-                    PRESENCE_TOUCH
-                        .key(&keys.presence_index)
-                        .key(&mine)
-                        .arg(&*self.node)
-                        .arg(&ttl_ms)
-                        .invoke_async::<i64>(&mut conn),
-                )
-                .await;
-            if !matches!(r, Ok(1)) {
-                lost.push(key.clone());
+            if shard
+                .run(scripts::ensure_loaded(&PRESENCE_TOUCH, &mut conn))
+                .await
+                .is_err()
+            {
+                lost.extend(keys);
+                continue;
+            }
+            for chunk in keys.chunks(PIPELINE) {
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    let k = ChannelKeys::new(key);
+                    let mine = format!("{}{}", k.presence_node_prefix, self.node);
+                    pipe.add_command(scripts::evalsha(
+                        &PRESENCE_TOUCH,
+                        &[&k.presence_index, &mine],
+                        &[&self.node, &ttl_ms],
+                    ));
+                }
+                match shard.run(pipe.query_async::<Vec<i64>>(&mut conn)).await {
+                    Ok(results) => lost.extend(
+                        chunk
+                            .iter()
+                            .zip(results.iter().chain(std::iter::repeat(&0)))
+                            .filter(|(_, r)| **r != 1)
+                            .map(|(k, _)| k.clone()),
+                    ),
+                    Err(_) => lost.extend(chunk.iter().cloned()),
+                }
             }
         }
         for key in lost {

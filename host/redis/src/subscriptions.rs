@@ -366,7 +366,7 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
             return;
         }
     } else {
-        track.epoch = Arc::from(live.epoch.as_str());
+        track.epoch = Arc::from(live.epoch);
     }
     track.last = live.seq;
     let msg = live.into_message(track.epoch.clone());

@@ -423,3 +423,64 @@ async fn catch_up_starts_at_the_recovered_position_before_any_live_message() {
         "only what followed the recovered position"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_nodes_and_is_rewritten_after_data_loss() {
+    let redis = RedisServer::start();
+    let (h1, h2) = (hub("n1"), hub("n2"));
+    let (b1, b2) = (
+        broker(&redis, h1.clone()).await,
+        broker(&redis, h2.clone()).await,
+    );
+    let key = ChannelKey::new("t", "room:p");
+    let names = async |b: &RedisBroker| -> Vec<(String, String)> {
+        let mut v: Vec<_> = b
+            .presence(&key)
+            .await
+            .expect("presence")
+            .into_iter()
+            .map(|e| (e.client, e.node))
+            .collect();
+        v.sort();
+        v
+    };
+    let o = Arc::new(Outbox::new(8));
+    subscribe_local(&h1, &key, 1, &o);
+    b1.watch(&key).await.expect("watch");
+    subscribe_local(&h2, &key, 2, &o);
+    subscribe_local(&h2, &key, 3, &o);
+    b2.watch(&key).await.expect("watch");
+    b2.watch(&key).await.expect("watch");
+    b2.flush_presence().await;
+    let all = vec![
+        ("c1".to_owned(), "n1".to_owned()),
+        ("c2".to_owned(), "n2".to_owned()),
+        ("c3".to_owned(), "n2".to_owned()),
+    ];
+    assert_eq!(names(&b1).await, all);
+
+    redis.cmd(&["FLUSHALL"]);
+    assert_eq!(names(&b1).await, vec![("c1".to_owned(), "n1".to_owned())]);
+    b2.refresh_presence().await;
+    assert_eq!(names(&b1).await, all, "heartbeat rewrote the lost entries");
+
+    h2.remove(&key, 2);
+    b2.unwatch(&key).await;
+    b2.flush_presence().await;
+    assert_eq!(
+        names(&b1).await,
+        vec![
+            ("c1".to_owned(), "n1".to_owned()),
+            ("c3".to_owned(), "n2".to_owned())
+        ]
+    );
+    h2.remove(&key, 3);
+    b2.unwatch(&key).await;
+    b2.flush_presence().await;
+    assert_eq!(names(&b1).await, vec![("c1".to_owned(), "n1".to_owned())]);
+    let index = redis.cmd(&["HKEYS", "sy:{t:room:p}:presence"]);
+    assert!(
+        index.items().iter().all(|n| n.text() != Some("n2")),
+        "{index:?}"
+    );
+}
