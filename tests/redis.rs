@@ -276,6 +276,27 @@ async fn killed_node_reclaims_directed_messages_and_its_presence_expires() {
         list.contains(&("watcher".into(), "node-a".into())),
         "{list:?}"
     );
+    // joins and leaves on another node show up
+    let mut carol = client(&b, "carol").await;
+    carol.subscribe(1, "room:p").await;
+    until("carol present", Duration::from_secs(5), async || {
+        presence(&mut watcher, 5, "room:p")
+            .await
+            .contains(&("carol".into(), "node-b".into()))
+    })
+    .await;
+    carol
+        .send_json(json!({"type":"unsubscribe","id":2,"channel":"room:p"}))
+        .await;
+    carol.recv_type("unsubscribed").await;
+    until("carol gone", Duration::from_secs(5), async || {
+        !presence(&mut watcher, 6, "room:p")
+            .await
+            .iter()
+            .any(|(c, _)| c == "carol")
+    })
+    .await;
+    drop(carol);
     until("bob in the directory", Duration::from_secs(5), async || {
         a.post_json("/api/send", Some(KEY), r#"{"client":"bob","data":{"n":0}}"#)
             .await
