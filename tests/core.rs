@@ -470,14 +470,21 @@ async fn sigterm_drains_with_server_shutdown_and_1001() {
 }
 
 #[tokio::test]
-async fn readyz_fails_while_draining() {
-    let gw = Gateway::start("[server]\ndrain_timeout = \"5s\"\n");
+async fn draining_fails_readiness_then_closes_the_listener() {
+    let gw = Gateway::start("[server]\ndrain_timeout = \"5s\"\ndrain_grace = \"1500ms\"\n");
     assert_eq!(gw.get("/readyz").await.0, 200);
-    // hold a connection that never closes so the drain lasts
+    // hold a connection that never answers, so the drain lasts
     let _stuck = raw_upgrade(gw.addr, "/ws").await;
     gw.signal(libc::SIGTERM);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // the listener stopped accepting: connecting fails or the request is not served
+    assert_eq!(gw.get("/readyz").await.0, 503, "readiness fails first");
+    assert_eq!(gw.get("/healthz").await.0, 200, "still alive");
+    let err = Client::connect_with(gw.ws_url("/ws").into_client_request().expect("req"))
+        .await
+        .err()
+        .expect("no new sessions while draining");
+    assert!(err.to_string().contains("503"), "{err}");
+    tokio::time::sleep(Duration::from_millis(1700)).await;
     let r = tokio::time::timeout(
         Duration::from_secs(2),
         tokio::net::TcpStream::connect(gw.addr),
@@ -485,8 +492,34 @@ async fn readyz_fails_while_draining() {
     .await;
     assert!(
         matches!(r, Ok(Err(_)) | Err(_)),
-        "listener closed during drain"
+        "listener closed after the grace period"
     );
+}
+
+#[tokio::test]
+async fn handshake_timeout_and_connection_limit() {
+    let gw = Gateway::start("[limits]\nhandshake_timeout = \"500ms\"\nmax_connections = 2\n");
+    // a client that connects and never sends its request is cut
+    let mut idle = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), idle.read_to_end(&mut rest))
+        .await
+        .expect("the server closes a connection that sends no request");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before handshake_timeout"
+    );
+    // over max_connections → 503
+    let _a = Client::connect(&gw.ws_url("/ws")).await;
+    let _b = Client::connect(&gw.ws_url("/ws")).await;
+    let err = Client::connect_with(gw.ws_url("/ws").into_client_request().expect("req"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("503"), "{err}");
 }
 
 #[tokio::test]

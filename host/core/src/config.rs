@@ -93,6 +93,10 @@ pub struct ServerConfig {
     /// How long a graceful drain may take before remaining connections are cut.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// On SIGTERM, readiness fails at once; the listener keeps answering (upgrades
+    /// get 503) for this long so load balancers notice, then it closes.
+    #[serde(with = "humantime_serde")]
+    pub drain_grace: Duration,
     /// `reconnectIn` (milliseconds) announced to clients in `SERVER_SHUTDOWN`.
     #[serde(with = "humantime_serde")]
     pub reconnect_in: Duration,
@@ -110,6 +114,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             node_id: String::new(),
             drain_timeout: Duration::from_secs(30),
+            drain_grace: Duration::ZERO,
             reconnect_in: Duration::from_secs(2),
             sticky_cookie: "SWITCHYARD_NODE".to_owned(),
             node_header: "x-switchyard-node".to_owned(),

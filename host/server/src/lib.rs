@@ -142,6 +142,10 @@ impl Server {
     /// `drain_timeout`. Returns the connections still open.
     pub async fn drain(&self) -> usize {
         self.node.start_drain();
+        let grace = self.node.config.server.drain_grace;
+        if !grace.is_zero() {
+            tokio::time::sleep(grace).await;
+        }
         self.stop_accepting();
         self.announce_shutdown();
         let deadline = tokio::time::Instant::now() + self.node.config.server.drain_timeout;
