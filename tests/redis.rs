@@ -371,6 +371,32 @@ async fn gateways_survive_a_redis_restart() {
     let got = messages(&mut sub, 3).await;
     let old_epoch = got[2]["epoch"].as_str().expect("epoch").to_owned();
 
+    // HTTP publishes keep coming while Redis goes away and comes back.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (addr, stop) = (a.addr, stop.clone());
+        tokio::spawn(async move {
+            let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let auth = format!("Bearer {KEY}");
+                let (st, _) = switchyard_tests::http(
+                    addr,
+                    "POST",
+                    "/api/publish",
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", &auth),
+                    ],
+                    Some(r#"{"channel":"room:traffic","data":1}"#),
+                )
+                .await;
+                *statuses.entry(st).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
     redis.kill();
     until("a not ready", Duration::from_secs(10), async || {
         !ready(&a).await
@@ -392,6 +418,20 @@ async fn gateways_survive_a_redis_restart() {
     redis.restart();
     until("a ready", Duration::from_secs(15), async || ready(&a).await).await;
     until("b ready", Duration::from_secs(15), async || ready(&b).await).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let statuses = traffic.await.expect("traffic task");
+    assert!(
+        statuses.keys().all(|s| *s == 200 || *s == 503),
+        "only accepted or unavailable: {statuses:?}"
+    );
+    assert!(
+        statuses.contains_key(&200) && statuses.contains_key(&503),
+        "{statuses:?}"
+    );
+    for gw in [&a, &b] {
+        assert!(!gw.logs().contains("panicked"), "{}", gw.logs());
+    }
     let (_, metrics) = a.get("/metrics").await;
     assert!(
         metrics
