@@ -7,7 +7,7 @@
 //! client that is not (yet) connected here stays pending and is retried every
 //! second until it is older than `presence_ttl`, then dropped.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,7 +46,7 @@ pub struct InboxMetrics {
 }
 
 /// Entries handed to a connection and not yet acknowledged.
-type InFlight = Arc<Mutex<HashMap<String, bool>>>;
+type InFlight = Arc<Mutex<HashSet<String>>>;
 
 /// Removes an entry from the in-flight set when its frame is dropped unwritten,
 /// so the next reclaim retries it.
@@ -336,7 +336,7 @@ impl Inbox {
             return; // deleted entry (trimmed): nothing to deliver
         };
         let Some(id) = text(id) else { return };
-        if self.in_flight.lock().contains_key(id) {
+        if self.in_flight.lock().contains(id) {
             return;
         }
         let (mut tenant, mut client, mut data) = (None, None, None);
@@ -362,7 +362,7 @@ impl Inbox {
             return;
         };
         if self.hub.holds_client(tenant, client) {
-            self.in_flight.lock().insert(id.to_owned(), true);
+            self.in_flight.lock().insert(id.to_owned());
             let guard = Arc::new(InFlightGuard {
                 id: id.to_owned(),
                 written: AtomicBool::new(false),
