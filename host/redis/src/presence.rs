@@ -30,6 +30,9 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 /// Commands per pipeline.
 const PIPELINE: usize = 1000;
 
+/// Client → principal of one node in one channel.
+type Members = HashMap<String, String>;
+
 /// Writes this node's presence and reads everyone's.
 pub struct Presence {
     shards: Arc<[Arc<Shard>]>,
@@ -119,67 +122,92 @@ impl Presence {
         }
     }
 
-    /// Writes the changes of dirty channels.
+    /// Writes the changes of dirty channels: one pipeline per shard and chunk.
     pub async fn flush(&self) {
         let dirty: Vec<ChannelKey> = self.dirty.lock().drain().collect();
+        if dirty.is_empty() {
+            return;
+        }
         let mut written = self.written.lock().await;
+        let mut by_shard: HashMap<usize, Vec<(ChannelKey, Members)>> = HashMap::new();
         for key in dirty {
             let mut now: HashMap<String, String> = HashMap::new();
             for e in self.hub.local_presence(&key) {
                 now.insert(e.client, e.principal);
             }
-            let before = written.get(&key);
-            if let Err(e) = self.write(&key, before, &now).await {
-                tracing::debug!(channel = %key, error = %e, "presence write failed; retrying");
-                self.dirty.lock().insert(key);
-                continue;
-            }
-            if now.is_empty() {
-                written.remove(&key);
-            } else {
-                written.insert(key, now);
+            by_shard
+                .entry(channel_shard(&key.tenant, &key.channel, self.shards.len()))
+                .or_default()
+                .push((key, now));
+        }
+        for (idx, channels) in by_shard {
+            let shard = &self.shards[idx];
+            let mut conn = shard.conn();
+            let mut rest = channels;
+            while !rest.is_empty() {
+                let chunk: Vec<_> = rest.drain(..rest.len().min(PIPELINE)).collect();
+                let mut pipe = redis::pipe();
+                for (key, now) in &chunk {
+                    self.add_ops(&mut pipe, key, written.get(key), now);
+                }
+                match shard.run(pipe.exec_async(&mut conn)).await {
+                    Ok(()) => {
+                        for (key, now) in chunk {
+                            if now.is_empty() {
+                                written.remove(&key);
+                            } else {
+                                written.insert(key, now);
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(shard = %shard.addr, error = %e, "presence write failed; retrying");
+                        let mut dirty = self.dirty.lock();
+                        dirty.extend(chunk.into_iter().map(|(k, _)| k));
+                        dirty.extend(rest.drain(..).map(|(k, _)| k));
+                    }
+                }
             }
         }
     }
 
-    async fn write(
+    /// Appends the commands turning `before` (what Redis holds for this node,
+    /// `None` = unknown) into `now`.
+    fn add_ops(
         &self,
+        pipe: &mut redis::Pipeline,
         key: &ChannelKey,
         before: Option<&HashMap<String, String>>,
         now: &HashMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let shard = self.shard(key);
+    ) {
         let keys = ChannelKeys::new(key);
         let mine = format!("{}{}", keys.presence_node_prefix, self.node);
-        let ttl_ms = self.ttl.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
+        let ttl_ms = self.ttl.as_millis().max(1) as i64;
         if now.is_empty() {
             pipe.del(&mine).ignore();
             pipe.hdel(&keys.presence_index, &*self.node).ignore();
-        } else {
-            let empty = HashMap::new();
-            if before.is_none() {
-                // Unknown state in Redis (first write, or after a failure): start over.
-                pipe.del(&mine).ignore();
-            }
-            let before = before.unwrap_or(&empty);
-            let gone: Vec<&String> = before.keys().filter(|c| !now.contains_key(*c)).collect();
-            if !gone.is_empty() {
-                pipe.hdel(&mine, gone).ignore();
-            }
-            let changed: Vec<(&String, &String)> = now
-                .iter()
-                .filter(|(c, p)| before.get(*c) != Some(*p))
-                .collect();
-            if !changed.is_empty() {
-                pipe.hset_multiple(&mine, &changed).ignore();
-            }
-            pipe.pexpire(&mine, ttl_ms as i64).ignore();
-            pipe.hset(&keys.presence_index, &*self.node, 1).ignore();
-            pipe.pexpire(&keys.presence_index, ttl_ms as i64).ignore();
+            return;
         }
-        let mut conn = shard.conn();
-        shard.run(pipe.exec_async(&mut conn)).await
+        let empty = HashMap::new();
+        if before.is_none() {
+            // Unknown state in Redis (first write, or after a failure): start over.
+            pipe.del(&mine).ignore();
+        }
+        let before = before.unwrap_or(&empty);
+        let gone: Vec<&String> = before.keys().filter(|c| !now.contains_key(*c)).collect();
+        if !gone.is_empty() {
+            pipe.hdel(&mine, gone).ignore();
+        }
+        let changed: Vec<(&String, &String)> = now
+            .iter()
+            .filter(|(c, p)| before.get(*c) != Some(*p))
+            .collect();
+        if !changed.is_empty() {
+            pipe.hset_multiple(&mine, &changed).ignore();
+        }
+        pipe.pexpire(&mine, ttl_ms).ignore();
+        pipe.hset(&keys.presence_index, &*self.node, 1).ignore();
+        pipe.pexpire(&keys.presence_index, ttl_ms).ignore();
     }
 
     /// Heartbeat: extends the expiry of everything this node wrote (one pipeline
@@ -243,7 +271,11 @@ impl Presence {
     pub async fn clear(&self) {
         let mut written = self.written.lock().await;
         for (key, _) in written.drain() {
-            let _ = self.write(&key, None, &HashMap::new()).await;
+            let shard = self.shard(&key);
+            let mut pipe = redis::pipe();
+            self.add_ops(&mut pipe, &key, None, &HashMap::new());
+            let mut conn = shard.conn();
+            let _ = shard.run(pipe.exec_async(&mut conn)).await;
         }
     }
 }

@@ -32,6 +32,8 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(3);
 const CHUNK: usize = 512;
 /// How long `watch` waits for Redis to confirm a subscription.
 const WATCH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Channels per catch-up pipeline.
+const CATCH_UP_PIPELINE: usize = 256;
 /// Pub/sub liveness probe.
 const PING_EVERY: Duration = Duration::from_secs(5);
 
@@ -287,6 +289,11 @@ async fn serve(
         }
         if first_sync {
             first_sync = false;
+            // Ready only once commands work too: a command connection that failed
+            // while Redis was away reconnects on its next use.
+            if !warm_up(shard).await {
+                return Exit::Lost("command connection does not answer".into());
+            }
             shard.set_up(true);
             backoff.reset();
         }
@@ -303,6 +310,8 @@ async fn serve(
             },
             _ = shard.subs.wake.notified() => tokio::time::sleep(BATCH_WINDOW).await,
             _ = ping.tick() => {
+                // Keeps the command connection checked (and reconnecting) too.
+                let _ = warm_up_once(shard).await;
                 match tokio::time::timeout(Duration::from_secs(3), sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Exit::Lost(e.to_string()),
@@ -337,6 +346,25 @@ async fn sync(
         }
     }
     Ok(())
+}
+
+/// Pings over the command connection until it answers (a few tries).
+async fn warm_up(shard: &Shard) -> bool {
+    for _ in 0..10 {
+        if warm_up_once(shard).await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn warm_up_once(shard: &Shard) -> bool {
+    let mut conn = shard.conn();
+    shard
+        .run(redis::cmd("PING").query_async::<String>(&mut conn))
+        .await
+        .is_ok()
 }
 
 /// Hands one live payload to the hub, skipping what this node already delivered.
@@ -390,45 +418,68 @@ async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>)
             track.last = seq;
         }
     }
-    for track in tracks.values_mut() {
-        if track.epoch.is_empty() {
-            continue;
+    let pending: Vec<&mut Track> = tracks
+        .values_mut()
+        .filter(|t| !t.epoch.is_empty())
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    if let Err(e) = shard
+        .run(scripts::ensure_loaded(&scripts::RECOVER, &mut conn))
+        .await
+    {
+        tracing::warn!(shard = %shard.addr, error = %e, "catch-up skipped");
+        return;
+    }
+    let mut pending = pending;
+    while !pending.is_empty() {
+        let mut chunk: Vec<&mut Track> = pending
+            .drain(..pending.len().min(CATCH_UP_PIPELINE))
+            .collect();
+        let mut pipe = redis::pipe();
+        for track in &chunk {
+            let keys = ChannelKeys::new(&track.key);
+            let last = track.last.to_string();
+            pipe.add_command(scripts::evalsha(
+                &scripts::RECOVER,
+                &[&keys.meta, &keys.stream],
+                &["", &track.epoch, &last, &(u64::MAX / 4).to_string(), "1"],
+            ));
         }
-        let keys = ChannelKeys::new(&track.key);
-        let reply = shard
-            .run(
-                scripts::RECOVER
-                    .key(&keys.meta)
-                    .key(&keys.stream)
-                    .arg("")
-                    .arg(&*track.epoch)
-                    .arg(track.last)
-                    .arg(u64::MAX / 4)
-                    .arg(1u64)
-                    .invoke_async::<redis::Value>(&mut conn),
-            )
+        let replies = match shard
+            .run(pipe.query_async::<Vec<redis::Value>>(&mut conn))
             .await
-            .and_then(|v| crate::replies::recover(&v));
-        match reply {
-            Ok(r) if r.recovered => {
-                for e in r.entries {
-                    if e.seq <= track.last {
-                        continue;
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(shard = %shard.addr, error = %e, "catch-up failed");
+                return;
+            }
+        };
+        for (track, reply) in chunk.iter_mut().zip(replies.iter()) {
+            match crate::replies::recover(reply) {
+                Ok(r) if r.recovered => {
+                    for e in r.entries {
+                        if e.seq <= track.last {
+                            continue;
+                        }
+                        track.last = e.seq;
+                        let msg = Message {
+                            seq: e.seq,
+                            epoch: track.epoch.clone(),
+                            data: e.data,
+                            published_at: instant_of(e.published_ms),
+                        };
+                        hub.deliver(&track.key, &msg);
                     }
-                    track.last = e.seq;
-                    let msg = Message {
-                        seq: e.seq,
-                        epoch: track.epoch.clone(),
-                        data: e.data,
-                        published_at: instant_of(e.published_ms),
-                    };
-                    hub.deliver(&track.key, &msg);
                 }
+                Ok(_) => tracing::info!(
+                    channel = %track.key,
+                    "history lost while disconnected; the next message carries the new epoch"
+                ),
+                Err(e) => tracing::warn!(channel = %track.key, error = %e, "catch-up failed"),
             }
-            Ok(_) => {
-                tracing::info!(channel = %track.key, "history lost while disconnected; the next message carries the new epoch")
-            }
-            Err(e) => tracing::warn!(channel = %track.key, error = %e, "catch-up failed"),
         }
     }
 }
