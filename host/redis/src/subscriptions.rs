@@ -51,6 +51,10 @@ struct Table {
     noted: HashMap<String, (Arc<str>, u64)>,
     /// Confirmed on the current connection.
     live: HashSet<String>,
+    /// Names whose wanted state changed since the last diff.
+    changed: HashSet<String>,
+    /// Compare everything (after a reconnect) instead of `changed` only.
+    full: bool,
     connected: bool,
 }
 
@@ -80,6 +84,7 @@ impl Subscriptions {
             }
             let (tx, rx) = oneshot::channel();
             w.waiters.push(tx);
+            t.changed.insert(name.clone());
             rx
         };
         self.wake.notify_one();
@@ -101,6 +106,7 @@ impl Subscriptions {
             w.refs = w.refs.saturating_sub(1);
             if w.refs == 0 {
                 t.wanted.remove(name);
+                t.changed.insert(name.to_owned());
                 t.noted.remove(name);
                 drop(t);
                 self.wake.notify_one();
@@ -146,25 +152,41 @@ impl Subscriptions {
         let mut t = self.table.lock();
         t.connected = connected;
         t.live.clear();
+        t.full = true;
     }
 
     /// What to subscribe and unsubscribe now. Channels to unsubscribe leave
     /// `live` at once, so a concurrent `watch` waits for a fresh confirmation.
+    /// Only names touched since the last diff are compared (O(churn), not
+    /// O(channels)), except after a reconnect.
     fn diff(&self) -> (Vec<String>, Vec<String>) {
         let mut t = self.table.lock();
         let t = &mut *t;
-        let sub: Vec<String> = t
-            .wanted
-            .keys()
-            .filter(|n| !t.live.contains(*n))
-            .cloned()
-            .collect();
-        let unsub: Vec<String> = t
-            .live
-            .iter()
-            .filter(|n| !t.wanted.contains_key(*n))
-            .cloned()
-            .collect();
+        let (sub, unsub): (Vec<String>, Vec<String>) = if std::mem::take(&mut t.full) {
+            t.changed.clear();
+            (
+                t.wanted
+                    .keys()
+                    .filter(|n| !t.live.contains(*n))
+                    .cloned()
+                    .collect(),
+                t.live
+                    .iter()
+                    .filter(|n| !t.wanted.contains_key(*n))
+                    .cloned()
+                    .collect(),
+            )
+        } else {
+            let (mut sub, mut unsub) = (Vec::new(), Vec::new());
+            for n in t.changed.drain() {
+                match (t.wanted.contains_key(&n), t.live.contains(&n)) {
+                    (true, false) => sub.push(n),
+                    (false, true) => unsub.push(n),
+                    _ => {}
+                }
+            }
+            (sub, unsub)
+        };
         for n in &unsub {
             t.live.remove(n);
         }
