@@ -20,7 +20,9 @@ pub struct EchoArgs {
     /// Echo endpoint, e.g. ws://127.0.0.1:9001/echo
     #[arg(long)]
     pub url: String,
-    /// Protocol spoken on connect (switchyard waits for `welcome`).
+    /// Protocol: `plain` sends raw frames to an echo endpoint; `switchyard`
+    /// and `rooms` subscribe each connection to its own channel and publish
+    /// to it (a round trip through the pub/sub path and its policies).
     #[arg(long, value_enum, default_value = "plain")]
     pub proto: Proto,
     /// Number of connections.
@@ -59,8 +61,8 @@ pub async fn run(args: EchoArgs, common: &Common) -> Result<RunResult> {
         let (c, p, l) = (counters.clone(), phase.clone(), latencies.clone());
         let size = args.size;
         match per_conn_interval {
-            None => tasks.spawn(closed_loop(ws, i, size, c, p, l)),
-            Some(interval) => tasks.spawn(fixed_rate(ws, i, size, interval, c, p, l)),
+            None => tasks.spawn(closed_loop(ws, proto, i, size, c, p, l)),
+            Some(interval) => tasks.spawn(fixed_rate(ws, proto, i, size, interval, c, p, l)),
         };
     }
     let measured = timed_phases(common, &counters, &phase).await;
@@ -91,21 +93,42 @@ pub async fn run(args: EchoArgs, common: &Common) -> Result<RunResult> {
 async fn open(connector: Connector, target: Target, proto: Proto, i: usize) -> Result<Ws> {
     let mut ws = connector.connect(&target, i).await?;
     proto.setup(&mut ws).await?;
+    proto.subscribe(&mut ws, &own_channel(i)).await?;
     Ok(ws)
+}
+
+fn own_channel(i: usize) -> String {
+    format!("echo:{i}")
+}
+
+/// Builds the next message: raw data for `plain`, else a publish command
+/// to the connection's own channel.
+fn message(proto: Proto, out: &mut Vec<u8>, data: &mut Vec<u8>, n: u64, channel: &str, t: u64, size: usize) {
+    if proto == Proto::Plain {
+        proto::data_value(out, t, size);
+    } else {
+        proto::data_value(data, t, size);
+        proto.publish_frame(out, n, channel, data);
+    }
 }
 
 async fn closed_loop(
     mut ws: Ws,
+    proto: Proto,
     shard: usize,
     size: usize,
     counters: Arc<Counters>,
     phase: Arc<Phase>,
     latencies: Arc<Latencies>,
 ) {
-    let mut buf = Vec::with_capacity(size + 32);
+    let mut buf = Vec::with_capacity(size + 128);
+    let mut data = Vec::with_capacity(size + 32);
+    let channel = own_channel(shard);
+    let mut n = 0;
     while !phase.stopping() {
         let sent_at = now_ns();
-        proto::data_value(&mut buf, sent_at, size);
+        n += 1;
+        message(proto, &mut buf, &mut data, n, &channel, sent_at, size);
         if let Err(e) = ws
             .write_frame(Frame::text(Payload::BorrowedMut(&mut buf)))
             .await
@@ -119,7 +142,14 @@ async fn closed_loop(
         }
         loop {
             match ws.read_frame().await {
-                Ok(frame) if matches!(frame.opcode, OpCode::Text | OpCode::Binary) => break,
+                Ok(frame) if matches!(frame.opcode, OpCode::Text | OpCode::Binary) => {
+                    if proto == Proto::Plain || proto::timestamp(&frame.payload).is_some() {
+                        break;
+                    }
+                    if proto.is_error(&frame.payload) {
+                        counters.error(String::from_utf8_lossy(&frame.payload));
+                    }
+                }
                 Ok(frame) if frame.opcode == OpCode::Close => {
                     counters.closed.fetch_add(1, Ordering::Relaxed);
                     counters.error(format!("closed: {}", proto::close_reason(&frame.payload)));
@@ -140,8 +170,10 @@ async fn closed_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fixed_rate(
     ws: Ws,
+    proto: Proto,
     shard: usize,
     size: usize,
     interval: Duration,
@@ -157,10 +189,9 @@ async fn fixed_rate(
             loop {
                 match rx.read_frame(&mut ignore).await {
                     Ok(frame) if matches!(frame.opcode, OpCode::Text | OpCode::Binary) => {
+                        let Some(t) = proto::timestamp(&frame.payload) else { continue };
                         counters.total.fetch_add(1, Ordering::Relaxed);
-                        if phase.measuring()
-                            && let Some(t) = proto::timestamp(&frame.payload)
-                        {
+                        if phase.measuring() {
                             counters.measured.fetch_add(1, Ordering::Relaxed);
                             latencies.record_ns(shard, now_ns().saturating_sub(t));
                         }
@@ -178,7 +209,9 @@ async fn fixed_rate(
     // Spread the connections' send times over one interval.
     let offset = interval.mul_f64((shard % 1000) as f64 / 1000.0);
     let start = Instant::now() + offset;
-    let mut buf = Vec::with_capacity(size + 32);
+    let mut buf = Vec::with_capacity(size + 128);
+    let mut data = Vec::with_capacity(size + 32);
+    let channel = own_channel(shard);
     let mut n: u32 = 0;
     while !phase.stopping() {
         let due = start + interval * n;
@@ -188,7 +221,7 @@ async fn fixed_rate(
         let intended = now_ns().saturating_sub(
             u64::try_from(Instant::now().saturating_duration_since(due).as_nanos()).unwrap_or(0),
         );
-        proto::data_value(&mut buf, intended, size);
+        message(proto, &mut buf, &mut data, u64::from(n) + 1, &channel, intended, size);
         if tx
             .write_frame(Frame::text(Payload::BorrowedMut(&mut buf)))
             .await

@@ -134,6 +134,10 @@ pub fn render(results: &[RunResult]) -> String {
             md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for (server, runs) in &servers {
                 let r = median(runs);
+                if r.note.starts_with("n/a") {
+                    let _ = writeln!(md, "| {server} | {} | | | | | | | |", r.note);
+                    continue;
+                }
                 let hs = r.handshake.unwrap_or_default();
                 let _ = writeln!(
                     md,
@@ -176,6 +180,11 @@ pub fn render(results: &[RunResult]) -> String {
             );
             for (server, runs) in &servers {
                 let r = median(runs);
+                if r.note.starts_with("n/a") {
+                    let pad = if ref_rate.is_some() { " |" } else { "" };
+                    let _ = writeln!(md, "| {server} | n/a |{pad} | | | | | | | | {} |", r.note);
+                    continue;
+                }
                 let ratio = match ref_rate {
                     Some(base) => format!(" {:.2}× |", r.rate_per_s / base),
                     None => String::new(),

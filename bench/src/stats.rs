@@ -141,6 +141,7 @@ impl Counters {
 
 /// One result record: printed as a table row and as a JSON line.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct RunResult {
     /// Scenario kind: echo, fanout, idle, cross-node.
     pub scenario: String,
