@@ -523,3 +523,51 @@ async fn two_shards_spread_channels_and_fail_independently() {
     let e = sub.recv_type("error").await;
     assert_eq!(e["code"], "unavailable", "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_withdraws_presence_and_directory_at_once() {
+    let redis = RedisServer::start();
+    // A long TTL: only the drain can explain a quick disappearance.
+    let a = Gateway::start(&config("node-a", &[&redis], "60s"));
+    let mut b = Gateway::start(&config("node-b", &[&redis], "60s"));
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+    let mut watcher = client(&a, "watcher").await;
+    watcher.subscribe(1, "room:g").await;
+    let mut dave = client(&b, "dave").await;
+    dave.subscribe(1, "room:g").await;
+    until("dave present", Duration::from_secs(5), async || {
+        presence(&mut watcher, 2, "room:g")
+            .await
+            .contains(&("dave".into(), "node-b".into()))
+    })
+    .await;
+    b.signal(libc::SIGTERM);
+    let (frames, code) = dave.drain_until_close().await;
+    assert!(
+        frames.iter().any(|f| f["type"] == "SERVER_SHUTDOWN"),
+        "{frames:?}"
+    );
+    assert_eq!(code, Some(1001));
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "node b exits"
+    );
+    until("dave withdrawn", Duration::from_secs(5), async || {
+        !presence(&mut watcher, 3, "room:g")
+            .await
+            .iter()
+            .any(|(c, _)| c == "dave")
+    })
+    .await;
+    let (st, _) = a
+        .post_json("/api/send", Some(KEY), r#"{"client":"dave","data":1}"#)
+        .await;
+    assert_eq!(st, 404);
+    assert_eq!(
+        redis.cmd(&["EXISTS", "sy:dir:{default:dave}"]).int(),
+        Some(0)
+    );
+}
