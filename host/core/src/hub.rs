@@ -6,8 +6,9 @@
 //! in a small pending buffer until [`Hub::activate`] splices them after the
 //! replayed ones, so recovery has no gap and no duplicate.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -73,7 +74,19 @@ pub struct Hub {
     pending_limit: usize,
     metrics: Arc<Metrics>,
     registry_changed: tokio::sync::Notify,
+    track_touched: AtomicBool,
+    touched: Mutex<Touched>,
 }
+
+/// Clients whose registration changed since the last [`Hub::take_touched`].
+#[derive(Debug, Default)]
+struct Touched {
+    clients: HashSet<(Arc<str>, Arc<str>)>,
+    overflow: bool,
+}
+
+/// Beyond this many changed clients, [`Hub::take_touched`] reports an overflow.
+const TOUCHED_MAX: usize = 65_536;
 
 impl Hub {
     /// A hub for node `node_id`. `pending_limit` bounds the live messages held
@@ -87,6 +100,8 @@ impl Hub {
             pending_limit: pending_limit.max(1),
             metrics,
             registry_changed: tokio::sync::Notify::new(),
+            track_touched: AtomicBool::new(false),
+            touched: Mutex::new(Touched::default()),
         }
     }
 
@@ -229,12 +244,10 @@ impl Hub {
 
     /// Registers a connection under its tenant and client id.
     pub fn register(&self, tenant: &Arc<str>, client: &Arc<str>, conn: Connection) {
-        self.clients
-            .entry((tenant.clone(), client.clone()))
-            .or_default()
-            .push(conn);
+        let key = (tenant.clone(), client.clone());
+        self.clients.entry(key.clone()).or_default().push(conn);
         self.connections.fetch_add(1, Ordering::Relaxed);
-        self.registry_changed.notify_one();
+        self.note_change(key);
     }
 
     /// Removes a connection from the registry.
@@ -249,8 +262,37 @@ impl Hub {
         self.clients.remove_if(&key, |_, l| l.is_empty());
         if removed {
             self.connections.fetch_sub(1, Ordering::Relaxed);
-            self.registry_changed.notify_one();
+            self.note_change(key);
         }
+    }
+
+    fn note_change(&self, key: (Arc<str>, Arc<str>)) {
+        if self.track_touched.load(Ordering::Relaxed) {
+            let mut t = self.touched.lock();
+            if t.clients.len() >= TOUCHED_MAX {
+                t.overflow = true;
+                t.clients = HashSet::new();
+            } else if !t.overflow {
+                t.clients.insert(key);
+            }
+        }
+        self.registry_changed.notify_one();
+    }
+
+    /// Starts recording which clients (un)register, for [`Hub::take_touched`].
+    pub fn track_registry_changes(&self) {
+        self.track_touched.store(true, Ordering::Relaxed);
+    }
+
+    /// Clients (tenant, client) that registered or unregistered since the last
+    /// call; `None` when too many changed to list (scan the registry instead).
+    pub fn take_touched(&self) -> Option<Vec<(Arc<str>, Arc<str>)>> {
+        let mut t = self.touched.lock();
+        if std::mem::take(&mut t.overflow) {
+            t.clients.clear();
+            return None;
+        }
+        Some(t.clients.drain().collect())
     }
 
     /// Signalled (one stored permit) whenever a connection registers or unregisters,

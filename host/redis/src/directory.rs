@@ -42,6 +42,7 @@ impl Directory {
     /// A directory writer for this node.
     pub fn new(shards: Arc<[Arc<Shard>]>, hub: Arc<Hub>, ttl: Duration) -> Self {
         let node = hub.node_id().clone();
+        hub.track_registry_changes();
         Self {
             shards,
             hub,
@@ -90,18 +91,36 @@ impl Directory {
     /// Writes added clients, removes departed ones; `refresh_all` rewrites every
     /// local client (heartbeat).
     pub async fn sync(&self, refresh_all: bool) {
-        let mut current: HashSet<ClientId> = HashSet::new();
-        self.hub.for_each_client(|t, c| {
-            current.insert((t.clone(), c.clone()));
-        });
-        let (added, removed): (Vec<ClientId>, Vec<ClientId>) = {
-            let known = self.known.lock();
-            let added = if refresh_all {
-                current.iter().cloned().collect()
-            } else {
-                current.difference(&known).cloned().collect()
-            };
-            (added, known.difference(&current).cloned().collect())
+        let touched = self.hub.take_touched();
+        let (added, removed) = match touched {
+            // Only the clients that changed: O(churn).
+            Some(touched) if !refresh_all => {
+                let known = self.known.lock();
+                let (mut added, mut removed) = (Vec::new(), Vec::new());
+                for id in touched {
+                    match (self.hub.holds_client(&id.0, &id.1), known.contains(&id)) {
+                        (true, false) => added.push(id),
+                        (false, true) => removed.push(id),
+                        _ => {}
+                    }
+                }
+                (added, removed)
+            }
+            // Heartbeat, or too many changes to list: compare the whole registry.
+            _ => {
+                let mut current: HashSet<ClientId> = HashSet::new();
+                self.hub.for_each_client(|t, c| {
+                    current.insert((t.clone(), c.clone()));
+                });
+                let known = self.known.lock();
+                let added: Vec<ClientId> = if refresh_all {
+                    current.iter().cloned().collect()
+                } else {
+                    current.difference(&known).cloned().collect()
+                };
+                let removed: Vec<ClientId> = known.difference(&current).cloned().collect();
+                (added, removed)
+            }
         };
         if added.is_empty() && removed.is_empty() {
             return;
