@@ -484,3 +484,26 @@ async fn presence_spans_nodes_and_is_rewritten_after_data_loss() {
         "{index:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_channels_subscribe_in_a_few_commands() {
+    let redis = RedisServer::start();
+    let b = broker(&redis, hub("n1")).await;
+    let keys: Vec<ChannelKey> = (0..5000)
+        .map(|i| ChannelKey::new("t", format!("room:{i}")))
+        .collect();
+    let before = command_calls(&redis, "subscribe");
+    let b2 = &b;
+    for r in futures_util::future::join_all(keys.iter().map(|k| b2.watch(k))).await {
+        r.expect("watch");
+    }
+    let live = |r: &RedisServer| r.cmd(&["PUBSUB", "CHANNELS", "sy:*"]).items().len();
+    assert_eq!(live(&redis), 5000);
+    let commands = command_calls(&redis, "subscribe") - before;
+    assert!(commands <= 5000 / 512 + 3, "{commands} SUBSCRIBE commands");
+    for k in &keys {
+        b.unwatch(k).await;
+    }
+    until("all unsubscribed", async || live(&redis) == 0).await;
+    assert!(command_calls(&redis, "unsubscribe") <= 5000 / 512 + 3);
+}
