@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod echo;
+pub mod fallback;
 pub mod handshake;
 pub mod response;
 pub mod routes;
@@ -41,6 +42,7 @@ pub struct Server {
     admin: Option<Arc<dyn AdminSource>>,
     open: AtomicUsize,
     echo_conns: Mutex<HashMap<u64, Arc<Outbox>>>,
+    pub(crate) fallbacks: dashmap::DashMap<String, Arc<fallback::Fallback>>,
     stop: watch::Sender<bool>,
 }
 
@@ -61,6 +63,7 @@ impl Server {
             admin,
             open: AtomicUsize::new(0),
             echo_conns: Mutex::new(HashMap::new()),
+            fallbacks: dashmap::DashMap::new(),
             stop,
         })
     }

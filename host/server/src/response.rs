@@ -1,32 +1,42 @@
 //! Response helpers.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
 use http::{Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Body of every response: a full buffer, or a stream (SSE).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Response type of every route.
-pub type Resp = Response<Full<Bytes>>;
+pub type Resp = Response<Body>;
 
-/// Plain-text response.
-pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
-    let mut r = Response::new(Full::new(body.into()));
+/// A body from bytes.
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).boxed_unsync()
+}
+
+/// Response with a body and content type.
+pub fn with_type(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Resp {
+    let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        http::HeaderValue::from_static(content_type),
     );
     r
 }
 
+/// Plain-text response.
+pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    with_type(status, "text/plain; charset=utf-8", body)
+}
+
 /// JSON response.
 pub fn json_ok(status: StatusCode, v: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+    with_type(status, "application/json", v.to_string())
 }
 
 /// JSON error `{"error": code, "message": …}`.

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::Server;
 use crate::response::{Resp, json_error, json_ok, text};
-use crate::{api, upgrade};
+use crate::{api, fallback, upgrade};
 
 /// Dispatches one request.
 pub async fn route(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
@@ -21,6 +21,20 @@ pub async fn route(server: &Arc<Server>, req: Request<Incoming>, remote: SocketA
         (_, p) if p.starts_with("/ws/") => {
             let tenant = p["/ws/".len()..].trim_end_matches('/').to_owned();
             upgrade::session(server, req, remote, Some(tenant)).await
+        }
+        (&Method::GET, "/sse") => fallback::sse(server, req, remote, None).await,
+        (&Method::POST, "/poll") => fallback::poll_open(server, req, remote, None).await,
+        (_, p) if p.starts_with("/sse/session/") || p.starts_with("/poll/session/") => {
+            let id = p.rsplit('/').next().unwrap_or("").to_owned();
+            fallback::session_request(server, req, &id).await
+        }
+        (&Method::GET, p) if p.starts_with("/sse/") => {
+            let tenant = p["/sse/".len()..].trim_end_matches('/').to_owned();
+            fallback::sse(server, req, remote, Some(tenant)).await
+        }
+        (&Method::POST, p) if p.starts_with("/poll/") => {
+            let tenant = p["/poll/".len()..].trim_end_matches('/').to_owned();
+            fallback::poll_open(server, req, remote, Some(tenant)).await
         }
         (_, "/echo") => {
             if node.config.diagnostics.echo {

@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use switchyard_core::policy::{ConnectRequest, Denial};
@@ -19,7 +19,79 @@ use crate::handshake::{self, HandshakeError, Upgrade};
 use crate::response::{Resp, text};
 use crate::websocket::{self, TransportLimits};
 
-fn refuse(server: &Server, e: HandshakeError) -> Resp {
+/// A client admitted by tenant, origin and auth checks.
+pub(crate) struct Admitted {
+    pub tenant: Arc<switchyard_core::tenant::Tenant>,
+    pub client_id: String,
+    pub principal: switchyard_core::policy::Principal,
+    pub traceparent: String,
+}
+
+/// Tenant resolution, Origin allow-list, client id and the auth policy: the
+/// checks every transport (WebSocket, SSE, long-poll) runs before a session.
+pub(crate) fn admit<B>(
+    server: &Server,
+    req: &Request<B>,
+    remote: SocketAddr,
+    path_tenant: Option<&str>,
+) -> Result<Admitted, HandshakeError> {
+    let node = server.node();
+    let headers = req.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let tenant = node
+        .tenants
+        .resolve(path_tenant, host)
+        .ok_or(HandshakeError::UnknownTenant)?;
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin.to_str().is_ok_and(|o| tenant.origin_allowed(o));
+        if !ok {
+            return Err(HandshakeError::Origin);
+        }
+    }
+    let query = req.uri().query().unwrap_or("");
+    let client_id = match headers
+        .get("x-client-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| handshake::query_param(query, "client_id"))
+    {
+        Some(id) if handshake::valid_client_id(&id) => id,
+        Some(_) => return Err(HandshakeError::ClientId),
+        None => uuid::Uuid::new_v4().to_string(),
+    };
+    let traceparent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let connect = ConnectRequest {
+        tenant: tenant.id.to_string(),
+        path: req.uri().path().to_owned(),
+        query: query.to_owned(),
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        remote_addr: remote.to_string(),
+        client_id: client_id.clone(),
+        token: handshake::bearer_token(headers, query),
+    };
+    let verdict = tenant.policies().auth.authenticate(&connect);
+    let principal = match verdict {
+        Ok(p) => p,
+        Err(Denial::Forbidden(m)) => return Err(HandshakeError::Forbidden(m)),
+        Err(Denial::RateLimited { .. }) => return Err(HandshakeError::RateLimited),
+        Err(d) => return Err(HandshakeError::Unauthorized(d.to_string())),
+    };
+    Ok(Admitted {
+        tenant,
+        client_id,
+        principal,
+        traceparent,
+    })
+}
+
+pub(crate) fn refuse(server: &Server, e: HandshakeError) -> Resp {
     server.node().metrics.rejected(e.reason());
     let mut r = text(e.status(), format!("{e}\n"));
     match e {
@@ -57,7 +129,7 @@ fn transport_limits(server: &Server) -> TransportLimits {
 }
 
 fn switching(up: &Upgrade, server: &Server) -> Resp {
-    let mut r = Response::new(Full::default());
+    let mut r = Response::new(crate::response::full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
@@ -112,51 +184,14 @@ pub async fn session(
         Err(e) => return refuse(server, e),
     };
     let node = server.node().clone();
-    let headers = req.headers();
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let Some(tenant) = node.tenants.resolve(path_tenant.as_deref(), host) else {
-        return refuse(server, HandshakeError::UnknownTenant);
-    };
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let ok = origin.to_str().is_ok_and(|o| tenant.origin_allowed(o));
-        if !ok {
-            return refuse(server, HandshakeError::Origin);
-        }
-    }
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let client_id = match headers
-        .get("x-client-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| handshake::query_param(&query, "client_id"))
-    {
-        Some(id) if handshake::valid_client_id(&id) => id,
-        Some(_) => return refuse(server, HandshakeError::ClientId),
-        None => uuid::Uuid::new_v4().to_string(),
-    };
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
-    let connect = ConnectRequest {
-        tenant: tenant.id.to_string(),
-        path: req.uri().path().to_owned(),
-        query: query.clone(),
-        headers: headers
-            .iter()
-            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
-            .collect(),
-        remote_addr: remote.to_string(),
-        client_id: client_id.clone(),
-        token: handshake::bearer_token(headers, &query),
-    };
-    let verdict = tenant.policies().auth.authenticate(&connect);
-    let principal = match verdict {
-        Ok(p) => p,
-        Err(Denial::Forbidden(m)) => return refuse(server, HandshakeError::Forbidden(m)),
-        Err(Denial::RateLimited { .. }) => return refuse(server, HandshakeError::RateLimited),
-        Err(d) => return refuse(server, HandshakeError::Unauthorized(d.to_string())),
+    let Admitted {
+        tenant,
+        client_id,
+        principal,
+        traceparent,
+    } = match admit(server, &req, remote, path_tenant.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return refuse(server, e),
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let response = switching(&up, server);

@@ -332,8 +332,14 @@ mod tests {
             drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
         });
         client.send(Message::text("hi")).await.expect("send");
-        assert_eq!(client.next().await.expect("msg").expect("ok"), Message::text("hi"));
-        client.send(Message::binary(vec![1u8, 2])).await.expect("send");
+        assert_eq!(
+            client.next().await.expect("msg").expect("ok"),
+            Message::text("hi")
+        );
+        client
+            .send(Message::binary(vec![1u8, 2]))
+            .await
+            .expect("send");
         assert_eq!(
             client.next().await.expect("msg").expect("ok"),
             Message::binary(vec![1u8, 2])

@@ -1,0 +1,389 @@
+//! Fallback transports for clients that cannot hold a WebSocket: Server-Sent
+//! Events and long-polling. Both run the same [`Session`] as WebSocket: same
+//! commands, replies, recovery, limits and backpressure.
+//!
+//! - SSE: `GET /sse[/{tenant}]?channels=a:1,b:2` streams every server frame as
+//!   `data: <json>`; `since=a:1@<epoch>:<seq>,…` recovers. Commands go to
+//!   `POST /sse/session/{session}` (202; replies arrive on the stream).
+//! - Long-poll: `POST /poll[/{tenant}]` opens a session (`{"session":…,"frames":[welcome]}`);
+//!   `GET /poll/session/{session}?wait=25` returns queued frames (waiting up to
+//!   `wait` seconds for one); `POST /poll/session/{session}` sends a command;
+//!   `DELETE /poll/session/{session}` closes. A session not polled for
+//!   `limits.idle_timeout` is closed.
+//!
+//! A close is delivered as `{"type":"close","code":…,"reason":…}` (SSE: event
+//! `close`), after which the session is gone (404).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use http::{Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::{Frame as BodyFrame, Incoming};
+use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
+use switchyard_core::protocol::CloseCode;
+use switchyard_core::session::{Handler, Session};
+use tokio::sync::mpsc;
+
+use crate::Server;
+use crate::handshake::{self, HandshakeError};
+use crate::response::{Resp, json_error, json_ok, with_type};
+use crate::upgrade::{Admitted, admit, refuse};
+
+/// Commands a fallback session may have waiting.
+const COMMAND_QUEUE: usize = 64;
+/// Longest long-poll wait.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// A fallback session reachable by its name.
+pub(crate) struct Fallback {
+    commands: mpsc::Sender<Bytes>,
+    outbox: Arc<Outbox>,
+    poll: tokio::sync::Mutex<()>,
+    last_poll: parking_lot::Mutex<tokio::time::Instant>,
+    closed: parking_lot::Mutex<Option<CloseRequest>>,
+}
+
+fn close_frame(c: CloseRequest) -> String {
+    format!(
+        "{{\"type\":\"close\",\"code\":{},\"reason\":\"{}\"}}",
+        c.code.code(),
+        c.code.reason()
+    )
+}
+
+/// Opens a session for a fallback transport and spawns the task that owns it.
+fn open(
+    server: &Arc<Server>,
+    admitted: Admitted,
+    transport: &'static str,
+) -> (String, Arc<Fallback>) {
+    let node = server.node().clone();
+    node.metrics
+        .connections_opened
+        .get_or_create(&switchyard_core::metrics::TransportLabel { transport })
+        .inc();
+    let session = Session::open(
+        node.clone(),
+        admitted.tenant,
+        Arc::from(admitted.client_id.as_str()),
+        admitted.principal,
+    );
+    let name = session.name().to_owned();
+    let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let handle = Arc::new(Fallback {
+        commands: tx,
+        outbox: session.outbox().clone(),
+        poll: tokio::sync::Mutex::new(()),
+        last_poll: parking_lot::Mutex::new(tokio::time::Instant::now()),
+        closed: parking_lot::Mutex::new(None),
+    });
+    server.conn_opened();
+    server.fallbacks.insert(name.clone(), handle.clone());
+    let (server, name2) = (server.clone(), name.clone());
+    let idle = node.limits().idle_timeout;
+    let expire = transport == "poll";
+    let h = handle.clone();
+    tokio::spawn(async move {
+        let mut session = session;
+        let mut rx = rx;
+        loop {
+            let idle_deadline = *h.last_poll.lock() + idle;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(text) => {
+                        if let Err(code) = session.on_text(text).await {
+                            h.outbox.close(code, true);
+                        }
+                    }
+                    None => break,
+                },
+                () = h.outbox.closed() => break,
+                () = tokio::time::sleep_until(idle_deadline), if expire => {
+                    if *h.last_poll.lock() + idle <= tokio::time::Instant::now() {
+                        h.outbox.close(CloseCode::GoingAway, false);
+                        break;
+                    }
+                }
+            }
+        }
+        session.close().await;
+        node.metrics.closed(
+            h.closed
+                .lock()
+                .map_or(CloseCode::Normal.code(), |c| c.code.code()),
+        );
+        server.conn_closed();
+        if !node.is_draining() {
+            // Keep the handle briefly so a last poll can read the close.
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        server.fallbacks.remove(&name2);
+    });
+    (name, handle)
+}
+
+/// Subscribes to the channels named in `channels=` (with `since=` positions).
+async fn initial_subscriptions(handle: &Fallback, query: &str) {
+    let channels = handshake::query_param(query, "channels").unwrap_or_default();
+    let since = handshake::query_param(query, "since").unwrap_or_default();
+    for (i, ch) in channels
+        .split(',')
+        .filter(|c| !c.is_empty())
+        .take(64)
+        .enumerate()
+    {
+        let pos = since.split(',').find_map(|s| {
+            let (c, rest) = s.split_once('@')?;
+            let (epoch, seq) = rest.rsplit_once(':')?;
+            (c == ch).then(|| (epoch.to_owned(), seq.parse::<u64>().ok()))
+        });
+        let mut cmd = serde_json::json!({"type":"subscribe","id":format!("init-{i}"),"channel":ch});
+        if let Some((epoch, Some(seq))) = pos {
+            cmd["since"] = serde_json::json!({"epoch": epoch, "seq": seq});
+        }
+        let _ = handle.commands.send(Bytes::from(cmd.to_string())).await;
+    }
+}
+
+fn sse_event(out: &mut BytesMut, json: &[u8]) {
+    out.extend_from_slice(b"data: ");
+    for &b in json {
+        match b {
+            // Raw newlines may appear inside client JSON whitespace: continue the data line.
+            b'\n' => out.extend_from_slice(b"\ndata: "),
+            b'\r' => {}
+            _ => out.extend_from_slice(&[b]),
+        }
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// `GET /sse[/{tenant}]`.
+pub async fn sse(
+    server: &Arc<Server>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    path_tenant: Option<String>,
+) -> Resp {
+    if server.node().is_draining() {
+        return refuse(server, HandshakeError::Draining);
+    }
+    if server.open_connections() >= server.node().limits().max_connections {
+        return refuse(server, HandshakeError::Overloaded);
+    }
+    let admitted = match admit(server, &req, remote, path_tenant.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return refuse(server, e),
+    };
+    let (name, handle) = open(server, admitted, "sse");
+    initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
+    let heartbeat = server.node().limits().heartbeat_interval;
+    let metrics = server.node().metrics.clone();
+    struct State {
+        handle: Arc<Fallback>,
+        batch: VecDeque<Outgoing>,
+        tick: tokio::time::Interval,
+        done: bool,
+    }
+    impl Drop for State {
+        fn drop(&mut self) {
+            // The client went away (or the stream ended): end the session.
+            self.handle.outbox.close(CloseCode::Normal, false);
+        }
+    }
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.reset();
+    let state = State {
+        handle,
+        batch: VecDeque::new(),
+        tick,
+        done: false,
+    };
+    let body = stream::unfold(state, move |mut st| {
+        let metrics = metrics.clone();
+        async move {
+            if st.done {
+                return None;
+            }
+            loop {
+                let close = st.handle.outbox.take(&mut st.batch);
+                let mut out = BytesMut::new();
+                let n = st.batch.len() as u64;
+                for item in st.batch.drain(..) {
+                    sse_event(&mut out, item.frame.bytes());
+                    if let Some(h) = item.on_written {
+                        h();
+                    }
+                }
+                metrics.messages_out.inc_by(n);
+                if let Some(c) = close {
+                    *st.handle.closed.lock() = Some(c);
+                    out.extend_from_slice(b"event: close\n");
+                    sse_event(&mut out, close_frame(c).as_bytes());
+                    st.done = true;
+                }
+                if !out.is_empty() {
+                    return Some((Ok::<_, Infallible>(BodyFrame::data(out.freeze())), st));
+                }
+                tokio::select! {
+                    () = st.handle.outbox.ready() => {}
+                    _ = st.tick.tick() => {
+                        return Some((Ok(BodyFrame::data(Bytes::from_static(b": heartbeat\n\n"))), st));
+                    }
+                }
+            }
+        }
+    });
+    let mut r = Response::new(StreamBody::new(body).boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&name) {
+        h.insert("x-switchyard-session", v);
+    }
+    r
+}
+
+/// `POST /poll[/{tenant}]`: opens a long-poll session.
+pub async fn poll_open(
+    server: &Arc<Server>,
+    req: Request<Incoming>,
+    remote: SocketAddr,
+    path_tenant: Option<String>,
+) -> Resp {
+    if server.node().is_draining() {
+        return refuse(server, HandshakeError::Draining);
+    }
+    if server.open_connections() >= server.node().limits().max_connections {
+        return refuse(server, HandshakeError::Overloaded);
+    }
+    let admitted = match admit(server, &req, remote, path_tenant.as_deref()) {
+        Ok(a) => a,
+        Err(e) => return refuse(server, e),
+    };
+    let (name, handle) = open(server, admitted, "poll");
+    initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
+    let frames = collect(&handle, Duration::ZERO).await;
+    with_type(
+        StatusCode::OK,
+        "application/json",
+        format!("{{\"session\":\"{name}\",\"frames\":{frames}}}"),
+    )
+}
+
+/// Takes what is queued (waiting up to `wait` for something) as a JSON array.
+async fn collect(handle: &Fallback, wait: Duration) -> String {
+    let mut batch = VecDeque::new();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let close = handle.outbox.take(&mut batch);
+        if !batch.is_empty() || close.is_some() || tokio::time::Instant::now() >= deadline {
+            let mut out = String::from("[");
+            for (i, item) in batch.drain(..).enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(item.frame.as_str());
+                if let Some(h) = item.on_written {
+                    h();
+                }
+            }
+            if let Some(c) = close {
+                *handle.closed.lock() = Some(c);
+                if out.len() > 1 {
+                    out.push(',');
+                }
+                out.push_str(&close_frame(c));
+                handle.outbox.close(c.code, false);
+            }
+            out.push(']');
+            return out;
+        }
+        tokio::select! {
+            () = handle.outbox.ready() => {}
+            () = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// `/sse/session/{id}` and `/poll/session/{id}`: commands, polls, close.
+pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &str) -> Resp {
+    let Some(handle) = server.fallbacks.get(id).map(|h| h.value().clone()) else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "no such session");
+    };
+    match *req.method() {
+        http::Method::GET => {
+            let Ok(_guard) = handle.poll.try_lock() else {
+                return json_error(StatusCode::CONFLICT, "conflict", "another poll is waiting");
+            };
+            *handle.last_poll.lock() = tokio::time::Instant::now();
+            if let Some(c) = *handle.closed.lock() {
+                return with_type(
+                    StatusCode::GONE,
+                    "application/json",
+                    format!("[{}]", close_frame(c)),
+                );
+            }
+            let wait = handshake::query_param(req.uri().query().unwrap_or(""), "wait")
+                .and_then(|w| w.parse::<u64>().ok())
+                .map_or(Duration::from_secs(25), Duration::from_secs)
+                .min(MAX_WAIT);
+            let frames = collect(&handle, wait).await;
+            *handle.last_poll.lock() = tokio::time::Instant::now();
+            with_type(StatusCode::OK, "application/json", frames)
+        }
+        http::Method::POST => {
+            let limit = server.node().limits().max_message_bytes;
+            let body = match http_body_util::Limited::new(req.into_body(), limit)
+                .collect()
+                .await
+            {
+                Ok(b) => b.to_bytes(),
+                Err(_) => {
+                    return json_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_big",
+                        "command exceeds limits.max_message_bytes",
+                    );
+                }
+            };
+            *handle.last_poll.lock() = tokio::time::Instant::now();
+            match handle.commands.try_send(body) {
+                Ok(()) => json_ok(StatusCode::ACCEPTED, &serde_json::json!({"queued": true})),
+                Err(mpsc::error::TrySendError::Full(_)) => json_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many commands in flight",
+                ),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    json_error(StatusCode::NOT_FOUND, "not_found", "session closed")
+                }
+            }
+        }
+        http::Method::DELETE => {
+            handle.outbox.close(CloseCode::Normal, false);
+            *handle.closed.lock() = Some(CloseRequest {
+                code: CloseCode::Normal,
+                flush: false,
+            });
+            json_ok(StatusCode::OK, &serde_json::json!({"closed": true}))
+        }
+        _ => json_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "use GET, POST or DELETE",
+        ),
+    }
+}

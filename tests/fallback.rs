@@ -1,0 +1,204 @@
+//! SSE and long-polling: the same sessions, commands and recovery as WebSocket.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_tests::{Client, Gateway};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const CFG: &str = "[tenants.default]\napi_keys = [\"k\"]\n";
+
+/// A raw SSE reader: yields the JSON of each `data:` event.
+struct Sse {
+    stream: TcpStream,
+    buf: String,
+    head: String,
+}
+
+impl Sse {
+    async fn open(addr: std::net::SocketAddr, path: &str) -> Sse {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let req =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write");
+        let mut s = Sse {
+            stream,
+            buf: String::new(),
+            head: String::new(),
+        };
+        while !s.buf.contains("\r\n\r\n") {
+            s.fill().await;
+        }
+        let (head, rest) = s.buf.split_once("\r\n\r\n").expect("head");
+        s.head = head.to_owned();
+        s.buf = rest.to_owned();
+        s
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 8192];
+        let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            .await
+            .expect("sse data in time")
+            .expect("read");
+        assert!(n > 0, "stream ended");
+        self.buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    }
+
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(start) = self.buf.find("data: ") {
+                if let Some(end) = self.buf[start..].find("\n\n") {
+                    let data = self.buf[start + 6..start + end].to_owned();
+                    self.buf = self.buf[start + end + 2..].to_owned();
+                    return serde_json::from_str(&data).expect("event json");
+                }
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn next_type(&mut self, t: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == t {
+                return v;
+            }
+        }
+    }
+
+    fn session(&self) -> String {
+        self.head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-switchyard-session: "))
+            .expect("session header")
+            .trim()
+            .to_owned()
+    }
+}
+
+#[tokio::test]
+async fn sse_session_subscribes_receives_and_sends_commands() {
+    let gw = Gateway::start(CFG);
+    let mut sse = Sse::open(gw.addr, "/sse?channels=room:1&client_id=sse-1").await;
+    assert!(sse.head.starts_with("HTTP/1.1 200"), "{}", sse.head);
+    assert!(sse.head.contains("text/event-stream"));
+    let w = sse.next().await;
+    assert_eq!(
+        (w["type"].clone(), w["client"].clone()),
+        (json!("welcome"), json!("sse-1"))
+    );
+    let sub = sse.next_type("subscribed").await;
+    assert_eq!(sub["channel"], "room:1");
+    let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
+    // a WebSocket publisher reaches the SSE subscriber
+    let mut ws = Client::connect(&gw.ws_url("/ws")).await;
+    ws.send_json(json!({"type":"publish","id":1,"channel":"room:1","data":{"via":"ws"}}))
+        .await;
+    ws.recv_type("ack").await;
+    let m = sse.next_type("message").await;
+    assert_eq!(
+        (m["seq"].clone(), m["data"]["via"].clone()),
+        (json!(1), json!("ws"))
+    );
+    // commands over POST, replies on the stream
+    let id = sse.session();
+    let (st, _) = gw
+        .post_json(
+            &format!("/sse/session/{id}"),
+            None,
+            r#"{"type":"publish","id":"p1","channel":"room:1","data":"from-sse"}"#,
+        )
+        .await;
+    assert_eq!(st, 202);
+    let ack = sse.next_type("ack").await;
+    assert_eq!(
+        (ack["id"].clone(), ack["seq"].clone()),
+        (json!("p1"), json!(2))
+    );
+    let (st, _) = gw
+        .post_json(&format!("/sse/session/{id}"), None, "nope")
+        .await;
+    assert_eq!(st, 202);
+    assert_eq!(sse.next_type("error").await["code"], "bad_request");
+    // resume with since: everything after seq 1
+    let mut again = Sse::open(
+        gw.addr,
+        &format!("/sse?channels=room:1&since=room:1@{epoch}:1"),
+    )
+    .await;
+    let sub = again.next_type("subscribed").await;
+    assert_eq!(sub["recovered"], true);
+    assert_eq!(again.next_type("message").await["data"], "from-sse");
+    // unknown session
+    assert_eq!(gw.post_json("/sse/session/nope", None, "{}").await.0, 404);
+}
+
+#[tokio::test]
+async fn long_poll_session_round_trip() {
+    let gw = Gateway::start(CFG);
+    let (st, body) = gw.post_json("/poll?channels=news:1", None, "").await;
+    assert_eq!(st, 200, "{body}");
+    let open: Value = serde_json::from_str(&body).expect("json");
+    let id = open["session"].as_str().expect("session").to_owned();
+    let mut frames: Vec<Value> = open["frames"].as_array().expect("frames").clone();
+    if frames.len() < 2 {
+        let (_, b) = gw.get(&format!("/poll/session/{id}?wait=5")).await;
+        frames.extend(serde_json::from_str::<Vec<Value>>(&b).expect("json"));
+    }
+    assert_eq!(frames[0]["type"], "welcome");
+    assert_eq!(frames[1]["type"], "subscribed");
+    let (st, _) = gw
+        .post_json(
+            "/api/publish",
+            Some("k"),
+            r#"{"channel":"news:1","data":"hello"}"#,
+        )
+        .await;
+    assert_eq!(st, 200);
+    let (st, b) = gw.get(&format!("/poll/session/{id}?wait=5")).await;
+    assert_eq!(st, 200);
+    let got: Vec<Value> = serde_json::from_str(&b).expect("json");
+    assert_eq!(
+        (got[0]["type"].clone(), got[0]["data"].clone()),
+        (json!("message"), json!("hello"))
+    );
+    // a poll with nothing queued waits, then returns an empty list
+    let (st, b) = gw.get(&format!("/poll/session/{id}?wait=1")).await;
+    assert_eq!((st, b.as_str()), (200, "[]"));
+    let (st, _) = gw
+        .post_json(
+            &format!("/poll/session/{id}"),
+            None,
+            r#"{"type":"ping","id":9}"#,
+        )
+        .await;
+    assert_eq!(st, 202);
+    let (_, b) = gw.get(&format!("/poll/session/{id}?wait=5")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).expect("json"),
+        json!([{"type":"pong","id":9}])
+    );
+    // directed send reaches a long-poll client too
+    let client = frames[0]["client"].as_str().expect("client").to_owned();
+    let (st, _) = gw
+        .post_json(
+            "/api/send",
+            Some("k"),
+            &json!({"client":client,"data":1}).to_string(),
+        )
+        .await;
+    assert_eq!(st, 202);
+    let (_, b) = gw.get(&format!("/poll/session/{id}?wait=5")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).expect("json"),
+        json!([{"type":"direct","data":1}])
+    );
+    // close
+    let (st, _) =
+        switchyard_tests::http(gw.addr, "DELETE", &format!("/poll/session/{id}"), &[], None).await;
+    assert_eq!(st, 200);
+    let (st, _) = gw.get(&format!("/poll/session/{id}?wait=1")).await;
+    assert!(st == 410 || st == 404, "closed session: {st}");
+}
