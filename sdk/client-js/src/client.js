@@ -1,0 +1,648 @@
+/**
+ * `SwitchyardClient`: one logical connection to a Switchyard gateway that
+ * survives reconnects, transport changes and node drains.
+ * @module
+ */
+
+import { DEFAULT_RECONNECT, calculateDelay, shutdownDelay } from './backoff.js';
+import { Emitter } from './emitter.js';
+import { Positions } from './positions.js';
+import { Endpoint, TRANSPORTS } from './transports.js';
+
+/** Close codes after which retrying cannot help (credentials). */
+const FATAL_CODES = new Set([4001, 4003]);
+
+/** An error reply from the gateway, or a client-side failure (`timeout`, `disconnected`, `closed`). */
+export class SwitchyardError extends Error {
+  /** @param {string} code @param {string} message @param {number} [closeCode] */
+  constructor(code, message, closeCode) {
+    super(message);
+    this.name = 'SwitchyardError';
+    this.code = code;
+    this.closeCode = closeCode;
+  }
+}
+
+/**
+ * @typedef {object} ClientOptions
+ * @property {string | (() => string | Promise<string>)} [token] credentials, sent as the `token` query parameter
+ * @property {string} [clientId] stable client id; by default the one the first `welcome` assigned is reused
+ * @property {string} [tenant] tenant path segment (`/ws/{tenant}`); by default the gateway's Host mapping
+ * @property {Array<'websocket' | 'sse' | 'poll' | Function>} [transports] tried in order
+ * @property {number} [welcomeTimeout] ms to wait for `welcome` on one transport before the next (5000)
+ * @property {number} [requestTimeout] ms to wait for a reply (10000)
+ * @property {number} [publishTimeout] ms a publish may stay unacknowledged, across reconnects (30000)
+ * @property {number} [pollWait] long-poll wait in seconds (25)
+ * @property {Partial<import('./backoff.js').ReconnectOptions>} [reconnect]
+ * @property {any} [WebSocket] WebSocket implementation (Node 20: the `ws` package)
+ * @property {any} [EventSource] EventSource implementation
+ * @property {typeof fetch} [fetch] fetch implementation
+ * @property {() => number} [random] uniform in [0, 1), for jitter
+ */
+
+/**
+ * @typedef {object} Subscription
+ * @property {Set<(data: any, frame: any) => void>} handlers
+ * @property {boolean} confirmed  a `subscribed` arrived on the current connection
+ * @property {boolean} recovering a resubscribe for a gap is in flight
+ * @property {Array<{resolve: Function, reject: Function}>} waiters `ready` promises
+ */
+
+/** Client for one gateway (see README.md). */
+export class SwitchyardClient {
+  /** @type {'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed'} */
+  #state = 'idle';
+  #emitter = new Emitter();
+  #positions = new Positions();
+  /** @type {Map<string, Subscription>} */
+  #subs = new Map();
+  /** @type {Map<string | number, any>} */
+  #pending = new Map();
+  /** @type {Map<number, any>} outstanding publishes, resent (same msgId) after a reconnect */
+  #publishes = new Map();
+  #nextId = 1;
+  #nextPublish = 1;
+  /** @type {any} */
+  #transport = null;
+  /** @type {any} */
+  #opening = null;
+  #transportName = /** @type {string | null} */ (null);
+  #preferred = /** @type {string | null} */ (null);
+  #retries = 0;
+  #everOpened = false;
+  #shutdownIn = /** @type {number | null} */ (null);
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #timer = null;
+  #welcome = /** @type {any} */ (null);
+  #clientId = /** @type {string | undefined} */ (undefined);
+  /** @type {Array<{resolve: Function, reject: Function}>} */
+  #connectWaiters = [];
+  #endpoint;
+  #opts;
+  #reconnect;
+  /** Counters, for tests and diagnostics. */
+  stats = { duplicatesDropped: 0, gaps: 0, reconnects: 0 };
+
+  /**
+   * @param {string} url gateway base URL (`http(s)://…` or `ws(s)://…`)
+   * @param {ClientOptions} [options]
+   */
+  constructor(url, options = {}) {
+    this.#opts = {
+      transports: ['websocket', 'sse', 'poll'],
+      welcomeTimeout: 5000,
+      requestTimeout: 10000,
+      publishTimeout: 30000,
+      random: Math.random,
+      ...options,
+    };
+    this.#reconnect = { ...DEFAULT_RECONNECT, ...(options.reconnect ?? {}) };
+    this.#endpoint = new Endpoint(url, options.tenant);
+    this.#clientId = options.clientId;
+  }
+
+  /**
+   * Creates a client and connects it.
+   * @param {string} url
+   * @param {ClientOptions} [options]
+   * @returns {Promise<SwitchyardClient>}
+   */
+  static async connect(url, options) {
+    const c = new SwitchyardClient(url, options);
+    await c.connect();
+    return c;
+  }
+
+  /** `idle`, `connecting`, `open`, `reconnecting` or `closed`. */
+  get state() {
+    return this.#state;
+  }
+
+  /** Name of the transport in use (`websocket`, `sse`, `poll`), or null. */
+  get transport() {
+    return this.#state === 'open' ? this.#transportName : null;
+  }
+
+  /** The last `welcome` frame (session, client, node). */
+  get welcome() {
+    return this.#welcome;
+  }
+
+  /** The client id (given, or assigned by the first `welcome`). */
+  get clientId() {
+    return this.#clientId;
+  }
+
+  /**
+   * Listens to `open`, `close`, `reconnecting`, `transport`, `error`,
+   * `recovery`, `direct`. Returns a function that removes the listener.
+   * @param {string} event
+   * @param {(payload: any) => void} fn
+   */
+  on(event, fn) {
+    return this.#emitter.on(event, fn);
+  }
+
+  /** @param {string} event @param {(payload: any) => void} fn */
+  off(event, fn) {
+    this.#emitter.off(event, fn);
+  }
+
+  /**
+   * Connects (trying the transports in order, retrying with backoff).
+   * Resolves with the `welcome` frame once open.
+   * @returns {Promise<any>}
+   */
+  connect() {
+    if (this.#state === 'open') return Promise.resolve(this.#welcome);
+    if (this.#state === 'closed') return Promise.reject(new SwitchyardError('closed', 'client was closed'));
+    const p = new Promise((resolve, reject) => this.#connectWaiters.push({ resolve, reject }));
+    if (this.#state === 'idle') {
+      this.#state = 'connecting';
+      void this.#attempt();
+    }
+    return p;
+  }
+
+  /** Closes for good: no reconnect; pending requests and publishes fail with `closed`. */
+  close() {
+    if (this.#state === 'closed') return;
+    this.#state = 'closed';
+    this.#clearTimer();
+    this.#opening?.close();
+    this.#opening = null;
+    this.#transport?.close();
+    this.#transport = null;
+    this.#failAll(new SwitchyardError('closed', 'client was closed'));
+    this.#emitter.emit('close', { code: 1000, reason: 'client closed', willReconnect: false });
+  }
+
+  /**
+   * Subscribes `handler(data, frame)` to `channel`. Returns a function that
+   * unsubscribes it; its `ready` promise resolves with the first `subscribed`
+   * reply (or rejects with the gateway's error).
+   * @param {string} channel
+   * @param {(data: any, frame: any) => void} handler
+   * @returns {(() => void) & {ready: Promise<any>}}
+   */
+  subscribe(channel, handler) {
+    let sub = this.#subs.get(channel);
+    const fresh = !sub;
+    if (!sub) {
+      sub = { handlers: new Set(), confirmed: false, recovering: false, waiters: [] };
+      this.#subs.set(channel, sub);
+    }
+    sub.handlers.add(handler);
+    const s = sub;
+    const ready = new Promise((resolve, reject) => {
+      if (s.confirmed) resolve({ type: 'subscribed', channel, ...this.#positions.get(channel) });
+      else s.waiters.push({ resolve, reject });
+    });
+    ready.catch(() => {});
+    if (fresh && this.#state === 'open') this.#sendSubscribe(channel);
+    const unsubscribe = () => {
+      const cur = this.#subs.get(channel);
+      if (!cur || cur !== s || !cur.handlers.delete(handler) || cur.handlers.size > 0) return;
+      this.#subs.delete(channel);
+      this.#positions.delete(channel);
+      if (this.#state === 'open') {
+        const id = this.#nextId++;
+        this.#pending.set(id, { kind: 'fire' });
+        this.#transport.send({ type: 'unsubscribe', id, channel });
+      }
+    };
+    return Object.assign(unsubscribe, { ready });
+  }
+
+  /**
+   * Publishes `data` to `channel`; resolves with the acknowledged seq (null
+   * when the router dropped it). The message carries a `msgId` (a new UUID
+   * unless given) that is reused when it is resent after a reconnect, so the
+   * gateway's dedupe delivers it once.
+   * @param {string} channel
+   * @param {any} data
+   * @param {{msgId?: string, timeout?: number}} [options]
+   * @returns {Promise<number | null>}
+   */
+  publish(channel, data, options = {}) {
+    if (this.#state === 'closed') return Promise.reject(new SwitchyardError('closed', 'client was closed'));
+    const msgId = options.msgId ?? randomId();
+    return new Promise((resolve, reject) => {
+      const key = this.#nextPublish++;
+      const p = { key, msgId, channel, data, resolve, reject, id: /** @type {number | null} */ (null), sends: 0, timer: /** @type {any} */ (null) };
+      p.timer = setTimeout(() => {
+        this.#publishes.delete(key);
+        if (p.id !== null) this.#pending.delete(p.id);
+        reject(new SwitchyardError('timeout', `publish to ${channel} not acknowledged`));
+      }, options.timeout ?? this.#opts.publishTimeout);
+      this.#publishes.set(key, p);
+      if (this.#state === 'open') this.#sendPublish(p);
+    });
+  }
+
+  /**
+   * Who is subscribed to `channel` (every node).
+   * @param {string} channel
+   * @returns {Promise<Array<{client: string, principal: string, node: string}>>}
+   */
+  async presence(channel) {
+    const reply = await this.#request({ type: 'presence', channel });
+    return Array.isArray(reply.clients) ? reply.clients : [];
+  }
+
+  /** Application-level ping; resolves with the round-trip time in ms. */
+  async ping() {
+    const t0 = Date.now();
+    await this.#request({ type: 'ping' });
+    return Date.now() - t0;
+  }
+
+  /**
+   * The last position seen on `channel` (`{epoch, seq}`), the point a
+   * reconnect resumes from.
+   * @param {string} channel
+   */
+  position(channel) {
+    return this.#positions.get(channel);
+  }
+
+  /**
+   * Test hook: drops the current connection as if the network broke (no
+   * close handshake from the app's view); the client reconnects as usual.
+   */
+  simulateConnectionLoss() {
+    const t = this.#transport;
+    if (!t || this.#state !== 'open') return false;
+    t.close();
+    this.#onLost(t, { code: 1006, reason: 'simulated connection loss' });
+    return true;
+  }
+
+  // ---- connection lifecycle ----
+
+  async #attempt() {
+    if (this.#state === 'closed') return;
+    let token;
+    try {
+      token = typeof this.#opts.token === 'function' ? await this.#opts.token() : this.#opts.token;
+    } catch (e) {
+      this.#attemptFailed(new SwitchyardError('token', `token provider failed: ${e}`));
+      return;
+    }
+    if (this.#state === 'closed') return;
+    const names = this.#opts.transports.map((t) => (typeof t === 'string' ? t : t.transportName));
+    const order = this.#preferred && names.includes(this.#preferred)
+      ? [this.#preferred, ...names.filter((n) => n !== this.#preferred)]
+      : names;
+    const impls = order.map((n) => {
+      const given = this.#opts.transports.find((t) => typeof t !== 'string' && t.transportName === n);
+      return given ?? /** @type {any} */ (TRANSPORTS)[n];
+    });
+    this.#tryTransport(impls, 0, token, null);
+  }
+
+  /**
+   * @param {any[]} impls @param {number} i @param {string | undefined} token
+   * @param {SwitchyardError | null} lastError
+   */
+  #tryTransport(impls, i, token, lastError) {
+    if (this.#state === 'closed') return;
+    if (i >= impls.length) {
+      this.#attemptFailed(lastError ?? new SwitchyardError('unavailable', 'no transport available'));
+      return;
+    }
+    const Impl = impls[i];
+    const opts = { ...this.#opts, token, clientId: this.#clientId };
+    if (!Impl || !Impl.available(opts)) {
+      this.#tryTransport(impls, i + 1, token, lastError ?? new SwitchyardError('unavailable', `transport ${Impl?.transportName ?? '?'} not available here`));
+      return;
+    }
+    const initial = Impl.supportsInitial ? this.#resumeList().filter((s) => !s.channel.includes('@') && !s.channel.includes(',')) : [];
+    let settled = false;
+    /** @type {any} */
+    let timer = null;
+    const t = new Impl(this.#endpoint, opts, initial, {
+      onFrame: (/** @type {any} */ frame) => {
+        if (t === this.#transport) {
+          this.#onFrame(frame);
+        } else if (!settled && frame.type === 'welcome') {
+          settled = true;
+          clearTimeout(timer);
+          this.#onWelcome(t, Impl.transportName, frame, initial);
+        }
+      },
+      onClose: (/** @type {import('./transports.js').CloseInfo} */ info) => {
+        if (t === this.#transport) {
+          this.#onLost(t, info);
+          return;
+        }
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.#opening = null;
+        const err = new SwitchyardError('connect_failed', `${Impl.transportName}: ${info.code} ${info.reason}`, info.code);
+        if (FATAL_CODES.has(info.code)) {
+          this.#fatal(err, info);
+          return;
+        }
+        this.#tryTransport(impls, i + 1, token, err);
+      },
+    });
+    this.#opening = t;
+    timer = setTimeout(() => {
+      if (settled) return;
+      settled = true;
+      t.close();
+      this.#opening = null;
+      this.#tryTransport(impls, i + 1, token, new SwitchyardError('timeout', `no welcome over ${Impl.transportName}`));
+    }, this.#opts.welcomeTimeout);
+    t.open();
+  }
+
+  /** Channels to subscribe on a new connection, with the positions to resume from. */
+  #resumeList() {
+    return [...this.#subs.keys()].map((channel) => {
+      const since = this.#positions.get(channel);
+      return since ? { channel, since } : { channel };
+    });
+  }
+
+  /**
+   * @param {any} t @param {string} name @param {any} welcome
+   * @param {import('./transports.js').InitialSub[]} initial
+   */
+  #onWelcome(t, name, welcome, initial) {
+    if (this.#state === 'closed') {
+      t.close();
+      return;
+    }
+    const reconnected = this.#everOpened;
+    this.#opening = null;
+    this.#transport = t;
+    this.#transportName = name;
+    this.#preferred = name;
+    this.#welcome = welcome;
+    if (typeof welcome.client === 'string' && welcome.client) this.#clientId = welcome.client;
+    this.#state = 'open';
+    this.#retries = 0;
+    this.#shutdownIn = null;
+    this.#everOpened = true;
+    if (reconnected) this.stats.reconnects++;
+    // Subscriptions the transport opened with reply under ids init-0, init-1, …
+    const inInitial = new Set();
+    initial.forEach((s, i) => {
+      inInitial.add(s.channel);
+      this.#pending.set(`init-${i}`, { kind: 'subscribe', channel: s.channel, cause: 'reconnect' });
+    });
+    for (const channel of this.#subs.keys()) {
+      if (!inInitial.has(channel)) this.#sendSubscribe(channel);
+    }
+    for (const p of this.#publishes.values()) this.#sendPublish(p);
+    this.#emitter.emit('transport', { name });
+    this.#emitter.emit('open', { transport: name, session: welcome.session, client: welcome.client, node: welcome.node, reconnected });
+    const waiters = this.#connectWaiters.splice(0);
+    for (const w of waiters) w.resolve(welcome);
+  }
+
+  /** @param {any} t @param {import('./transports.js').CloseInfo} info */
+  #onLost(t, info) {
+    if (t !== this.#transport) return;
+    this.#transport = null;
+    for (const sub of this.#subs.values()) {
+      sub.confirmed = false;
+      sub.recovering = false;
+    }
+    // Requests die with the connection; publishes are resent with their msgId.
+    for (const [id, p] of this.#pending) {
+      if (p.kind === 'request') {
+        clearTimeout(p.timer);
+        p.reject(new SwitchyardError('disconnected', 'connection lost before the reply'));
+      }
+      this.#pending.delete(id);
+    }
+    for (const p of this.#publishes.values()) p.id = null;
+    if (this.#state === 'closed') return;
+    if (FATAL_CODES.has(info.code)) {
+      this.#fatal(new SwitchyardError(info.code === 4001 ? 'unauthorized' : 'forbidden', info.reason || 'refused', info.code), info);
+      return;
+    }
+    this.#state = 'reconnecting';
+    this.#emitter.emit('close', { code: info.code, reason: info.reason, willReconnect: true });
+    this.#schedule();
+  }
+
+  /** @param {SwitchyardError} err */
+  #attemptFailed(err) {
+    if (this.#state === 'closed') return;
+    this.#emitter.emit('error', { error: err });
+    this.#state = this.#everOpened ? 'reconnecting' : 'connecting';
+    this.#schedule();
+  }
+
+  /** Plans the next attempt: after a drain's `reconnectIn`, else with backoff. */
+  #schedule() {
+    let delay;
+    let reason;
+    if (this.#shutdownIn !== null) {
+      delay = shutdownDelay(this.#shutdownIn, this.#reconnect, this.#opts.random);
+      reason = 'server_shutdown';
+      this.#shutdownIn = null;
+    } else {
+      if (this.#retries >= this.#reconnect.maxRetries) {
+        this.#fatal(new SwitchyardError('gave_up', `no connection after ${this.#retries} retries`), { code: 1006, reason: 'gave up' });
+        return;
+      }
+      delay = this.#reconnect.calculateDelay
+        ? this.#reconnect.calculateDelay(this.#retries)
+        : calculateDelay(this.#retries, this.#reconnect, this.#opts.random);
+      reason = 'backoff';
+      this.#retries++;
+    }
+    this.#emitter.emit('reconnecting', { attempt: this.#retries, delay, reason });
+    this.#clearTimer();
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      void this.#attempt();
+    }, Math.max(0, delay));
+  }
+
+  /** Stops for good after an error retrying cannot fix. @param {SwitchyardError} err @param {{code: number, reason: string}} info */
+  #fatal(err, info) {
+    this.#state = 'closed';
+    this.#clearTimer();
+    this.#transport?.close();
+    this.#transport = null;
+    this.#emitter.emit('error', { error: err });
+    this.#failAll(err);
+    this.#emitter.emit('close', { code: info.code, reason: info.reason, willReconnect: false });
+  }
+
+  /** @param {SwitchyardError} err */
+  #failAll(err) {
+    for (const p of this.#pending.values()) {
+      if (p.kind === 'request') {
+        clearTimeout(p.timer);
+        p.reject(err);
+      }
+    }
+    this.#pending.clear();
+    for (const p of this.#publishes.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.#publishes.clear();
+    for (const sub of this.#subs.values()) {
+      for (const w of sub.waiters.splice(0)) w.reject(err);
+    }
+    for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+  }
+
+  #clearTimer() {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
+  // ---- frames ----
+
+  /** @param {string} channel @param {'reconnect' | 'gap' | 'new'} [cause] */
+  #sendSubscribe(channel, cause) {
+    const since = this.#positions.get(channel);
+    const id = this.#nextId++;
+    this.#pending.set(id, { kind: 'subscribe', channel, cause: cause ?? (since ? 'reconnect' : 'new') });
+    /** @type {any} */
+    const frame = { type: 'subscribe', id, channel };
+    if (since) frame.since = since;
+    this.#transport.send(frame);
+  }
+
+  /** @param {any} p */
+  #sendPublish(p) {
+    if (p.id !== null) this.#pending.delete(p.id);
+    p.id = this.#nextId++;
+    p.sends++;
+    this.#pending.set(p.id, { kind: 'publish', key: p.key });
+    this.#transport.send({ type: 'publish', id: p.id, channel: p.channel, data: p.data, msgId: p.msgId });
+  }
+
+  /** @param {any} frame @returns {Promise<any>} */
+  #request(frame) {
+    if (this.#state !== 'open') {
+      return Promise.reject(new SwitchyardError('disconnected', 'not connected'));
+    }
+    return new Promise((resolve, reject) => {
+      const id = this.#nextId++;
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        reject(new SwitchyardError('timeout', `no reply to ${frame.type}`));
+      }, this.#opts.requestTimeout);
+      this.#pending.set(id, { kind: 'request', resolve, reject, timer });
+      this.#transport.send({ ...frame, id });
+    });
+  }
+
+  /** @param {any} frame */
+  #onFrame(frame) {
+    switch (frame.type) {
+      case 'message':
+        this.#onMessage(frame);
+        return;
+      case 'direct':
+        this.#emitter.emit('direct', frame);
+        return;
+      case 'SERVER_SHUTDOWN':
+        this.#shutdownIn = Number(frame.reconnectIn) >= 0 ? Number(frame.reconnectIn) : this.#reconnect.baseDelay;
+        return;
+      default:
+        break;
+    }
+    const p = frame.id !== undefined ? this.#pending.get(frame.id) : undefined;
+    if (!p) {
+      if (frame.type === 'error') this.#emitter.emit('error', { error: new SwitchyardError(frame.code, frame.message ?? '') });
+      return;
+    }
+    this.#pending.delete(frame.id);
+    if (p.kind === 'subscribe') this.#onSubscribeReply(p, frame);
+    else if (p.kind === 'publish') this.#onPublishReply(p, frame);
+    else if (p.kind === 'request') {
+      clearTimeout(p.timer);
+      if (frame.type === 'error') p.reject(new SwitchyardError(frame.code, frame.message ?? ''));
+      else p.resolve(frame);
+    }
+  }
+
+  /** @param {any} p @param {any} frame */
+  #onSubscribeReply(p, frame) {
+    const sub = this.#subs.get(p.channel);
+    if (!sub) return; // unsubscribed meanwhile (the unsubscribe follows on the wire)
+    if (frame.type === 'error') {
+      const err = new SwitchyardError(frame.code, frame.message ?? '');
+      this.#subs.delete(p.channel);
+      this.#positions.delete(p.channel);
+      for (const w of sub.waiters.splice(0)) w.reject(err);
+      this.#emitter.emit('error', { error: err, channel: p.channel });
+      return;
+    }
+    if (frame.type !== 'subscribed') return;
+    const { recovered, resumed } = this.#positions.onSubscribed(frame);
+    sub.confirmed = true;
+    sub.recovering = false;
+    for (const w of sub.waiters.splice(0)) w.resolve(frame);
+    if (resumed) {
+      // recovered:false means messages were lost: the app should reload this channel's state.
+      this.#emitter.emit('recovery', { channel: p.channel, recovered, epoch: frame.epoch, seq: frame.seq, cause: p.cause });
+    }
+  }
+
+  /** @param {any} p @param {any} frame */
+  #onPublishReply(p, frame) {
+    const pub = this.#publishes.get(p.key);
+    if (!pub) return;
+    this.#publishes.delete(p.key);
+    clearTimeout(pub.timer);
+    if (frame.type === 'ack') pub.resolve(frame.seq ?? null);
+    else pub.reject(new SwitchyardError(frame.code ?? 'bad_reply', frame.message ?? `unexpected ${frame.type}`));
+  }
+
+  /** @param {any} frame */
+  #onMessage(frame) {
+    const sub = this.#subs.get(frame.channel);
+    if (!sub) return;
+    const verdict = this.#positions.onMessage(frame);
+    if (verdict === 'duplicate') {
+      this.stats.duplicatesDropped++;
+      return;
+    }
+    if (verdict === 'gap') {
+      // Hold it: resubscribing from the last position replays it in order.
+      this.stats.gaps++;
+      if (!sub.recovering && this.#state === 'open') {
+        sub.recovering = true;
+        this.#sendSubscribe(frame.channel, 'gap');
+      }
+      return;
+    }
+    if (verdict === 'epoch') {
+      this.#emitter.emit('recovery', { channel: frame.channel, recovered: false, epoch: frame.epoch, seq: frame.seq, cause: 'epoch_changed' });
+    }
+    for (const h of [...sub.handlers]) {
+      try {
+        h(frame.data, frame);
+      } catch (e) {
+        this.#emitter.emit('error', { error: e, channel: frame.channel });
+      }
+    }
+  }
+}
+
+/** A random UUID v4 (crypto.randomUUID where available, e.g. outside secure contexts). */
+export function randomId() {
+  const c = globalThis.crypto;
+  if (typeof c?.randomUUID === 'function') return c.randomUUID();
+  const b = new Uint8Array(16);
+  if (typeof c?.getRandomValues === 'function') c.getRandomValues(b);
+  else for (let i = 0; i < 16; i++) b[i] = Math.floor(Math.random() * 256);
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}

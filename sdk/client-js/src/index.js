@@ -1,0 +1,8 @@
+/**
+ * switchyard-client: browser and Node client for the Switchyard gateway.
+ * @module
+ */
+export { SwitchyardClient, SwitchyardError, randomId } from './client.js';
+export { calculateDelay, shutdownDelay, DEFAULT_RECONNECT } from './backoff.js';
+export { Positions } from './positions.js';
+export { Endpoint, TRANSPORTS, WebSocketTransport, SseTransport, PollTransport } from './transports.js';
