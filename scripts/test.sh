@@ -14,12 +14,15 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 step "system packages"
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)   # tests/browser.rs (headless)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 redis-server --version
+# playwright-core for tests/browser.rs, from the committed lockfile (drives /usr/bin/chromium)
+[ -f tests/js/node_modules/playwright-core/package.json ] || (cd tests/js && npm ci --no-audit --no-fund)
 
 step "format"
 cargo fmt --all -- --check

@@ -2,6 +2,7 @@
 //! the HTTP API, metrics, health, admin and graceful drain.
 
 pub mod api;
+pub mod cors;
 pub mod echo;
 pub mod fallback;
 pub mod handshake;

@@ -10,10 +10,18 @@ use hyper::body::Incoming;
 
 use crate::Server;
 use crate::response::{Resp, json_error, json_ok, text};
-use crate::{api, fallback, upgrade};
+use crate::{api, cors, fallback, upgrade};
 
-/// Dispatches one request.
+/// Dispatches one request (fallback paths get CORS headers for their origin).
 pub async fn route(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
+    match cors::fallback_origin(&req) {
+        Some(origin) if cors::is_preflight(&req) => cors::preflight(&origin),
+        Some(origin) => cors::allow(dispatch(server, req, remote).await, &origin),
+        None => dispatch(server, req, remote).await,
+    }
+}
+
+async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
     let path = req.uri().path().to_owned();
     let node = server.node();
     match (req.method(), path.as_str()) {
