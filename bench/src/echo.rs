@@ -57,7 +57,7 @@ pub async fn run(args: EchoArgs, common: &Common) -> Result<RunResult> {
     let mut tasks = JoinSet::new();
     let per_conn_interval = (args.rate > 0)
         .then(|| Duration::from_secs_f64(args.connections as f64 / args.rate as f64));
-    for (i, ws) in conns.into_iter().enumerate() {
+    for (i, ws) in conns {
         let (c, p, l) = (counters.clone(), phase.clone(), latencies.clone());
         let size = args.size;
         match per_conn_interval {
@@ -90,11 +90,11 @@ pub async fn run(args: EchoArgs, common: &Common) -> Result<RunResult> {
     })
 }
 
-async fn open(connector: Connector, target: Target, proto: Proto, i: usize) -> Result<Ws> {
+async fn open(connector: Connector, target: Target, proto: Proto, i: usize) -> Result<(usize, Ws)> {
     let mut ws = connector.connect(&target, i).await?;
     proto.setup(&mut ws).await?;
     proto.subscribe(&mut ws, &own_channel(i)).await?;
-    Ok(ws)
+    Ok((i, ws))
 }
 
 fn own_channel(i: usize) -> String {
@@ -125,7 +125,7 @@ async fn closed_loop(
     let mut data = Vec::with_capacity(size + 32);
     let channel = own_channel(shard);
     let mut n = 0;
-    while !phase.stopping() {
+    'send: while !phase.stopping() {
         let sent_at = now_ns();
         n += 1;
         message(proto, &mut buf, &mut data, n, &channel, sent_at, size);
@@ -147,7 +147,9 @@ async fn closed_loop(
                         break;
                     }
                     if proto.is_error(&frame.payload) {
+                        // The publish was refused: nothing will come back.
                         counters.error(String::from_utf8_lossy(&frame.payload));
+                        continue 'send;
                     }
                 }
                 Ok(frame) if frame.opcode == OpCode::Close => {

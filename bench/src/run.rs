@@ -99,8 +99,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Opens `n` connections with at most `concurrency` handshakes in flight,
-/// printing progress each second. Returns the connections and the handshake
-/// latency histogram. Fails if more than 1% of the connections failed.
+/// printing progress each second. Returns the connections in index order
+/// and the handshake latency histogram. Fails if more than 1% of the connections failed.
 pub async fn connect_many<T, F, Fut>(
     label: &str,
     n: usize,
@@ -128,7 +128,7 @@ where
             }
         })
     };
-    let results: Vec<Result<T>> = futures_util::stream::iter(0..n)
+    let mut results: Vec<(usize, Result<T>)> = futures_util::stream::iter(0..n)
         .map(|i| {
             let fut = open(i);
             let (lat, done) = (latencies.clone(), done.clone());
@@ -142,17 +142,18 @@ where
                     );
                 }
                 done.fetch_add(1, Ordering::Relaxed);
-                r
+                (i, r)
             }
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
     ticker.abort();
+    results.sort_unstable_by_key(|(i, _)| *i);
     let mut conns = Vec::with_capacity(n);
     let mut failures = 0usize;
     let mut first = None;
-    for r in results {
+    for (_, r) in results {
         match r {
             Ok(c) => conns.push(c),
             Err(e) => {
