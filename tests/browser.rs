@@ -31,6 +31,7 @@ const SCENARIOS: &[&str] = &[
     "recover-websocket",
     "recover-sse",
     "recover-poll",
+    "publish-retry-exactly-once",
     "kill-restart-unrecovered",
     "drain-reconnect",
 ];
@@ -56,7 +57,10 @@ fn chromium() -> PathBuf {
 
 /// `npm ci` in tests/js when playwright-core is not installed yet.
 fn ensure_node_modules(js: &Path) {
-    if js.join("node_modules/playwright-core/package.json").exists() {
+    if js
+        .join("node_modules/playwright-core/package.json")
+        .exists()
+    {
         return;
     }
     let st = Command::new("npm")
