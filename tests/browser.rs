@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use switchyard_tests::{Gateway, repo_root, scratch_dir};
+use switchyard_tests::{Gateway, http_full, repo_root, scratch_dir};
 
 /// Every scenario `browser.test.mjs` must report as passed.
 const SCENARIOS: &[&str] = &[
@@ -211,4 +211,61 @@ fn client_sdk_in_headless_chromium() {
             "scenario {s} did not pass:\n{transcript}"
         );
     }
+}
+
+/// The fallback routes answer cross-origin browsers: a preflight, CORS headers
+/// for an allowed origin, none on a refused one, none on other routes.
+#[tokio::test]
+async fn fallback_routes_carry_cors_headers() {
+    let gw = Gateway::start(&gateway_config(9));
+    let allowed = "http://127.0.0.1:9";
+    let addr = gw.addr;
+    let (status, head, _) = http_full(
+        addr,
+        "OPTIONS",
+        "/poll/session/abc",
+        &[
+            ("origin", allowed),
+            ("access-control-request-method", "DELETE"),
+        ],
+        None,
+    )
+    .await;
+    let head = head.to_ascii_lowercase();
+    assert_eq!(status, 204, "{head}");
+    assert!(head.contains(&format!("access-control-allow-origin: {allowed}")));
+    assert!(head.contains("access-control-allow-methods: get, post, delete"));
+
+    let (status, head, body) =
+        http_full(addr, "POST", "/poll", &[("origin", allowed)], Some("")).await;
+    let head = head.to_ascii_lowercase();
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains(&format!("access-control-allow-origin: {allowed}")));
+    assert!(head.contains("access-control-expose-headers: x-switchyard-session"));
+    let opened: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(opened["frames"][0]["type"], "welcome");
+
+    // A refused origin gets its 403 without CORS headers (the page cannot read it).
+    let (status, head, _) = http_full(
+        addr,
+        "POST",
+        "/poll",
+        &[("origin", "http://evil.test")],
+        Some(""),
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin")
+    );
+
+    // Other routes are not opened to other origins.
+    let (_, head, _) = http_full(addr, "GET", "/metrics", &[("origin", allowed)], None).await;
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("access-control-allow-origin")
+    );
 }

@@ -33,6 +33,9 @@ export class SwitchyardError extends Error {
  * @property {number} [requestTimeout] ms to wait for a reply (10000)
  * @property {number} [publishTimeout] ms a publish may stay unacknowledged, across reconnects (30000)
  * @property {number} [pollWait] long-poll wait in seconds (25)
+ * @property {number} [heartbeat] ms of silence after which a `ping` checks the connection
+ *   (default: the welcome's `heartbeatMs`); no `pong` within `requestTimeout` (at most the
+ *   heartbeat) counts as a lost connection. 0 turns it off.
  * @property {Partial<import('./backoff.js').ReconnectOptions>} [reconnect]
  * @property {any} [WebSocket] WebSocket implementation (Node 20: the `ws` package)
  * @property {any} [EventSource] EventSource implementation
@@ -73,6 +76,9 @@ export class SwitchyardClient {
   #shutdownIn = /** @type {number | null} */ (null);
   /** @type {ReturnType<typeof setTimeout> | null} */
   #timer = null;
+  /** @type {ReturnType<typeof setInterval> | null} */
+  #heartbeat = null;
+  #lastRx = 0;
   #welcome = /** @type {any} */ (null);
   #clientId = /** @type {string | undefined} */ (undefined);
   /** @type {Array<{resolve: Function, reject: Function}>} */
@@ -169,6 +175,7 @@ export class SwitchyardClient {
     if (this.#state === 'closed') return;
     this.#state = 'closed';
     this.#clearTimer();
+    this.#stopHeartbeat();
     this.#opening?.close();
     this.#opening = null;
     this.#transport?.close();
@@ -398,6 +405,7 @@ export class SwitchyardClient {
       if (!inInitial.has(channel)) this.#sendSubscribe(channel);
     }
     for (const p of this.#publishes.values()) this.#sendPublish(p);
+    this.#startHeartbeat(t, welcome);
     this.#emitter.emit('transport', { name });
     this.#emitter.emit('open', { transport: name, session: welcome.session, client: welcome.client, node: welcome.node, reconnected });
     const waiters = this.#connectWaiters.splice(0);
@@ -408,6 +416,7 @@ export class SwitchyardClient {
   #onLost(t, info) {
     if (t !== this.#transport) return;
     this.#transport = null;
+    this.#stopHeartbeat();
     for (const sub of this.#subs.values()) {
       sub.confirmed = false;
       sub.recovering = false;
@@ -470,6 +479,7 @@ export class SwitchyardClient {
   #fatal(err, info) {
     this.#state = 'closed';
     this.#clearTimer();
+    this.#stopHeartbeat();
     this.#transport?.close();
     this.#transport = null;
     this.#emitter.emit('error', { error: err });
@@ -495,6 +505,43 @@ export class SwitchyardClient {
       for (const w of sub.waiters.splice(0)) w.reject(err);
     }
     for (const w of this.#connectWaiters.splice(0)) w.reject(err);
+  }
+
+  /**
+   * Browsers hide WebSocket pings, and SSE comments are invisible too: after a
+   * quiet `heartbeat`, an application-level ping must come back in time or
+   * the connection is treated as lost (a half-open TCP connection can stay
+   * "open" for minutes otherwise).
+   * @param {any} t @param {any} welcome
+   */
+  #startHeartbeat(t, welcome) {
+    this.#stopHeartbeat();
+    const every = this.#opts.heartbeat ?? (Number(welcome.heartbeatMs) > 0 ? Number(welcome.heartbeatMs) : 30000);
+    if (!(every > 0)) return;
+    this.#lastRx = Date.now();
+    let probe = /** @type {{id: number, sentAt: number, deadline: number} | null} */ (null);
+    this.#heartbeat = setInterval(() => {
+      if (t !== this.#transport) return;
+      const now = Date.now();
+      if (probe && this.#lastRx >= probe.sentAt) probe = null;
+      if (probe && now >= probe.deadline) {
+        this.#pending.delete(probe.id);
+        t.close();
+        this.#onLost(t, { code: 1006, reason: 'heartbeat timeout' });
+        return;
+      }
+      if (!probe && now - this.#lastRx >= every) {
+        const id = this.#nextId++;
+        this.#pending.set(id, { kind: 'fire' });
+        probe = { id, sentAt: now, deadline: now + Math.min(this.#opts.requestTimeout, every) };
+        t.send({ type: 'ping', id });
+      }
+    }, Math.max(10, Math.min(every, this.#opts.requestTimeout) / 4));
+  }
+
+  #stopHeartbeat() {
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
   }
 
   #clearTimer() {
@@ -542,6 +589,7 @@ export class SwitchyardClient {
 
   /** @param {any} frame */
   #onFrame(frame) {
+    this.#lastRx = Date.now();
     switch (frame.type) {
       case 'message':
         this.#onMessage(frame);

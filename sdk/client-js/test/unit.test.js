@@ -258,3 +258,24 @@ test('4001/4003 do not retry; close() stops reconnecting; SERVER_SHUTDOWN delays
   assert.equal(log2.length, 2, 'no reconnect after close()');
   assert.equal(c2.state, 'closed');
 });
+
+test('a silent connection is probed with ping; no pong in time means reconnect', async () => {
+  const log = [];
+  const c = client(log, { heartbeat: 30, requestTimeout: 40 });
+  const lost = [];
+  c.on('close', (e) => lost.push(e.reason));
+  const opened = c.connect();
+  log[0].welcome();
+  await opened;
+  await until(() => log[0].sent.some((f) => f.type === 'ping'), 'a ping after 30 ms of silence');
+  const ping = log[0].sent.find((f) => f.type === 'ping');
+  log[0].frame({ type: 'pong', id: ping.id });
+  await new Promise((r) => setTimeout(r, 45));
+  assert.equal(log.length, 1, 'answered: still the same connection');
+  assert.equal(c.state, 'open');
+  // Now the peer goes silent: the next ping gets no pong.
+  await until(() => log.length === 2, 'reconnect after the heartbeat timeout');
+  assert.deepEqual(lost, ['heartbeat timeout']);
+  assert.ok(log[0].closed, 'the dead transport was closed');
+  c.close();
+});
