@@ -36,7 +36,14 @@ fn read(p: &Path) -> Vec<u8> {
 
 async fn admin_plugins(gw: &Gateway, token: &str) -> (u16, Value) {
     let auth = format!("Bearer {token}");
-    let (status, body) = http(gw.addr, "GET", "/admin/plugins", &[("authorization", &auth)], None).await;
+    let (status, body) = http(
+        gw.addr,
+        "GET",
+        "/admin/plugins",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -49,7 +56,12 @@ fn plugin_entry<'a>(v: &'a Value, name: &str) -> &'a Value {
 
 /// Publishes `data` and returns the routed `data` of the message that comes back
 /// on the (subscribed) channel, after the matching ack.
-async fn publish_roundtrip(c: &mut Client, id: u64, channel: &str, data: Value) -> Result<Value, String> {
+async fn publish_roundtrip(
+    c: &mut Client,
+    id: u64,
+    channel: &str,
+    data: Value,
+) -> Result<Value, String> {
     c.send_json(json!({"type":"publish","id":id,"channel":channel,"data":data}))
         .await;
     let (mut acked, mut routed) = (false, None);
@@ -108,8 +120,13 @@ async fn hot_reload_under_load_swaps_router_without_losing_messages() {
                 if swapped.load(Ordering::Relaxed) {
                     after_swap += 1;
                 }
-                let routed = publish_roundtrip(&mut c, 1 + k, &channel, json!({"i": i, "k": k})).await?;
-                versions.push(routed["v"].as_u64().ok_or(format!("not routed by v1/v2: {routed}"))?);
+                let routed =
+                    publish_roundtrip(&mut c, 1 + k, &channel, json!({"i": i, "k": k})).await?;
+                versions.push(
+                    routed["v"]
+                        .as_u64()
+                        .ok_or(format!("not routed by v1/v2: {routed}"))?,
+                );
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             c.send_json(json!({"type":"ping","id":999_999})).await;
@@ -117,7 +134,7 @@ async fn hot_reload_under_load_swaps_router_without_losing_messages() {
             if pong["type"] != "pong" {
                 return Err(format!("connection not healthy after the swap: {pong}"));
             }
-            Ok::<_, String>(versions)
+            Ok::<_, String>((versions, c))
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -125,22 +142,41 @@ async fn hot_reload_under_load_swaps_router_without_losing_messages() {
     swapped.store(true, Ordering::Relaxed);
     let mut total = 0;
     let (mut saw_v1, mut saw_v2) = (false, false);
+    let mut clients = Vec::new();
     for t in tasks {
-        let versions = t.await.expect("client task").unwrap_or_else(|e| panic!("{e}\n{}", gw.logs()));
+        let (versions, client) = t
+            .await
+            .expect("client task")
+            .unwrap_or_else(|e| panic!("{e}\n{}", gw.logs()));
+        clients.push(client);
         assert!(versions.iter().all(|v| *v == 1 || *v == 2), "{versions:?}");
-        let first_v2 = versions.iter().position(|v| *v == 2).unwrap_or(versions.len());
-        assert!(versions[first_v2..].iter().all(|v| *v == 2), "v1 after v2: {versions:?}");
+        let first_v2 = versions
+            .iter()
+            .position(|v| *v == 2)
+            .unwrap_or(versions.len());
+        assert!(
+            versions[first_v2..].iter().all(|v| *v == 2),
+            "v1 after v2: {versions:?}"
+        );
         saw_v1 |= first_v2 > 0;
         saw_v2 |= first_v2 < versions.len();
         total += versions.len();
     }
-    assert!(saw_v1 && saw_v2, "the swap happened while clients were publishing");
+    assert!(
+        saw_v1 && saw_v2,
+        "the swap happened while clients were publishing"
+    );
     let (_, metrics) = gw.get("/metrics").await;
     let closed: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("switchyard_connections_closed_total{"))
         .collect();
     assert!(closed.is_empty(), "no connection was closed: {closed:?}");
+    assert!(
+        metrics.contains(&format!("switchyard_connections_active {CLIENTS}\n")),
+        "{metrics}"
+    );
+    drop(clients);
     eprintln!("{CLIENTS} clients, {total} messages, all decided by v1 or v2, none lost");
 }
 
@@ -164,10 +200,16 @@ async fn broken_wasm_keeps_old_version_serving_and_admin_shows_error() {
 
     let mut c = Client::connect(&gw.ws_url("/ws")).await;
     c.subscribe(1, "room:1").await;
-    let routed = publish_roundtrip(&mut c, 2, "room:1", json!({"n": 1})).await.expect("publish");
+    let routed = publish_roundtrip(&mut c, 2, "room:1", json!({"n": 1}))
+        .await
+        .expect("publish");
     assert_eq!(routed["v"], 1);
 
-    deploy(&plugins, "router", b"\0asm\x0d\0\x01\0this is not a component");
+    deploy(
+        &plugins,
+        "router",
+        b"\0asm\x0d\0\x01\0this is not a component",
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let entry = loop {
         let (_, v) = admin_plugins(&gw, "adm").await;
@@ -178,12 +220,25 @@ async fn broken_wasm_keeps_old_version_serving_and_admin_shows_error() {
         assert!(Instant::now() < deadline, "broken file never reported: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(entry["last_error"].as_str().is_some_and(|e| !e.is_empty()), "{entry}");
-    assert_eq!(entry["hash"], hash.as_str(), "the old version is still the one serving");
-    let routed = publish_roundtrip(&mut c, 3, "room:1", json!({"n": 2})).await.expect("publish");
+    assert!(
+        entry["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{entry}"
+    );
+    assert_eq!(
+        entry["hash"],
+        hash.as_str(),
+        "the old version is still the one serving"
+    );
+    let routed = publish_roundtrip(&mut c, 3, "room:1", json!({"n": 2}))
+        .await
+        .expect("publish");
     assert_eq!(routed["v"], 1, "old version keeps serving");
-    gw.wait_metric("switchyard_plugin_load_failures_total{plugin=\"router\"} 1").await;
-    gw.wait_metric("switchyard_plugin_calls_total{plugin=\"router\",role=\"router\",outcome=\"ok\"} 2").await;
+    gw.wait_metric("switchyard_plugin_load_failures_total{plugin=\"router\"} 1")
+        .await;
+    gw.wait_metric(
+        "switchyard_plugin_calls_total{plugin=\"router\",role=\"router\",outcome=\"ok\"} 2",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,17 +255,31 @@ async fn trapping_and_looping_router_is_contained_per_tenant() {
     let mut a = Client::connect(&gw.ws_url("/ws/a")).await;
     let mut b = Client::connect(&gw.ws_url("/ws/b")).await;
     b.subscribe(1, "room:1").await;
-    for (id, channel) in [(10, "loop"), (11, "trap"), (12, "loop")] {
-        a.send_json(json!({"type":"publish","id":id,"channel":channel,"data":1})).await;
+    for (id, channel) in [(10, "t:loop"), (11, "t:trap"), (12, "t:loop")] {
+        a.send_json(json!({"type":"publish","id":id,"channel":channel,"data":1}))
+            .await;
         let r = a.recv_json().await;
         assert_eq!(r["type"], "error", "{r}");
         assert_eq!(r["id"], id);
-        let routed = publish_roundtrip(&mut b, id, "room:1", json!({"id": id})).await.expect("tenant b");
+        assert_eq!(
+            r["code"], "forbidden",
+            "failed policy call, on_error = deny: {r}"
+        );
+        let routed = publish_roundtrip(&mut b, id, "room:1", json!({"id": id}))
+            .await
+            .expect("tenant b");
         assert_eq!(routed["v"], 1);
     }
     // Tenant a's connection survives and its next ordinary publish goes through.
-    a.send_json(json!({"type":"publish","id":20,"channel":"room:2","data":1})).await;
+    a.send_json(json!({"type":"publish","id":20,"channel":"room:2","data":1}))
+        .await;
     assert_eq!(a.recv_type("ack").await["id"], 20);
-    gw.wait_metric("switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"timeout\"} 2").await;
-    gw.wait_metric("switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"trap\"} 1").await;
+    gw.wait_metric(
+        "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"timeout\"} 2",
+    )
+    .await;
+    gw.wait_metric(
+        "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"trap\"} 1",
+    )
+    .await;
 }
