@@ -59,6 +59,7 @@ has_case() { [[ ",$CASES," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------- setup
 say "setup"
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 need_apt=()
 command -v taskset >/dev/null || need_apt+=(util-linux)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
@@ -72,6 +73,12 @@ if [[ ! -d bench/node/node_modules ]] || [[ bench/node/package-lock.json -nt ben
   (cd bench/node && npm ci --no-audit --no-fund >&2 && touch node_modules)
 fi
 if [[ $NO_BUILD == 0 ]]; then cargo build --release -p switchyard-bench -p switchyard >&2; fi
+# Snapshot the binaries: the shared target dir may be rebuilt during the run.
+mkdir -p "$OUT/bin"
+for b in switchyard switchyard-bench peer-echo-tungstenite peer-echo-fastws peer-broadcast; do
+  if [[ -x $ROOT/target/release/$b ]]; then cp "$ROOT/target/release/$b" "$OUT/bin/"; else echo "missing target/release/$b" >&2; fi
+done
+BIN=$OUT/bin
 
 PLUGIN_DIR=$ROOT/target/plugins
 PLUGINS=(jwt-auth token-bucket namespace-router)
@@ -82,7 +89,13 @@ if ! plugins_ready && [[ -x scripts/build-plugins.sh ]]; then
   scripts/build-plugins.sh >&2 || echo "plugin build failed; 'with plugins' rows will be n/a" >&2
 fi
 WITH_PLUGINS=0
-if plugins_ready; then WITH_PLUGINS=1; fi
+# Only the plugins on the measured path, copied (the folder is watched and
+# every *.wasm in it is compiled at start); no-plugin runs get an empty folder.
+mkdir -p "$OUT/plugins" "$OUT/no-plugins"
+if plugins_ready; then
+  WITH_PLUGINS=1
+  for p in "${PLUGINS[@]}"; do cp "$PLUGIN_DIR/$p.wasm" "$OUT/plugins/"; done
+fi
 JWT_SECRET=bench-secret-0123456789
 
 # ---------------------------------------------------------------- servers
@@ -96,7 +109,7 @@ trap 'cleanup; stop_redis' EXIT
 
 wait_port() { # port [path]
   local port=$1 path=${2:-} i
-  for i in $(seq 1 200); do
+  for i in $(seq 1 600); do
     if [[ -n $path ]]; then
       curl -fsS -o /dev/null "http://127.0.0.1:$port$path" 2>/dev/null && return 0
     elif (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -142,7 +155,7 @@ kind = "$broker"
 redis_urls = ["redis://127.0.0.1:$REDIS_PORT"]
 
 [plugins]
-dir = "$PLUGIN_DIR"
+dir = "$OUT/$([[ $plugins == 1 ]] && echo plugins || echo no-plugins)"
 cache_dir = "$OUT/plugin-cache"
 watch = false
 
@@ -228,15 +241,18 @@ jwt_args() { [[ $1 == switchyard-plugins ]] && echo "--jwt-secret $JWT_SECRET"; 
 run_case() {
   local case=$1 scenario=$2 servers=$3; shift 4
   say "$case"
-  local round server
+  local round server spec label
   for round in $(seq 1 "$REPEAT"); do
-    for server in $servers; do
+    for spec in $servers; do
+      # SERVER or SERVER@LABEL (the same server kind measured another way)
+      server=${spec%@*}
+      label=${spec#*@}
       if [[ $server == switchyard-plugins && $WITH_PLUGINS == 0 ]]; then
-        [[ $round == 1 ]] && not_available "$case" "$server" "$scenario" "plugins not built (target/plugins/{jwt-auth,token-bucket,namespace-router}.wasm)"
+        [[ $round == 1 ]] && not_available "$case" "$label" "$scenario" "plugins not built (target/plugins/{jwt-auth,token-bucket,namespace-router}.wasm)"
         continue
       fi
       if ! up "$server"; then
-        not_available "$case" "$server" "$scenario" "server did not start"; down; continue
+        not_available "$case" "$label" "$scenario" "server did not start"; down; continue
       fi
       local args=() a
       for a in "$@"; do
@@ -247,8 +263,8 @@ run_case() {
         args+=("$a")
       done
       # shellcheck disable=SC2046
-      client "$scenario" --server "$server" --case "$case" $(jwt_args "$server") "${args[@]}" \
-        || not_available "$case" "$server" "$scenario" "client failed, see logs/client.log"
+      client "$scenario" --server "$label" --case "$case" $(jwt_args "$server") "${args[@]}" \
+        || not_available "$case" "$label" "$scenario" "client failed, see logs/client.log"
       down
     done
   done
@@ -259,14 +275,14 @@ SY="switchyard switchyard-plugins"
 if has_case echo; then
   # Raw echo for the bare servers and Switchyard's /echo; the switchyard
   # rows below publish to their own channel (protocol + policies on the path).
-  run_case echo-100c-64B echo "tungstenite fastws node-ws switchyard" -- \
+  run_case echo-100c-64B echo "tungstenite fastws node-ws switchyard@switchyard-/echo" -- \
     --url "{ECHO}" --proto plain -c 100 -s 64 -d "$DURATION" \
     --ref-server fastws --target "Switchyard with plugins ≥ 1.1× bare fastwebsockets echo"
   run_case echo-100c-64B echo "$SY" -- \
     --url "{URL}/ws" --proto switchyard -c 100 -s 64 -d "$DURATION"
 fi
 if has_case echo10k; then
-  run_case echo-10000c-64B echo "tungstenite fastws node-ws switchyard" -- \
+  run_case echo-10000c-64B echo "tungstenite fastws node-ws switchyard@switchyard-/echo" -- \
     --url "{ECHO}" --proto plain -c 10000 -s 64 -d "$DURATION" \
     --ref-server node-ws --target "≥ 2× Node ws msgs/s with p99 < 50 ms"
   run_case echo-10000c-64B echo "$SY" -- \
@@ -325,11 +341,12 @@ fi
 
 # ---------------------------------------------------------------- report
 say "report"
+LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 PREAMBLE="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'): \
 $(nproc) cores ($CPU), Linux $(uname -r), $(free -g | awk '/Mem:/{print $2}') GiB; \
 server pinned to core $SERVER_CPU, client to core $CLIENT_CPU; $DURATION measured after $WARMUP warm-up per run, \
-$REPEAT round(s), median shown. Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
+$REPEAT round(s), median shown; load average at start $LOAD_START, at the end $LOAD (load from other processes on this machine during the run perturbs the figures). Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
 socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version'), \
 redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2). \
 Command: \`bench/compare.sh$( [[ $QUICK == 1 ]] && echo ' --quick')\`."
