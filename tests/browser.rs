@@ -6,7 +6,8 @@
 //! drain handing over to the next process on the port. The scenarios live in
 //! `tests/js/browser.test.mjs`; this test owns the gateway processes and
 //! restarts them when the script asks (`CONTROL kill|drain` on its stdout,
-//! `ok` on its stdin). It also runs the SDK's `node --test` unit tests.
+//! `ok` on its stdin). It also runs the SDK's `node --test` unit tests and
+//! `tests/js/node.test.mjs` (the SDK in Node against the gateway).
 //!
 //! Needs `node` (≥ 20), `/usr/bin/chromium` (Debian `chromium`; `CHROMIUM`
 //! overrides) and `tests/js/node_modules` (`npm ci` is run when missing);
@@ -109,6 +110,39 @@ fn client_sdk_unit_tests() {
     );
     assert!(stdout.contains("# fail 0"), "{stdout}");
     assert!(!stdout.contains("# pass 0"), "no unit test ran:\n{stdout}");
+}
+
+/// The SDK in Node against the real gateway: WebSocket and long-polling.
+#[test]
+fn client_sdk_in_node() {
+    let root = repo_root();
+    let gw = Gateway::start(&gateway_config(9));
+    let mut cmd = Command::new(node());
+    // Node 20 has WebSocket only behind a flag (global from Node 22 on).
+    let has_ws = Command::new(node())
+        .args(["-p", "typeof WebSocket"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "function");
+    if !has_ws {
+        cmd.arg("--experimental-websocket");
+    }
+    let out = cmd
+        .arg("--test")
+        .arg(root.join("tests/js/node.test.mjs"))
+        .current_dir(&root)
+        .env("GATEWAY_URL", gw.http_url(""))
+        .output()
+        .expect("run node --test tests/js/node.test.mjs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "node SDK test failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# pass 2") && stdout.contains("# skipped 0"),
+        "{stdout}"
+    );
 }
 
 #[test]
