@@ -28,7 +28,8 @@ export class SwitchyardError extends Error {
  * @property {string | (() => string | Promise<string>)} [token] credentials, sent as the `token` query parameter
  * @property {string} [clientId] stable client id; by default the one the first `welcome` assigned is reused
  * @property {string} [tenant] tenant path segment (`/ws/{tenant}`); by default the gateway's Host mapping
- * @property {Array<'websocket' | 'sse' | 'poll' | Function>} [transports] tried in order
+ * @property {Array<'websocket' | 'sse' | 'poll' | TransportClass>} [transports] tried in order
+ *   (a name, or a class implementing the interface in transports.js)
  * @property {number} [welcomeTimeout] ms to wait for `welcome` on one transport before the next (5000)
  * @property {number} [requestTimeout] ms to wait for a reply (10000)
  * @property {number} [publishTimeout] ms a publish may stay unacknowledged, across reconnects (30000)
@@ -41,6 +42,12 @@ export class SwitchyardError extends Error {
  * @property {any} [EventSource] EventSource implementation
  * @property {typeof fetch} [fetch] fetch implementation
  * @property {() => number} [random] uniform in [0, 1), for jitter
+ */
+
+/**
+ * A transport implementation (see transports.js).
+ * @typedef {{transportName: string, supportsInitial: boolean, available(options: any): boolean,
+ *   new (endpoint: Endpoint, options: any, initial: any[], handlers: any): any}} TransportClass
  */
 
 /**
@@ -296,7 +303,7 @@ export class SwitchyardClient {
       this.#attemptFailed(new SwitchyardError('token', `token provider failed: ${e}`));
       return;
     }
-    if (this.#state === 'closed') return;
+    if (/** @type {string} */ (this.#state) === 'closed') return; // close() while awaiting the token
     const names = this.#opts.transports.map((t) => (typeof t === 'string' ? t : t.transportName));
     const order = this.#preferred && names.includes(this.#preferred)
       ? [this.#preferred, ...names.filter((n) => n !== this.#preferred)]

@@ -345,12 +345,13 @@ export class PollTransport extends Base {
         this.finish({ code: 1002, reason: 'bad poll response' });
         return;
       }
-      this.session = opened.session;
+      const session = String(opened.session);
+      this.session = session;
       for (const f of opened.frames) this.deliver(f);
       if (this.commands?.queue.length && !this.commands.busy) void this.commands.pump();
       const wait = Math.max(1, Math.min(30, Math.floor(this.options.pollWait ?? 25)));
       while (!this.done) {
-        const r = await this.fetch(`${this.endpoint.session('poll', this.session)}?wait=${wait}`, { signal });
+        const r = await this.fetch(`${this.endpoint.session('poll', session)}?wait=${wait}`, { signal });
         if (this.done) return;
         if (r.status === 409) {
           await new Promise((res2) => setTimeout(res2, 100));
