@@ -9,6 +9,7 @@
 # Usage: bench/compare.sh [--quick] [--duration 10s] [--repeat 1]
 #                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node]
 #                         [--out DIR] [--no-doc] [--no-build] [--idle-conns N]
+#        bench/compare.sh --report-only DIR [--no-doc]   (table from DIR/results.jsonl again)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +25,7 @@ CASES="echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node"
 OUT=""
 IDLE_CONNS=19000
 NO_BUILD=0
+REPORT_ONLY=""
 REDIS_PORT=16379
 REDIS_PID=""
 while [[ $# -gt 0 ]]; do
@@ -37,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --doc) UPDATE_DOC=1 ;;
     --idle-conns) IDLE_CONNS=$2; shift ;;
     --no-build) NO_BUILD=1 ;;
+    --report-only) REPORT_ONLY=$2; shift ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -44,9 +47,10 @@ while [[ $# -gt 0 ]]; do
 done
 
 OUT=${OUT:-$ROOT/target/bench/$(date -u +%Y%m%dT%H%M%SZ)}
+if [[ -n $REPORT_ONLY ]]; then OUT=$REPORT_ONLY; CASES=none; NO_BUILD=1; fi
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
-: > "$RESULTS"
+[[ -n $REPORT_ONLY ]] || : > "$RESULTS"
 LOGS=$OUT/logs
 mkdir -p "$LOGS"
 BIN=$ROOT/target/release
@@ -346,11 +350,20 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 PREAMBLE="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'): \
 $(nproc) cores ($CPU), Linux $(uname -r), $(free -g | awk '/Mem:/{print $2}') GiB; \
 server pinned to core $SERVER_CPU, client to core $CLIENT_CPU; $DURATION measured after $WARMUP warm-up per run, \
-$REPEAT round(s), median shown; load average at start $LOAD_START, at the end $LOAD (load from other processes on this machine during the run perturbs the figures). Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
+$REPEAT round(s), median shown; load average ${LOAD_START:+at start $LOAD_START, }at the end $LOAD (load from other processes on this machine during the run perturbs the figures). Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
 socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version'), \
 redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2). \
-Command: \`bench/compare.sh$( [[ $QUICK == 1 ]] && echo ' --quick')\`."
+Command: \`bench/compare.sh$( [[ $QUICK == 1 ]] && echo ' --quick' || true)\`."
+if [[ -n $REPORT_ONLY && -f $OUT/preamble.txt ]]; then
+  PREAMBLE=$(cat "$OUT/preamble.txt")
+else
+  echo "$PREAMBLE" >"$OUT/preamble.txt"
+fi
 report_args=("$RESULTS" --preamble "$PREAMBLE")
-if [[ $UPDATE_DOC == 1 ]]; then report_args+=(--update docs/benchmarks.md); fi
+if [[ $UPDATE_DOC == 1 ]]; then
+  report_args+=(--update docs/benchmarks.md)
+  # The raw results behind the published table.
+  mkdir -p bench/results && cp "$RESULTS" bench/results/latest.jsonl && cp "$OUT/preamble.txt" bench/results/latest.txt
+fi
 "$BIN/switchyard-bench" report "${report_args[@]}" | tee "$OUT/table.md"
 echo "results: $RESULTS" >&2
