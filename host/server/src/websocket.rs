@@ -170,8 +170,9 @@ where
                             CloseCode::InvalidPayload => "invalid_utf8",
                             _ => "protocol",
                         });
-                        outbox.close(code, false);
-                        // The stream is unusable now: let the writer send the close frame.
+                        // Frames answered before the bad one still go out, then the
+                        // close (bounded by `close_timeout`); the stream is unusable now.
+                        outbox.close(code, true);
                         return true;
                     }
                     return false;
@@ -403,5 +404,32 @@ mod tests {
         assert_eq!(got[1], Message::text("b"));
         assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 1001));
         assert_eq!(run.await.expect("join"), Ended::Closed(1001));
+    }
+
+    #[tokio::test]
+    async fn protocol_error_still_sends_earlier_replies_then_1002() {
+        use tokio::io::AsyncWriteExt;
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        // A valid masked text frame "hi" (zero mask key), then the same frame
+        // with RSV2 set, which no negotiated extension allows (Autobahn 3.2).
+        let mut raw = vec![0x81, 0x82, 0, 0, 0, 0, b'h', b'i'];
+        raw.extend_from_slice(&[0xA1, 0x82, 0, 0, 0, 0, b'h', b'i']);
+        b.write_all(&raw).await.expect("write");
+        let run = tokio::spawn(async move {
+            let m = Metrics::new();
+            drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
+        });
+        let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+        let mut got = Vec::new();
+        while let Some(Ok(m)) = client.next().await {
+            got.push(m);
+        }
+        assert_eq!(got.first(), Some(&Message::text("hi")), "{got:?}");
+        assert!(
+            matches!(got.get(1), Some(Message::Close(Some(f))) if u16::from(f.code) == 1002),
+            "{got:?}"
+        );
+        assert_eq!(run.await.expect("join"), Ended::Closed(1002));
     }
 }
