@@ -11,16 +11,20 @@ use serde_json::{Value, json};
 use switchyard_tests::{Client, Gateway, http, repo_root, scratch_dir, target_dir};
 use tokio_tungstenite::tungstenite::Message;
 
+/// A test guest, after (re)building them once per test process (an incremental
+/// no-op when nothing changed).
 fn fixture(name: &str) -> PathBuf {
-    let dir = target_dir().join("test-plugins");
-    let path = dir.join(format!("{name}.wasm"));
-    if !path.is_file() {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
         let ok = std::process::Command::new(repo_root().join("tests/fixtures/plugins/build.sh"))
+            .stdout(std::process::Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
         assert!(ok, "tests/fixtures/plugins/build.sh failed");
-    }
-    path
+    });
+    target_dir()
+        .join("test-plugins")
+        .join(format!("{name}.wasm"))
 }
 
 /// Puts `bytes` in place as `<name>.wasm` atomically (write + rename), as a deploy would.

@@ -13,16 +13,18 @@ use switchyard_core::policy::{ConnectRequest, Principal, PublishRequest, RateKey
 use switchyard_core::{Config, Node};
 use switchyard_policy::PluginHost;
 
+/// The test guests, (re)built by their build script (a no-op when up to date).
 fn fixtures() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let dir = root.join("target/test-plugins");
-    if !dir.join("merge-counter.wasm").is_file() {
-        let ok = std::process::Command::new(root.join("tests/fixtures/plugins/build.sh"))
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "fixture build failed");
-    }
-    dir
+    let ok = std::process::Command::new(root.join("tests/fixtures/plugins/build.sh"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "fixture build failed");
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| root.join("target"), |t| root.join(t))
+        .join("test-plugins")
 }
 
 fn copy(from: &Path, dir: &Path, name: &str) {
@@ -84,7 +86,12 @@ fn main() {
         let host = PluginHost::start(node.clone()).await.expect("start");
         (node, host)
     });
-    let policies = node.tenants.get("default").expect("tenant").policies().clone();
+    let policies = node
+        .tenants
+        .get("default")
+        .expect("tenant")
+        .policies()
+        .clone();
     let who = Principal {
         id: "alice".into(),
         claims: Arc::from("{\"role\":\"tester\"}"),
@@ -158,7 +165,11 @@ fn main() {
         .map(|_| host.instantiate_once("router").expect("instantiate"))
         .collect();
     let (m, p) = median(inst);
-    println!("| instantiate (pooling allocator, `InstancePre`) | {:.1} µs | {:.1} µs |", m.as_secs_f64() * 1e6, p.as_secs_f64() * 1e6);
+    println!(
+        "| instantiate (pooling allocator, `InstancePre`) | {:.1} µs | {:.1} µs |",
+        m.as_secs_f64() * 1e6,
+        p.as_secs_f64() * 1e6
+    );
 
     // Hot swap: replace the router file (v1 <-> v2, compiled code cached on disk
     // after the first round) and rescan, until the tenant's policies changed.

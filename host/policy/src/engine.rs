@@ -90,7 +90,8 @@ fn build_runtime() -> wasmtime::Result<Runtime> {
         .total_memories(POOL_INSTANCES)
         .total_tables(POOL_INSTANCES * 2)
         .total_stacks(POOL_INSTANCES)
-        .max_core_instances_per_component(16)
+        // A componentize-py (Python) plugin instantiates 38 core modules.
+        .max_core_instances_per_component(64)
         .max_memories_per_component(4)
         .max_tables_per_component(8)
         .max_unused_warm_slots(100);

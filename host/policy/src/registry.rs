@@ -14,13 +14,13 @@ use switchyard_core::policy::{BuiltIn, PolicySet};
 use switchyard_core::tenant::Tenant;
 
 use crate::adapters::{Caller, Unavailable, WasmAuth, WasmMerge, WasmRateLimit, WasmRouter};
+use crate::bindings::{auth, merge, rate_limit, router};
 use crate::engine::{
     Compiled, ContentHash, LoadError, MAX_PLUGIN_BYTES, compile, content_hash, hex,
 };
 use crate::host_api::Scope;
 use crate::kv::KvStore;
 use crate::metrics::PluginMetrics;
-use crate::bindings::{auth, merge, rate_limit, router};
 use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
 use crate::role::Role;
 

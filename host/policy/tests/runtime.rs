@@ -12,29 +12,21 @@ use switchyard_core::policy::{
 use switchyard_core::{Config, Node};
 use switchyard_policy::PluginHost;
 
+/// The test guests, (re)built once per test process by their build script
+/// (an incremental no-op when nothing changed).
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let dir = root.join("target/test-plugins");
-        let names = [
-            "auth-fixed",
-            "router-v1",
-            "router-v2",
-            "misbehave",
-            "kv-limiter",
-            "merge-counter",
-        ];
-        if names
-            .iter()
-            .any(|n| !dir.join(format!("{n}.wasm")).is_file())
-        {
-            let status = std::process::Command::new(root.join("tests/fixtures/plugins/build.sh"))
-                .status()
-                .expect("run tests/fixtures/plugins/build.sh");
-            assert!(status.success(), "fixture build failed");
-        }
-        dir
+        let status = std::process::Command::new(root.join("tests/fixtures/plugins/build.sh"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run tests/fixtures/plugins/build.sh");
+        assert!(status.success(), "fixture build failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .map_or_else(|| root.join("target"), |t| root.join(t));
+        target.join("test-plugins")
     })
 }
 
