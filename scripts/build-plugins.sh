@@ -75,14 +75,16 @@ else
     PY_SRC="$ROOT/examples/python-router"
     STAMP="$ROOT/target/wasm/python-router.inputs"
     BUILT="$ROOT/target/wasm/python-router.wasm"
-    inputs="$( (echo "$COMPONENTIZE_PY_VERSION"; cat "$ROOT"/wit/*.wit "$PY_SRC"/app.py "$PY_SRC"/rules.py) | sha256sum | cut -d' ' -f1)"
+    inputs="$( (echo "$COMPONENTIZE_PY_VERSION --stub-wasi"; cat "$ROOT"/wit/*.wit "$PY_SRC"/app.py "$PY_SRC"/rules.py) | sha256sum | cut -d' ' -f1)"
     if [[ -f "$BUILT" && -f "$STAMP" && "$(cat "$STAMP")" == "$inputs" ]]; then
         say "examples/python-router up to date"
     else
         say "building examples/python-router (componentize-py, ~1 min)"
         mkdir -p "$(dirname "$BUILT")"
         rm -f "$STAMP"
-        "$CPY" -d "$ROOT/wit" -w router-plugin componentize -p "$PY_SRC" app -o "$BUILT.tmp" >/dev/null
+        # --stub-wasi: no WASI imports at all (no filesystem, sockets, clocks,
+        # random); the plugin uses only the gateway's `host` interface.
+        "$CPY" -d "$ROOT/wit" -w router-plugin componentize --stub-wasi -p "$PY_SRC" app -o "$BUILT.tmp" >/dev/null
         mv -f "$BUILT.tmp" "$BUILT"
         echo "$inputs" > "$STAMP"
     fi
