@@ -215,6 +215,24 @@ async function publishRetryExactlyOnce() {
   await closePage(b);
 }
 
+/**
+ * A page on an origin the gateway does not allow (localhost instead of
+ * 127.0.0.1): WebSocket and SSE fail opaquely, long-polling reads the 403 and
+ * the client stops for good instead of retrying.
+ */
+async function refusedOriginStops() {
+  const page = await context.newPage();
+  page.setDefaultTimeout(15_000);
+  await page.goto(`http://localhost:${PAGE_PORT}/examples/demo-page/?gateway=${encodeURIComponent(GW)}`);
+  await page.waitForFunction(() => window.demo?.client?.state === 'closed');
+  const ev = await events(page);
+  assert.ok(!ev.some((e) => e.event === 'open'), 'never connected');
+  assert.ok(!ev.some((e) => e.event === 'reconnecting'), `no retries: ${JSON.stringify(ev)}`);
+  assert.ok(ev.some((e) => e.event === 'error' && /4003/.test(e.error)), `refusal reported: ${JSON.stringify(ev)}`);
+  assert.deepEqual(ev.at(-1), { event: 'close', code: 4003, reason: 'HTTP 403', willReconnect: false });
+  await page.close();
+}
+
 /** A page subscribed to a fresh channel that has seen one message; events cleared. */
 async function subscribedPage(channel) {
   const a = await openDemo(`channel=${channel}`);
@@ -302,6 +320,7 @@ const scenarios = [
   ['recover-sse', () => recoverAfterDrop('sse')],
   ['recover-poll', () => recoverAfterDrop('poll')],
   ['publish-retry-exactly-once', publishRetryExactlyOnce],
+  ['refused-origin-stops', refusedOriginStops],
   ['kill-restart-unrecovered', killAndRestart],
   ['drain-reconnect', drainAndReplace],
 ];

@@ -48,11 +48,9 @@ pub fn is_preflight<B>(req: &Request<B>) -> bool {
     req.method() == Method::OPTIONS
 }
 
-/// Marks a fallback response readable by `origin` (not a 403 refusal).
+/// Marks a fallback response readable by `origin`. Refusals (401, 403) are
+/// readable too, so a client can tell "refused" (stop) from "unreachable" (retry).
 pub fn allow(mut r: Resp, origin: &HeaderValue) -> Resp {
-    if r.status() == StatusCode::FORBIDDEN {
-        return r;
-    }
     let h = r.headers_mut();
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     h.insert(
