@@ -48,12 +48,12 @@ impl Sse {
 
     async fn next(&mut self) -> Value {
         loop {
-            if let Some(start) = self.buf.find("data: ") {
-                if let Some(end) = self.buf[start..].find("\n\n") {
-                    let data = self.buf[start + 6..start + end].to_owned();
-                    self.buf = self.buf[start + end + 2..].to_owned();
-                    return serde_json::from_str(&data).expect("event json");
-                }
+            if let Some(start) = self.buf.find("data: ")
+                && let Some(end) = self.buf[start..].find("\n\n")
+            {
+                let data = self.buf[start + 6..start + end].to_owned();
+                self.buf = self.buf[start + end + 2..].to_owned();
+                return serde_json::from_str(&data).expect("event json");
             }
             self.fill().await;
         }
