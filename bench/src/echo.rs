@@ -103,7 +103,15 @@ fn own_channel(i: usize) -> String {
 
 /// Builds the next message: raw data for `plain`, else a publish command
 /// to the connection's own channel.
-fn message(proto: Proto, out: &mut Vec<u8>, data: &mut Vec<u8>, n: u64, channel: &str, t: u64, size: usize) {
+fn message(
+    proto: Proto,
+    out: &mut Vec<u8>,
+    data: &mut Vec<u8>,
+    n: u64,
+    channel: &str,
+    t: u64,
+    size: usize,
+) {
     if proto == Proto::Plain {
         proto::data_value(out, t, size);
     } else {
@@ -191,7 +199,9 @@ async fn fixed_rate(
             loop {
                 match rx.read_frame(&mut ignore).await {
                     Ok(frame) if matches!(frame.opcode, OpCode::Text | OpCode::Binary) => {
-                        let Some(t) = proto::timestamp(&frame.payload) else { continue };
+                        let Some(t) = proto::timestamp(&frame.payload) else {
+                            continue;
+                        };
                         counters.total.fetch_add(1, Ordering::Relaxed);
                         if phase.measuring() {
                             counters.measured.fetch_add(1, Ordering::Relaxed);
@@ -223,7 +233,15 @@ async fn fixed_rate(
         let intended = now_ns().saturating_sub(
             u64::try_from(Instant::now().saturating_duration_since(due).as_nanos()).unwrap_or(0),
         );
-        message(proto, &mut buf, &mut data, u64::from(n) + 1, &channel, intended, size);
+        message(
+            proto,
+            &mut buf,
+            &mut data,
+            u64::from(n) + 1,
+            &channel,
+            intended,
+            size,
+        );
         if tx
             .write_frame(Frame::text(Payload::BorrowedMut(&mut buf)))
             .await
