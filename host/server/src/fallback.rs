@@ -164,6 +164,22 @@ fn sse_event(out: &mut BytesMut, json: &[u8]) {
     out.extend_from_slice(b"\n\n");
 }
 
+/// Node state (draining, capacity) and admission, as for a WebSocket upgrade.
+fn admit_fallback(
+    server: &Server,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+    path_tenant: Option<&str>,
+) -> Result<Admitted, HandshakeError> {
+    if server.node().is_draining() {
+        return Err(HandshakeError::Draining);
+    }
+    if server.open_connections() >= server.node().limits().max_connections {
+        return Err(HandshakeError::Overloaded);
+    }
+    admit(server, req, remote, path_tenant)
+}
+
 /// `GET /sse[/{tenant}]`.
 pub async fn sse(
     server: &Arc<Server>,
@@ -171,13 +187,7 @@ pub async fn sse(
     remote: SocketAddr,
     path_tenant: Option<String>,
 ) -> Resp {
-    if server.node().is_draining() {
-        return refuse(server, HandshakeError::Draining);
-    }
-    if server.open_connections() >= server.node().limits().max_connections {
-        return refuse(server, HandshakeError::Overloaded);
-    }
-    let admitted = match admit(server, &req, remote, path_tenant.as_deref()) {
+    let admitted = match admit_fallback(server, &req, remote, path_tenant.as_deref()) {
         Ok(a) => a,
         Err(e) => return refuse(server, e),
     };
@@ -263,13 +273,7 @@ pub async fn poll_open(
     remote: SocketAddr,
     path_tenant: Option<String>,
 ) -> Resp {
-    if server.node().is_draining() {
-        return refuse(server, HandshakeError::Draining);
-    }
-    if server.open_connections() >= server.node().limits().max_connections {
-        return refuse(server, HandshakeError::Overloaded);
-    }
-    let admitted = match admit(server, &req, remote, path_tenant.as_deref()) {
+    let admitted = match admit_fallback(server, &req, remote, path_tenant.as_deref()) {
         Ok(a) => a,
         Err(e) => return refuse(server, e),
     };
