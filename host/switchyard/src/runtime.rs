@@ -91,6 +91,10 @@ pub fn serve(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
 }
 
 async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Handlers first: a SIGTERM that arrives once we answer requests must drain, not kill.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let cfg = Arc::new(cfg);
     let node = match cfg.broker.kind {
         BrokerKind::Memory => Node::with_memory_broker(cfg.clone()),
@@ -125,9 +129,6 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         let server = server.clone();
         tokio::spawn(async move { server.run(listener).await })
     };
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
