@@ -70,7 +70,19 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Runs the pipeline for a client publish. An empty result means the router dropped it.
+/// Who is publishing: a connected client, or the server side (HTTP API key),
+/// which is routed like any other but not subject to the client rate-limit
+/// and publish-authorization policies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publisher {
+    /// A client session.
+    Client,
+    /// A trusted server-side caller.
+    Server,
+}
+
+/// Runs the pipeline. An empty result means the router dropped the message.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish(
     node: &Node,
     tenant: &Tenant,
@@ -79,38 +91,9 @@ pub async fn publish(
     channel: &str,
     data: Box<RawValue>,
     msg_id: Option<&str>,
+    by: Publisher,
 ) -> Result<Vec<Accepted>, PublishError> {
-    run(
-        node, tenant, principal, client, channel, data, msg_id, false,
-    )
-    .await
-}
-
-/// The pipeline for a server-side publish (HTTP API key): routed like any other,
-/// but not subject to the client rate-limit and publish-authorization policies.
-pub async fn publish_trusted(
-    node: &Node,
-    tenant: &Tenant,
-    principal: &Principal,
-    client: &str,
-    channel: &str,
-    data: Box<RawValue>,
-    msg_id: Option<&str>,
-) -> Result<Vec<Accepted>, PublishError> {
-    run(node, tenant, principal, client, channel, data, msg_id, true).await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn run(
-    node: &Node,
-    tenant: &Tenant,
-    principal: &Principal,
-    client: &str,
-    channel: &str,
-    data: Box<RawValue>,
-    msg_id: Option<&str>,
-    trusted: bool,
-) -> Result<Vec<Accepted>, PublishError> {
+    let trusted = by == Publisher::Server;
     channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
     let (targets, original, delay) = {
         let policies = tenant.policies();

@@ -298,6 +298,7 @@ impl Session {
             &channel,
             data,
             msg_id.as_deref(),
+            publish::Publisher::Client,
         )
         .await;
         match result {

@@ -80,7 +80,7 @@ pub async fn publish(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp
         id: String::new(),
         claims: Arc::from("{}"),
     };
-    let result = publish::publish_trusted(
+    let result = publish::publish(
         node,
         &tenant,
         &principal,
@@ -88,6 +88,7 @@ pub async fn publish(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp
         &req.channel,
         req.data,
         req.msg_id.as_deref(),
+        publish::Publisher::Server,
     )
     .await;
     match result {
