@@ -180,6 +180,21 @@ fn admit_fallback(
     admit(server, req, remote, path_tenant)
 }
 
+/// Admits the client, opens its session and subscribes the `channels=` it named.
+async fn start(
+    server: &Arc<Server>,
+    req: &Request<Incoming>,
+    remote: SocketAddr,
+    path_tenant: Option<String>,
+    transport: &'static str,
+) -> Result<(String, Arc<Fallback>), Box<Resp>> {
+    let admitted = admit_fallback(server, req, remote, path_tenant.as_deref())
+        .map_err(|e| Box::new(refuse(server, e)))?;
+    let (name, handle) = open(server, admitted, transport);
+    initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
+    Ok((name, handle))
+}
+
 /// `GET /sse[/{tenant}]`.
 pub async fn sse(
     server: &Arc<Server>,
@@ -187,12 +202,10 @@ pub async fn sse(
     remote: SocketAddr,
     path_tenant: Option<String>,
 ) -> Resp {
-    let admitted = match admit_fallback(server, &req, remote, path_tenant.as_deref()) {
-        Ok(a) => a,
-        Err(e) => return refuse(server, e),
+    let (name, handle) = match start(server, &req, remote, path_tenant, "sse").await {
+        Ok(started) => started,
+        Err(resp) => return *resp,
     };
-    let (name, handle) = open(server, admitted, "sse");
-    initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
     let heartbeat = server.node().limits().heartbeat_interval;
     let metrics = server.node().metrics.clone();
     struct State {
@@ -273,12 +286,10 @@ pub async fn poll_open(
     remote: SocketAddr,
     path_tenant: Option<String>,
 ) -> Resp {
-    let admitted = match admit_fallback(server, &req, remote, path_tenant.as_deref()) {
-        Ok(a) => a,
-        Err(e) => return refuse(server, e),
+    let (name, handle) = match start(server, &req, remote, path_tenant, "poll").await {
+        Ok(started) => started,
+        Err(resp) => return *resp,
     };
-    let (name, handle) = open(server, admitted, "poll");
-    initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
     let frames = collect(&handle, Duration::ZERO).await;
     with_type(
         StatusCode::OK,
