@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::value::RawValue;
-use switchyard_core::policy::{ConnectRequest, Principal, PublishRequest, RateKey};
+use switchyard_core::policy::{
+    ConnectRequest, PolicySet, Principal, PublishRequest, RateDecision, RateKey,
+};
 use switchyard_core::{Config, Node};
 use switchyard_policy::PluginHost;
 
@@ -32,6 +34,22 @@ fn copy(from: &Path, dir: &Path, name: &str) {
     std::fs::copy(from, &tmp).expect("copy");
     std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename");
 }
+
+/// The first-party plugins, built by scripts/build-plugins.sh (a no-op when up to date).
+fn first_party_plugins() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let ok = std::process::Command::new(root.join("scripts/build-plugins.sh"))
+        .env("SWITCHYARD_SKIP_PYTHON", "1")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "plugin build failed");
+    root.join("target/plugins")
+}
+
+/// HS256 token of examples/configs/demo.toml (secret `demo-secret`, aud `demo`,
+/// sub `demo-user`, expires 2100-01-01, channels `chat:*`, `room:*`, …).
+const DEMO_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJkZW1vLXVzZXIiLCJhdWQiOiJkZW1vIiwiZXhwIjo0MTAyNDQ0ODAwLCJjaGFubmVscyI6WyJjaGF0OioiLCJyb29tOioiLCJuZXdzOioiLCJsb2c6KiIsImF1ZGl0OioiLCJkb2M6KiJdfQ.6t6XZfMPnJZ4o0s4h3GktLut5vDiIr4Bl0CDkAgW-TI";
 
 /// Median ns per call over `rounds` batches of `batch` calls.
 fn per_call(rounds: usize, batch: usize, mut f: impl FnMut()) -> (f64, f64) {
@@ -56,23 +74,130 @@ fn median(mut v: Vec<Duration>) -> (Duration, Duration) {
     (v[v.len() / 2], v[v.len() * 9 / 10])
 }
 
+/// Inputs shared by both plugin sets.
+struct Inputs {
+    who: Principal,
+    data: Box<RawValue>,
+    req: ConnectRequest,
+    channel: &'static str,
+    route_channel: &'static str,
+    update: &'static [u8],
+    snapshot: &'static [u8],
+}
+
+/// Whether a row is wanted: `SWITCHYARD_BENCH_ONLY` (a substring) filters rows.
+fn wanted(name: &str) -> bool {
+    std::env::var("SWITCHYARD_BENCH_ONLY").map_or(true, |f| name.contains(&f))
+}
+
+fn row(name: &str, (m, p): (f64, f64)) {
+    println!("| {name} | {m:.0} ns | {p:.0} ns |");
+}
+
+/// One row per role call against `policies`.
+fn roles(set: &str, policies: &PolicySet, i: &Inputs) {
+    let name = |call: &str| format!("{set}: {call}");
+    let n = name("auth `authorize-subscribe`");
+    if wanted(&n) {
+        row(
+            &n,
+            per_call(200, 2000, || {
+                black_box(policies.auth.authorize_subscribe(&i.who, i.channel)).expect("allowed");
+            }),
+        );
+    }
+    let n = name("auth `authorize-publish` (small JSON payload)");
+    if wanted(&n) {
+        row(
+            &n,
+            per_call(200, 2000, || {
+                black_box(policies.auth.authorize_publish(&i.who, i.channel, &i.data))
+                    .expect("allowed");
+            }),
+        );
+    }
+    let n = name("auth `authenticate` (1 header, token)");
+    if wanted(&n) {
+        row(
+            &n,
+            per_call(100, 1000, || {
+                black_box(policies.auth.authenticate(&i.req)).expect("authenticated");
+            }),
+        );
+    }
+    let n = name(&format!("router `route` ({})", i.route_channel));
+    if wanted(&n) {
+        row(
+            &n,
+            per_call(200, 2000, || {
+                black_box(policies.router.route(&PublishRequest {
+                    principal: &i.who,
+                    client: "c1",
+                    channel: i.route_channel,
+                    data: &i.data,
+                }))
+                .expect("routed");
+            }),
+        );
+    }
+    let key = RateKey {
+        principal: &i.who.id,
+        client: "c1",
+        channel: i.channel,
+    };
+    let n = name("rate-limit `check`");
+    if wanted(&n) {
+        row(
+            &n,
+            per_call(200, 2000, || {
+                let d = black_box(policies.rate_limit.check(&key, 1));
+                assert_eq!(d, RateDecision::Allow);
+            }),
+        );
+    }
+    let n = name("merge `document.apply`");
+    if wanted(&n) {
+        let mut doc = policies.merge.open(i.snapshot).expect("open");
+        row(
+            &n,
+            per_call(200, 2000, || {
+                black_box(doc.apply(i.update)).expect("applied");
+            }),
+        );
+    }
+}
+
 fn main() {
     let fx = fixtures();
     let dir = tempfile::tempdir().expect("tempdir");
     for (from, to) in [
-        ("auth-fixed", "auth"),
-        ("router-v1", "router"),
-        ("kv-limiter", "limiter"),
+        ("noop-auth", "auth"),
+        ("noop-router", "noop-router"),
+        ("noop-limiter", "limiter"),
         ("merge-counter", "counter"),
+        ("router-v1", "router"),
     ] {
         copy(&fx.join(format!("{from}.wasm")), dir.path(), to);
+    }
+    let first_party = first_party_plugins();
+    for name in ["jwt-auth", "token-bucket", "namespace-router", "lww-merge"] {
+        copy(&first_party.join(format!("{name}.wasm")), dir.path(), name);
     }
     let toml = format!(
         "[plugins]\ndir = {:?}\nwatch = false\n\
          [tenants.default.policies.auth]\nplugin = \"auth\"\n\
-         [tenants.default.policies.router]\nplugin = \"router\"\n\
-         [tenants.default.policies.rate_limit]\nplugin = \"limiter\"\nconfig = {{ limit = 4000000000 }}\n\
-         [tenants.default.policies.merge]\nplugin = \"counter\"\n",
+         [tenants.default.policies.router]\nplugin = \"noop-router\"\n\
+         [tenants.default.policies.rate_limit]\nplugin = \"limiter\"\n\
+         [tenants.swap.policies.router]\nplugin = \"router\"\n\
+         [tenants.default.policies.merge]\nplugin = \"counter\"\n\
+         [tenants.demo.policies.auth]\nplugin = \"jwt-auth\"\n\
+         config = {{ hs256_secret = \"demo-secret\", audience = \"demo\" }}\n\
+         [tenants.demo.policies.rate_limit]\nplugin = \"token-bucket\"\n\
+         config = {{ rate = 1000000000, burst = 1000000000, key = \"principal\" }}\n\
+         [tenants.demo.policies.router]\nplugin = \"namespace-router\"\n\
+         [[tenants.demo.policies.router.config.rules]]\nmatch = \"chat:*\"\nto = [\"$channel\", \"chat:all\"]\n\
+         [[tenants.demo.policies.router.config.rules]]\nmatch = \"spam:*\"\ndrop = true\n\
+         [tenants.demo.policies.merge]\nplugin = \"lww-merge\"\n",
         dir.path().display().to_string()
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,94 +211,75 @@ fn main() {
         let host = PluginHost::start(node.clone()).await.expect("start");
         (node, host)
     });
-    let policies = node
-        .tenants
-        .get("default")
-        .expect("tenant")
-        .policies()
-        .clone();
-    let who = Principal {
-        id: "alice".into(),
-        claims: Arc::from("{\"role\":\"tester\"}"),
-    };
-    let data = RawValue::from_string("{\"text\":\"hello\",\"n\":1}".into()).expect("json");
-    let req = ConnectRequest {
-        tenant: "default".into(),
+    let policies = |t: &str| node.tenants.get(t).expect("tenant").policies().clone();
+    let req = |tenant: &str, token: &str| ConnectRequest {
+        tenant: tenant.into(),
         path: "/ws".into(),
         query: String::new(),
         headers: vec![("user-agent".into(), "bench".into())],
         remote_addr: "127.0.0.1:1".into(),
         client_id: "c1".into(),
-        token: Some("let-me-in".into()),
+        token: Some(token.into()),
     };
+    let data = || RawValue::from_string("{\"text\":\"hello\",\"n\":1}".into()).expect("json");
 
     println!("| measurement | median | p90 |");
     println!("|---|---|---|");
-    let row = |name: &str, (m, p): (f64, f64)| {
-        println!("| {name} | {:.0} ns | {:.0} ns |", m, p);
-    };
-    row(
-        "auth `authorize-publish` (small JSON payload)",
-        per_call(200, 2000, || {
-            black_box(policies.auth.authorize_publish(&who, "room:1", &data)).ok();
-        }),
+    // No-op guests: what the platform itself costs per call.
+    roles(
+        "no-op guest",
+        &policies("default"),
+        &Inputs {
+            who: Principal {
+                id: "alice".into(),
+                claims: Arc::from("{\"role\":\"tester\"}"),
+            },
+            data: data(),
+            req: req("default", "alice"),
+            channel: "room:1",
+            route_channel: "room:1",
+            update: b"1",
+            snapshot: b"0",
+        },
     );
-    row(
-        "auth `authorize-subscribe`",
-        per_call(200, 2000, || {
-            black_box(policies.auth.authorize_subscribe(&who, "room:1")).ok();
-        }),
-    );
-    row(
-        "auth `authenticate` (1 header, token)",
-        per_call(100, 1000, || {
-            black_box(policies.auth.authenticate(&req)).ok();
-        }),
-    );
-    row(
-        "router `route` (rewrites payload, 1 target)",
-        per_call(200, 2000, || {
-            black_box(policies.router.route(&PublishRequest {
-                principal: &who,
-                client: "c1",
-                channel: "room:1",
-                data: &data,
-            }))
-            .ok();
-        }),
-    );
-    let key = RateKey {
-        principal: "alice",
-        client: "c1",
-        channel: "room:1",
-    };
-    row(
-        "rate-limit `check` (guest does kv-get + kv-set)",
-        per_call(200, 2000, || {
-            black_box(policies.rate_limit.check(&key, 1));
-        }),
-    );
-    let mut doc = policies.merge.open(b"0").expect("open");
-    row(
-        "merge `document.apply` (counter)",
-        per_call(200, 2000, || {
-            black_box(doc.apply(b"1")).ok();
-        }),
+    // The first-party plugins doing their real work.
+    let demo = policies("demo");
+    let jwt_req = req("demo", DEMO_TOKEN);
+    let who = demo
+        .auth
+        .authenticate(&jwt_req)
+        .expect("demo token accepted");
+    roles(
+        "first-party",
+        &demo,
+        &Inputs {
+            who,
+            data: data(),
+            req: jwt_req,
+            channel: "room:1",
+            route_channel: "chat:1",
+            update: br#"{"title":{"value":"hello","by":"alice"}}"#,
+            snapshot: b"",
+        },
     );
 
-    let inst: Vec<Duration> = (0..500)
-        .map(|_| host.instantiate_once("router").expect("instantiate"))
-        .collect();
-    let (m, p) = median(inst);
-    println!(
-        "| instantiate (pooling allocator, `InstancePre`) | {:.1} µs | {:.1} µs |",
-        m.as_secs_f64() * 1e6,
-        p.as_secs_f64() * 1e6
-    );
-
+    if wanted("instantiate") {
+        let inst: Vec<Duration> = (0..500)
+            .map(|_| host.instantiate_once("router").expect("instantiate"))
+            .collect();
+        let (m, p) = median(inst);
+        println!(
+            "| instantiate (pooling allocator, `InstancePre`) | {:.1} µs | {:.1} µs |",
+            m.as_secs_f64() * 1e6,
+            p.as_secs_f64() * 1e6
+        );
+    }
+    if !wanted("hot swap") {
+        return;
+    }
     // Hot swap: replace the router file (v1 <-> v2, compiled code cached on disk
     // after the first round) and rescan, until the tenant's policies changed.
-    let tenant = node.tenants.get("default").expect("tenant");
+    let tenant = node.tenants.get("swap").expect("tenant");
     let mut swaps = Vec::new();
     for i in 0..42 {
         let from = if i % 2 == 0 { "router-v2" } else { "router-v1" };

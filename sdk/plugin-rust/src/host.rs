@@ -78,7 +78,7 @@ fn parse_config<T: DeserializeOwned>(raw: &str) -> Result<T, ConfigError> {
 }
 
 /// A parsed config: its type, the JSON it came from, the value.
-type CachedConfig = (std::any::TypeId, String, Rc<dyn Any>);
+type CachedConfig = (std::any::TypeId, Rc<str>, Rc<dyn Any>);
 
 thread_local! {
     /// Last parsed config per type, keyed by the JSON it was parsed from.
@@ -86,8 +86,26 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
-/// Like [`config`], but parses only when the JSON text changed since the last
-/// call for this `T` (the host may hand different tenants' configs to one instance).
+/// The config JSON. In a component it is fetched once: the host guarantees that
+/// an instance's config never changes (a changed config gets fresh instances).
+/// Natively it is re-read on every call, so tests can change it.
+fn config_raw() -> Rc<str> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        thread_local! {
+            static RAW: std::cell::OnceCell<Rc<str>> = const { std::cell::OnceCell::new() };
+        }
+        RAW.with(|raw| raw.get_or_init(|| Rc::from(imp::config())).clone())
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        Rc::from(imp::config())
+    }
+}
+
+/// Like [`config`], but parses once per instance and type: the value is kept
+/// and handed out again, with no host call (the host guarantees an instance's
+/// config never changes).
 ///
 /// ```
 /// #[derive(serde::Deserialize)]
@@ -100,12 +118,12 @@ thread_local! {
 /// assert_eq!(a.rate, 2.5);
 /// ```
 pub fn config_cached<T: DeserializeOwned + 'static>() -> Result<Rc<T>, ConfigError> {
-    let raw = config_json();
+    let raw = config_raw();
     let id = std::any::TypeId::of::<T>();
     let hit = CONFIG_CACHE.with_borrow(|cache| {
         cache
             .iter()
-            .find(|(t, r, _)| *t == id && *r == raw)
+            .find(|(t, r, _)| *t == id && (Rc::ptr_eq(r, &raw) || **r == *raw))
             .and_then(|(_, _, v)| Rc::clone(v).downcast::<T>().ok())
     });
     if let Some(v) = hit {
