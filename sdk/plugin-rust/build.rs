@@ -27,8 +27,8 @@ macro_rules! __switchyard_generate {{
             world: $world,
             runtime_path: "::switchyard_sdk::__rt::wit_bindgen::rt",
             with: {{
-                "switchyard:gateway/types@0.1.0": ::switchyard_sdk::bindings::switchyard::gateway::types,
-                "switchyard:gateway/host@0.1.0": ::switchyard_sdk::bindings::switchyard::gateway::host,
+                "switchyard:gateway/types@0.2.0": ::switchyard_sdk::bindings::switchyard::gateway::types,
+                "switchyard:gateway/host@0.2.0": ::switchyard_sdk::bindings::switchyard::gateway::host,
             }},
         }});
     }};

@@ -83,8 +83,10 @@ pub enum Denial {
 
 /// Authentication of connections and authorization of subscribe/publish.
 pub trait AuthPolicy: Send + Sync {
-    /// Decides who a connecting client is. Default: anonymous, allowed.
-    fn authenticate(&self, req: &ConnectRequest) -> Result<Principal, Denial> {
+    /// Decides who a connecting client is. Default: anonymous, allowed. The
+    /// request is shared (`Arc`) so a plugin can read it during the call
+    /// without a copy.
+    fn authenticate(&self, req: &Arc<ConnectRequest>) -> Result<Principal, Denial> {
         let _ = req;
         Ok(Principal::anonymous())
     }
@@ -319,7 +321,7 @@ mod tests {
     #[test]
     fn builtins_allow() {
         let p = PolicySet::default();
-        let req = ConnectRequest::default();
+        let req = Arc::new(ConnectRequest::default());
         let who = p.auth.authenticate(&req).expect("anon");
         assert_eq!(who, Principal::anonymous());
         let data = RawValue::from_string("1".into()).expect("raw");

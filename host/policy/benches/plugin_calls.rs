@@ -78,7 +78,7 @@ fn median(mut v: Vec<Duration>) -> (Duration, Duration) {
 struct Inputs {
     who: Principal,
     data: Box<RawValue>,
-    req: ConnectRequest,
+    req: Arc<ConnectRequest>,
     channel: &'static str,
     route_channel: &'static str,
     update: &'static [u8],
@@ -212,14 +212,16 @@ fn main() {
         (node, host)
     });
     let policies = |t: &str| node.tenants.get(t).expect("tenant").policies().clone();
-    let req = |tenant: &str, token: &str| ConnectRequest {
-        tenant: tenant.into(),
-        path: "/ws".into(),
-        query: String::new(),
-        headers: vec![("user-agent".into(), "bench".into())],
-        remote_addr: "127.0.0.1:1".into(),
-        client_id: "c1".into(),
-        token: Some(token.into()),
+    let req = |tenant: &str, token: &str| {
+        Arc::new(ConnectRequest {
+            tenant: tenant.into(),
+            path: "/ws".into(),
+            query: String::new(),
+            headers: vec![("user-agent".into(), "bench".into())],
+            remote_addr: "127.0.0.1:1".into(),
+            client_id: "c1".into(),
+            token: Some(token.into()),
+        })
     };
     let data = || RawValue::from_string("{\"text\":\"hello\",\"n\":1}".into()).expect("json");
 

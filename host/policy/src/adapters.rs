@@ -13,11 +13,11 @@ use switchyard_core::policy::{
     PublishRequest, RateDecision, RateKey, RateLimitPolicy, Route, RouteTarget, RouterPolicy,
 };
 use wasmtime::Store;
-use wasmtime::component::ResourceAny;
+use wasmtime::component::{Resource, ResourceAny};
 
 use crate::bindings::{auth, merge, rate_limit, router, types};
 use crate::engine::bounded;
-use crate::host_api::PluginState;
+use crate::host_api::{PluginState, RequestRes};
 use crate::metrics::{CallMetrics, Outcome};
 use crate::pool::{CallError, InstancePool, Loaded, RoleInstance, classify};
 
@@ -31,8 +31,6 @@ pub const MAX_CHANNEL_BYTES: usize = 256;
 pub const MAX_ROUTED_DATA_BYTES: usize = 1 << 20;
 /// Largest merge update or snapshot a plugin may return.
 pub const MAX_MERGE_BYTES: usize = 16 << 20;
-/// Headers handed to the auth plugin (the rest are dropped).
-pub const MAX_HEADERS: usize = 64;
 /// Upper bound on retry-after / delay values from a plugin (ms).
 pub const MAX_WAIT_MS: u64 = 3_600_000;
 /// Retry-after used when a failing rate limiter denies (`on_error = deny`).
@@ -180,31 +178,23 @@ impl WasmAuth {
 }
 
 impl AuthPolicy for WasmAuth {
-    fn authenticate(&self, req: &ConnectRequest) -> Result<Principal, Denial> {
-        let headers: Vec<types::Header<'_>> = req
-            .headers
-            .iter()
-            .take(MAX_HEADERS)
-            .map(|(name, value)| types::Header { name, value })
-            .collect();
-        let wreq = types::ConnectRequest {
-            tenant: &req.tenant,
-            path: &req.path,
-            query: &req.query,
-            headers: &headers,
-            remote_addr: &req.remote_addr,
-            client_id: &req.client_id,
-            token: req.token.as_deref(),
-        };
+    fn authenticate(&self, req: &Arc<ConnectRequest>) -> Result<Principal, Denial> {
         let timeout = self.0.pool.timeout();
         let r = self.0.run(
-            |store, b| match b
-                .switchyard_gateway_auth()
-                .call_authenticate(store, wreq)
-                .map_err(|e| classify(&e, timeout))?
-            {
-                Ok(p) => check_principal(p).map(Ok),
-                Err(d) => Ok(Err(to_denial(d))),
+            |store, b| {
+                let res = store
+                    .data_mut()
+                    .lend(req.clone())
+                    .map_err(|e| CallError::Trap(bounded(format!("{e:#}"))))?;
+                let borrowed = Resource::<RequestRes>::new_borrow(res.rep());
+                let r = b
+                    .switchyard_gateway_auth()
+                    .call_authenticate(&mut *store, borrowed);
+                store.data_mut().unlend(res);
+                match r.map_err(|e| classify(&e, timeout))? {
+                    Ok(p) => check_principal(p).map(Ok),
+                    Err(d) => Ok(Err(to_denial(d))),
+                }
             },
             Result::is_err,
         );
@@ -479,7 +469,7 @@ impl Unavailable {
 }
 
 impl AuthPolicy for Unavailable {
-    fn authenticate(&self, _req: &ConnectRequest) -> Result<Principal, Denial> {
+    fn authenticate(&self, _req: &Arc<ConnectRequest>) -> Result<Principal, Denial> {
         self.refuse()
     }
 

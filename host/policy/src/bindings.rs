@@ -1,4 +1,4 @@
-//! Host bindings of the WIT package `switchyard:gateway@0.1.0` (`wit/`), one
+//! Host bindings of the WIT package `switchyard:gateway@0.2.0` (`wit/`), one
 //! `bindgen!` per role world. The shared `types` and `host` interfaces are
 //! generated once (with the auth world) and reused by the other worlds.
 
@@ -15,15 +15,18 @@ pub mod shared {
         inline: "
             package switchyard:bindgen;
             world all-roles {
-                import switchyard:gateway/host@0.1.0;
-                export switchyard:gateway/auth@0.1.0;
-                export switchyard:gateway/router@0.1.0;
-                export switchyard:gateway/rate-limit@0.1.0;
-                export switchyard:gateway/merge@0.1.0;
+                import switchyard:gateway/host@0.2.0;
+                export switchyard:gateway/auth@0.2.0;
+                export switchyard:gateway/router@0.2.0;
+                export switchyard:gateway/rate-limit@0.2.0;
+                export switchyard:gateway/merge@0.2.0;
             }
         ",
         world: "switchyard:bindgen/all-roles",
         ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "switchyard:gateway/types.connect-request": crate::host_api::RequestRes,
+        },
     });
 }
 

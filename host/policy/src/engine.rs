@@ -227,7 +227,7 @@ fn detect(pre: InstancePre<PluginState>) -> Result<(Role, RolePre), LoadError> {
     match found.len() {
         1 => Ok(found.remove(0)),
         0 => Err(LoadError::World(
-            "exports none of the worlds auth-plugin, router-plugin, rate-limit-plugin, merge-plugin of switchyard:gateway@0.1.0".into(),
+            "exports none of the worlds auth-plugin, router-plugin, rate-limit-plugin, merge-plugin of switchyard:gateway@0.2.0".into(),
         )),
         _ => Err(LoadError::World(format!(
             "exports several role worlds ({}); one file implements one role",

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use switchyard_core::policy::ConnectRequest;
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -96,7 +97,102 @@ fn process_start() -> Instant {
     *START.get_or_init(Instant::now)
 }
 
+/// Host side of the `connect-request` resource: the request an `authenticate`
+/// call is looking at. Pushed into the store's table for the call and removed
+/// after it (the guest only ever gets a borrow).
+pub struct RequestRes(pub Arc<ConnectRequest>);
+
+/// Headers a plugin can list (the rest are not shown).
+pub const MAX_HEADERS: usize = 64;
+
+impl PluginState {
+    /// Shares `req` with the guest for one call; undo with [`Self::unlend`].
+    pub(crate) fn lend(
+        &mut self,
+        req: Arc<ConnectRequest>,
+    ) -> wasmtime::Result<Resource<RequestRes>> {
+        Ok(self.table.push(RequestRes(req))?)
+    }
+
+    /// Ends a [`Self::lend`].
+    pub(crate) fn unlend(&mut self, res: Resource<RequestRes>) {
+        let _ = self.table.delete(res);
+    }
+
+    fn request(&self, res: &Resource<RequestRes>) -> Option<&ConnectRequest> {
+        self.table.get(res).ok().map(|r| &*r.0)
+    }
+}
+
 impl types::Host for PluginState {}
+
+/// A request handle that is no longer in the table (the call it was lent for
+/// ended) reads as empty.
+impl types::HostConnectRequest for PluginState {
+    fn tenant(&mut self, res: Resource<RequestRes>) -> String {
+        self.request(&res)
+            .map(|r| r.tenant.clone())
+            .unwrap_or_default()
+    }
+
+    fn path(&mut self, res: Resource<RequestRes>) -> String {
+        self.request(&res)
+            .map(|r| r.path.clone())
+            .unwrap_or_default()
+    }
+
+    fn query(&mut self, res: Resource<RequestRes>) -> String {
+        self.request(&res)
+            .map(|r| r.query.clone())
+            .unwrap_or_default()
+    }
+
+    fn header(&mut self, res: Resource<RequestRes>, name: String) -> Option<String> {
+        let req = self.request(&res)?;
+        req.headers
+            .iter()
+            .take(MAX_HEADERS)
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v.clone())
+    }
+
+    fn headers(&mut self, res: Resource<RequestRes>) -> Vec<types::Header> {
+        self.request(&res)
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .take(MAX_HEADERS)
+                    .map(|(name, value)| types::Header {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn remote_addr(&mut self, res: Resource<RequestRes>) -> String {
+        self.request(&res)
+            .map(|r| r.remote_addr.clone())
+            .unwrap_or_default()
+    }
+
+    fn client_id(&mut self, res: Resource<RequestRes>) -> String {
+        self.request(&res)
+            .map(|r| r.client_id.clone())
+            .unwrap_or_default()
+    }
+
+    fn token(&mut self, res: Resource<RequestRes>) -> Option<String> {
+        self.request(&res)?.token.clone()
+    }
+
+    fn drop(&mut self, res: Resource<RequestRes>) -> wasmtime::Result<()> {
+        // The guest only gets borrows; the host removes the entry after the call.
+        let _ = res;
+        Ok(())
+    }
+}
 
 impl host::Host for PluginState {
     fn log(&mut self, level: types::LogLevel, message: String) {
@@ -162,9 +258,22 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
 /// Whether a component may import `name`: WASI, or this package's `host`/`types`.
 pub(crate) fn import_allowed(name: &str) -> bool {
     name.starts_with("wasi:")
-        || name.starts_with("switchyard:gateway/host@0.1.")
-        || name.starts_with("switchyard:gateway/types@0.1.")
+        || name.starts_with("switchyard:gateway/host@0.2.")
+        || name.starts_with("switchyard:gateway/types@0.2.")
 }
+
+/// Interfaces the base linker provides (any 0.2.x version of them resolves to
+/// the linked one by semver).
+const PROVIDED: [&str; 8] = [
+    "wasi:clocks/wall-clock@0.2.",
+    "wasi:random/random@0.2.",
+    "wasi:random/insecure@0.2.",
+    "wasi:random/insecure-seed@0.2.",
+    "wasi:cli/exit@0.2.",
+    "wasi:cli/environment@0.2.",
+    "switchyard:gateway/host@0.2.",
+    "switchyard:gateway/types@0.2.",
+];
 
 /// A linker for one component: the base linker, the monotonic clock's `now` and
 /// `resolution` under the version the component imports, and every other WASI
@@ -172,30 +281,53 @@ pub(crate) fn import_allowed(name: &str) -> bool {
 /// traps. wasmtime-wasi's blocking stream and poll calls would block on the
 /// Tokio runtime the policy calls run on; a guest has no use for them (a panic
 /// message write traps, which ends the call as the panic would).
+///
+/// Interfaces in [`PROVIDED`] are left alone: wasmtime's own
+/// `define_unknown_imports_as_traps` would define an import of another 0.2.x
+/// version than the linked one (Rust's std imports `wasi:random@0.2.6` for
+/// `HashMap` seeds) as traps under that exact name, shadowing the real one.
 pub(crate) fn link_component(
     base: &Linker<PluginState>,
     engine: &Engine,
     component: &wasmtime::component::Component,
 ) -> wasmtime::Result<Linker<PluginState>> {
+    use wasmtime::component::ResourceType;
+    use wasmtime::component::types::ComponentItem;
+
     let mut l = base.clone();
-    let names: Vec<String> = component
-        .component_type()
-        .imports(engine)
-        .map(|(name, _)| name.to_owned())
-        .collect();
-    if let Some(bad) = names.iter().find(|n| !import_allowed(n)) {
-        wasmtime::bail!("imports {bad}, which the gateway does not provide");
-    }
-    for name in names
-        .iter()
-        .filter(|n| n.starts_with("wasi:clocks/monotonic-clock@0.2."))
-    {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        if !import_allowed(name) {
+            wasmtime::bail!("imports {name}, which the gateway does not provide");
+        }
+        if PROVIDED.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            wasmtime::bail!("imports {name}, which is not an interface");
+        };
         let mut inst = l.instance(name)?;
-        inst.func_wrap("now", |_, (): ()| {
-            Ok((u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX),))
-        })?;
-        inst.func_wrap("resolution", |_, (): ()| Ok((1u64,)))?;
+        let monotonic = name.starts_with("wasi:clocks/monotonic-clock@0.2.");
+        for (export, item) in instance.exports(engine) {
+            match (export, item.ty) {
+                ("now", _) if monotonic => inst.func_wrap("now", |_, (): ()| {
+                    Ok((u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX),))
+                })?,
+                ("resolution", _) if monotonic => {
+                    inst.func_wrap("resolution", |_, (): ()| Ok((1u64,)))?
+                }
+                (_, ComponentItem::ComponentFunc(_)) => {
+                    let full = format!("{name}#{export}");
+                    inst.func_new(export, move |_, _, _, _| {
+                        wasmtime::bail!("`{full}` is not available to plugins")
+                    })?
+                }
+                (_, ComponentItem::Resource(_)) => {
+                    inst.resource(export, ResourceType::host::<()>(), |_, _| Ok(()))?
+                }
+                _ => {}
+            }
+        }
     }
-    l.define_unknown_imports_as_traps(component)?;
     Ok(l)
 }

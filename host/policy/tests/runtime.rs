@@ -123,8 +123,8 @@ fn routed_version(r: &Result<Route, Denial>) -> Option<u64> {
     }
 }
 
-fn connect(token: Option<&str>) -> ConnectRequest {
-    ConnectRequest {
+fn connect(token: Option<&str>) -> Arc<ConnectRequest> {
+    Arc::new(ConnectRequest {
         tenant: "acme".into(),
         path: "/ws/acme".into(),
         query: String::new(),
@@ -132,7 +132,7 @@ fn connect(token: Option<&str>) -> ConnectRequest {
         remote_addr: "127.0.0.1:5555".into(),
         client_id: "c1".into(),
         token: token.map(str::to_owned),
-    }
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,6 +180,17 @@ async fn auth_plugin_decides_with_its_tenant_config() {
     assert_eq!(env.metric("auth", "auth", "ok"), 4);
     assert_eq!(env.metric("auth", "auth", "denied"), 4);
     assert_eq!(env.metric("auth", "auth", "error"), 1);
+    // The plugin reads the request's parts from the lent `connect-request`.
+    let mut req = (*connect(Some("echo"))).clone();
+    req.query = "token=echo&x=1".into();
+    let echo = p.auth.authenticate(&Arc::new(req)).expect("echo");
+    assert_eq!(echo.id, "c1");
+    let claims: serde_json::Value = serde_json::from_str(&echo.claims).expect("json");
+    assert_eq!(
+        claims,
+        serde_json::json!({"tenant": "acme", "path": "/ws/acme", "query": "token=echo&x=1",
+            "remote": "127.0.0.1:5555", "ua": "test", "missing": false, "headers": 1})
+    );
     let st = env.status("auth");
     assert_eq!(st["status"], "loaded");
     assert_eq!(st["role"], "auth");

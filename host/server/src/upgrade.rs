@@ -64,7 +64,7 @@ pub(crate) fn admit<B>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let connect = ConnectRequest {
+    let connect = Arc::new(ConnectRequest {
         tenant: tenant.id.to_string(),
         path: req.uri().path().to_owned(),
         query: query.to_owned(),
@@ -75,7 +75,7 @@ pub(crate) fn admit<B>(
         remote_addr: remote.to_string(),
         client_id: client_id.clone(),
         token: handshake::bearer_token(headers, query),
-    };
+    });
     let verdict = tenant.policies().auth.authenticate(&connect);
     let principal = match verdict {
         Ok(p) => p,

@@ -8,6 +8,7 @@
 mod jwt;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 use switchyard_sdk::{Auth, ConnectRequest, Denial, Principal, host, matches_any};
@@ -21,17 +22,46 @@ fn verifier() -> Result<Rc<Verifier>, Denial> {
         .map_err(|e| Denial::Other(format!("jwt-auth is misconfigured: {e}")))
 }
 
+/// Distinct claims texts whose grants are kept (a pooled instance serves many
+/// connections; past this the cache starts over).
+const GRANT_CACHE_ENTRIES: usize = 256;
+
 thread_local! {
-    /// The last principal's claims text and the patterns it grants (one entry:
-    /// a connection's subscribe/publish calls repeat the same claims).
-    static GRANTS: RefCell<Option<(String, Rc<Vec<String>>)>> = const { RefCell::new(None) };
+    /// Claims text -> the patterns it grants, keyed by a word-wise hash of the text.
+    static GRANTS: RefCell<HashMap<u64, (String, Rc<Vec<String>>)>> = RefCell::new(HashMap::new());
+}
+
+/// 8 bytes at a time: byte loops (`memcmp`, SipHash) are slow in wasm and the
+/// claims text is compared on every call.
+fn words(s: &str) -> (impl Iterator<Item = u64> + '_, &[u8]) {
+    let chunks = s.as_bytes().chunks_exact(8);
+    let tail = chunks.remainder();
+    (
+        chunks.map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default())),
+        tail,
+    )
+}
+
+fn claims_hash(s: &str) -> u64 {
+    let (ws, tail) = words(s);
+    let mix = |h: u64, w: u64| (h.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    let h = ws.fold(s.len() as u64, mix);
+    tail.iter().fold(h, |h, &b| mix(h, u64::from(b)))
+}
+
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len() && {
+        let ((wa, ta), (wb, tb)) = (words(a), words(b));
+        wa.eq(wb) && ta == tb
+    }
 }
 
 /// Channel patterns granted to `who`, parsed once per distinct claims text.
 fn grants(who: &Principal, claim: &str) -> Rc<Vec<String>> {
+    let key = claims_hash(&who.claims_json);
     if let Some(hit) = GRANTS.with_borrow(|g| {
-        g.as_ref()
-            .filter(|(text, _)| *text == who.claims_json)
+        g.get(&key)
+            .filter(|(text, _)| same_text(text, &who.claims_json))
             .map(|(_, v)| v.clone())
     }) {
         return hit;
@@ -41,7 +71,12 @@ fn grants(who: &Principal, claim: &str) -> Rc<Vec<String>> {
         _ => Vec::new(),
     };
     let patterns = Rc::new(patterns);
-    GRANTS.set(Some((who.claims_json.clone(), patterns.clone())));
+    GRANTS.with_borrow_mut(|g| {
+        if g.len() >= GRANT_CACHE_ENTRIES {
+            g.clear();
+        }
+        g.insert(key, (who.claims_json.clone(), patterns.clone()));
+    });
     patterns
 }
 
@@ -61,13 +96,12 @@ impl Auth for JwtAuth {
     fn authenticate(req: &ConnectRequest) -> Result<Principal, Denial> {
         let v = verifier()?;
         let token = req
-            .token
-            .as_deref()
+            .token()
             .filter(|t| !t.is_empty())
             .ok_or_else(|| Denial::unauthorized("missing token"))?;
         let now = host::now_ms() / 1000;
         let ok = v
-            .verify(token, now)
+            .verify(&token, now)
             .map_err(|e| Denial::unauthorized(format!("invalid token: {e}")))?;
         let claims = serde_json::to_string(&ok.claims).map_err(|e| Denial::Other(e.to_string()))?;
         Ok(Principal::new(ok.sub, claims))

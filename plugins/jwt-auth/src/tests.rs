@@ -7,7 +7,7 @@ use rsa::pkcs8::DecodePrivateKey;
 use rsa::signature::{SignatureEncoding, Signer};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use switchyard_sdk::testing;
+use switchyard_sdk::{RequestParts, testing};
 
 use super::*;
 
@@ -52,10 +52,10 @@ fn setup(config: Value) {
 }
 
 fn connect(token: Option<String>) -> Result<Principal, Denial> {
-    JwtAuth::authenticate(&ConnectRequest {
+    JwtAuth::authenticate(&ConnectRequest::new(RequestParts {
         token,
         ..Default::default()
-    })
+    }))
 }
 
 fn demo() -> Value {
@@ -188,4 +188,29 @@ fn channel_permissions_from_the_claim() {
     .unwrap();
     assert!(JwtAuth::authorize_subscribe(&p, "user:bob").is_ok());
     assert!(JwtAuth::authorize_subscribe(&p, "user:alice").is_err());
+}
+
+#[test]
+fn grants_are_cached_per_claims_text() {
+    setup(demo());
+    // Interleaved principals whose claims differ only late in the text (same
+    // length): each keeps its own grants.
+    let a = Principal::new("a", r#"{"channels":["room:a*"],"pad":"xxxxxxxx1"}"#);
+    let b = Principal::new("b", r#"{"channels":["room:b*"],"pad":"xxxxxxxx2"}"#);
+    for _ in 0..3 {
+        assert!(JwtAuth::authorize_subscribe(&a, "room:a1").is_ok());
+        assert!(JwtAuth::authorize_subscribe(&a, "room:b1").is_err());
+        assert!(JwtAuth::authorize_subscribe(&b, "room:b1").is_ok());
+        assert!(JwtAuth::authorize_publish(&b, "room:a1", "{}").is_err());
+    }
+    assert!(same_text("0123456789abcdefX", "0123456789abcdefX"));
+    assert!(!same_text("0123456789abcdefX", "0123456789abcdefY"));
+    assert!(!same_text("01234567", "01234568"));
+    assert_ne!(claims_hash("ab"), claims_hash("ba"));
+    // Past the bound the cache starts over and stays correct.
+    for i in 0..(GRANT_CACHE_ENTRIES + 10) {
+        let p = Principal::new("p", format!(r#"{{"channels":["n:{i}"]}}"#));
+        assert!(JwtAuth::authorize_subscribe(&p, &format!("n:{i}")).is_ok());
+    }
+    assert!(GRANTS.with_borrow(|g| g.len()) <= GRANT_CACHE_ENTRIES);
 }

@@ -19,9 +19,9 @@ macro_rules! export_auth {
 
             impl exports::switchyard::gateway::auth::Guest for Export {
                 fn authenticate(
-                    req: $crate::ConnectRequest,
+                    req: &$crate::bindings::switchyard::gateway::types::ConnectRequest,
                 ) -> ::core::result::Result<$crate::Principal, $crate::Denial> {
-                    <$ty as $crate::Auth>::authenticate(&req)
+                    <$ty as $crate::Auth>::authenticate(&$crate::ConnectRequest::from_host(req))
                 }
                 fn authorize_subscribe(
                     who: $crate::Principal,
