@@ -26,6 +26,7 @@ redis-server --version
 
 step "format"
 cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
 
 step "plugins (wasm32-wasip2, built once)"
 scripts/build-plugins.sh
@@ -38,5 +39,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 step "tests"
 cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"
+
+step "first-party plugin unit tests (native, against the SDK's host stand-in)"
+(cd plugins && CARGO_TARGET_DIR="$PWD/../target/plugins-native" cargo test)
 
 step "all tests passed"
