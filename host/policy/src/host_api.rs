@@ -12,6 +12,7 @@ use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{host, shared, types};
+use crate::buckets::Take;
 use crate::kv::KvStore;
 
 /// Longest log line a plugin may write (longer ones are truncated).
@@ -231,6 +232,26 @@ impl host::Host for PluginState {
 
     fn kv_delete(&mut self, key: String) {
         self.scope.kv.delete(&key);
+    }
+
+    fn take_tokens(
+        &mut self,
+        key: String,
+        rate: f64,
+        burst: f64,
+        cost: f64,
+        max_wait_ms: u64,
+    ) -> Result<u64, u64> {
+        let now = u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX);
+        match self
+            .scope
+            .kv
+            .buckets
+            .take(&key, rate, burst, cost, max_wait_ms, now)
+        {
+            Take::Granted { wait_ms } => Ok(wait_ms),
+            Take::Refused { retry_after_ms } => Err(retry_after_ms),
+        }
     }
 }
 

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
+use crate::buckets::Buckets;
+
 /// Longest key accepted (bytes).
 pub const MAX_KEY_BYTES: usize = 256;
 /// Largest value accepted (bytes).
@@ -13,11 +15,13 @@ pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Total key + value bytes one store may hold.
 pub const MAX_TOTAL_BYTES: usize = 64 << 20;
 
-/// A bounded, thread-safe key-value store.
+/// A bounded, thread-safe key-value store, with the plugin's token buckets.
 #[derive(Debug)]
 pub struct KvStore {
     inner: Mutex<Inner>,
     max_entries: usize,
+    /// `host.take-tokens` buckets (as many at most as entries).
+    pub buckets: Buckets,
 }
 
 #[derive(Debug, Default)]
@@ -46,6 +50,7 @@ impl KvStore {
         Self {
             inner: Mutex::new(Inner::default()),
             max_entries,
+            buckets: Buckets::new(max_entries),
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod adapters;
 mod bindings;
+pub mod buckets;
 mod engine;
 mod host_api;
 pub mod kv;

@@ -1,5 +1,6 @@
-//! `token-bucket`: a token bucket per principal, channel or client, with its
-//! state in the host's key-value store (so every instance of the plugin shares it).
+//! `token-bucket`: a token bucket per principal, channel or client, kept by the
+//! host (`host.take-tokens`): one atomic take per check, shared by every
+//! instance of the plugin.
 //!
 //! Config: `rate` (tokens per second, default 10), `burst` (bucket size,
 //! default = rate), `key` = `"principal"` (default; falls back to the client id
@@ -7,12 +8,8 @@
 //! (default 0: over the limit → reject; otherwise a wait up to this long is
 //! answered with `delay`).
 
-mod bucket;
-
 use serde::Deserialize;
 use switchyard_sdk::{RateDecision, RateKey, RateLimit, host};
-
-use crate::bucket::Bucket;
 
 /// What the bucket is keyed on.
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -95,24 +92,18 @@ impl RateLimit for TokenBucket {
         let Some(skey) = store_key(cfg.key, key) else {
             return RateDecision::Allow;
         };
-        let now = host::monotonic_ns();
-        let mut bucket = host::kv_get(&skey)
-            .and_then(|b| Bucket::decode(&b))
-            .unwrap_or_else(|| Bucket::full(cfg.burst, now));
-        let decision = match bucket.take(now, cfg.rate, cfg.burst, f64::from(cost)) {
-            Ok(()) => RateDecision::Allow,
-            Err(wait_ms) if wait_ms <= cfg.max_delay_ms => {
-                // Granted in advance: the tokens are spent now, the caller waits.
-                bucket.borrow(f64::from(cost));
-                RateDecision::Delay(wait_ms)
-            }
-            Err(wait_ms) => RateDecision::Reject(wait_ms),
-        };
-        if let Err(e) = host::kv_set(&skey, &bucket.encode()) {
-            // The decision stands; the state is just not remembered.
-            host::warn(&format!("token-bucket: {e}"));
+        match host::take_tokens(
+            &skey,
+            cfg.rate,
+            cfg.burst,
+            f64::from(cost),
+            cfg.max_delay_ms,
+        ) {
+            Ok(0) => RateDecision::Allow,
+            // Granted in advance: the tokens are spent now, the caller waits.
+            Ok(wait_ms) => RateDecision::Delay(wait_ms),
+            Err(retry_ms) => RateDecision::Reject(retry_ms),
         }
-        decision
     }
 }
 

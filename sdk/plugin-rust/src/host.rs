@@ -160,3 +160,30 @@ pub fn kv_set(key: &str, value: &[u8]) -> Result<(), KvError> {
 pub fn kv_delete(key: &str) {
     imp::kv_delete(key)
 }
+
+/// Atomically takes `cost` tokens from this plugin's token bucket `key` (per
+/// plugin and tenant, shared by every instance), which refills at `rate` tokens
+/// per second up to `burst` and starts full.
+///
+/// `Ok(0)`: taken now. `Ok(wait_ms)`: the tokens were short by at most
+/// `max_wait_ms`; they are spent in advance and the caller proceeds after the
+/// wait. `Err(retry_after_ms)`: not taken. Nonsense arguments and a full bucket
+/// table are refused with 1000 ms.
+///
+/// ```
+/// use switchyard_sdk::host::take_tokens;
+/// switchyard_sdk::testing::set_now_ms(Some(0));
+/// assert_eq!(take_tokens("alice", 1.0, 2.0, 1.0, 0), Ok(0));
+/// assert_eq!(take_tokens("alice", 1.0, 2.0, 1.0, 0), Ok(0));
+/// assert_eq!(take_tokens("alice", 1.0, 2.0, 1.0, 0), Err(1000));
+/// assert_eq!(take_tokens("alice", 1.0, 2.0, 1.0, 5000), Ok(1000));
+/// ```
+pub fn take_tokens(
+    key: &str,
+    rate: f64,
+    burst: f64,
+    cost: f64,
+    max_wait_ms: u64,
+) -> Result<u64, u64> {
+    imp::take_tokens(key, rate, burst, cost, max_wait_ms)
+}

@@ -13,6 +13,8 @@ use crate::LogLevel;
 struct State {
     config: String,
     kv: HashMap<String, Vec<u8>>,
+    /// Token buckets: tokens, and when they were counted (monotonic ns).
+    buckets: HashMap<String, (f64, u64)>,
     now_ms: Option<u64>,
     logs: Vec<(LogLevel, String)>,
 }
@@ -78,5 +80,47 @@ pub(crate) mod native {
 
     pub fn kv_delete(key: &str) {
         STATE.with_borrow_mut(|s| s.kv.remove(key));
+    }
+
+    /// Same rules as the gateway's bucket table (`host/policy/src/buckets.rs`),
+    /// on this thread's clock.
+    pub fn take_tokens(
+        key: &str,
+        rate: f64,
+        burst: f64,
+        cost: f64,
+        max_wait_ms: u64,
+    ) -> Result<u64, u64> {
+        const REFUSED_MS: u64 = 1000;
+        const MAX_WAIT_MS: u64 = 3_600_000;
+        let sane = rate.is_finite()
+            && rate > 0.0
+            && burst.is_finite()
+            && burst >= 1.0
+            && cost.is_finite()
+            && cost >= 0.0;
+        if !sane {
+            return Err(REFUSED_MS);
+        }
+        let now = monotonic_ns();
+        STATE.with_borrow_mut(|s| {
+            let (tokens, at) = s.buckets.entry(key.to_owned()).or_insert((burst, now));
+            let elapsed_s = now.saturating_sub(*at) as f64 / 1e9;
+            *tokens = (*tokens + elapsed_s * rate).min(burst);
+            *at = (*at).max(now);
+            let short = cost - *tokens;
+            let wait_ms = if short <= 0.0 {
+                0
+            } else {
+                (short / rate * 1000.0)
+                    .ceil()
+                    .clamp(1.0, MAX_WAIT_MS as f64) as u64
+            };
+            if wait_ms > max_wait_ms {
+                return Err(wait_ms);
+            }
+            *tokens -= cost;
+            Ok(wait_ms)
+        })
     }
 }
