@@ -227,7 +227,7 @@ fn main() {
     let passes: usize = std::env::var("SWITCHYARD_BENCH_PASSES")
         .ok()
         .and_then(|p| p.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(5)
         .max(1);
     let demo = policies("demo");
     let jwt_req = req("demo", DEMO_TOKEN);
