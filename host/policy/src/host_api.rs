@@ -120,72 +120,67 @@ impl PluginState {
         let _ = self.table.delete(res);
     }
 
-    fn request(&self, res: &Resource<RequestRes>) -> Option<&ConnectRequest> {
-        self.table.get(res).ok().map(|r| &*r.0)
+    /// `f` of the lent request; a handle no longer in the table (the call it
+    /// was lent for ended) reads as empty.
+    fn read<R: Default>(
+        &self,
+        res: &Resource<RequestRes>,
+        f: impl FnOnce(&ConnectRequest) -> R,
+    ) -> R {
+        self.table
+            .get(res)
+            .ok()
+            .map(|r| f(&r.0))
+            .unwrap_or_default()
     }
 }
 
 impl types::Host for PluginState {}
 
-/// A request handle that is no longer in the table (the call it was lent for
-/// ended) reads as empty.
 impl types::HostConnectRequest for PluginState {
     fn tenant(&mut self, res: Resource<RequestRes>) -> String {
-        self.request(&res)
-            .map(|r| r.tenant.clone())
-            .unwrap_or_default()
+        self.read(&res, |r| r.tenant.clone())
     }
 
     fn path(&mut self, res: Resource<RequestRes>) -> String {
-        self.request(&res)
-            .map(|r| r.path.clone())
-            .unwrap_or_default()
+        self.read(&res, |r| r.path.clone())
     }
 
     fn query(&mut self, res: Resource<RequestRes>) -> String {
-        self.request(&res)
-            .map(|r| r.query.clone())
-            .unwrap_or_default()
+        self.read(&res, |r| r.query.clone())
     }
 
     fn header(&mut self, res: Resource<RequestRes>, name: String) -> Option<String> {
-        let req = self.request(&res)?;
-        req.headers
-            .iter()
-            .take(MAX_HEADERS)
-            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
-            .map(|(_, v)| v.clone())
+        self.read(&res, |r| {
+            let mut first64 = r.headers.iter().take(MAX_HEADERS);
+            first64
+                .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .map(|(_, v)| v.clone())
+        })
     }
 
     fn headers(&mut self, res: Resource<RequestRes>) -> Vec<types::Header> {
-        self.request(&res)
-            .map(|r| {
-                r.headers
-                    .iter()
-                    .take(MAX_HEADERS)
-                    .map(|(name, value)| types::Header {
-                        name: name.clone(),
-                        value: value.clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.read(&res, |r| {
+            let first64 = r.headers.iter().take(MAX_HEADERS);
+            first64
+                .map(|(name, value)| types::Header {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect()
+        })
     }
 
     fn remote_addr(&mut self, res: Resource<RequestRes>) -> String {
-        self.request(&res)
-            .map(|r| r.remote_addr.clone())
-            .unwrap_or_default()
+        self.read(&res, |r| r.remote_addr.clone())
     }
 
     fn client_id(&mut self, res: Resource<RequestRes>) -> String {
-        self.request(&res)
-            .map(|r| r.client_id.clone())
-            .unwrap_or_default()
+        self.read(&res, |r| r.client_id.clone())
     }
 
     fn token(&mut self, res: Resource<RequestRes>) -> Option<String> {
-        self.request(&res)?.token.clone()
+        self.read(&res, |r| r.token.clone())
     }
 
     fn drop(&mut self, res: Resource<RequestRes>) -> wasmtime::Result<()> {
