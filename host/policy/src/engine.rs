@@ -84,6 +84,9 @@ pub(crate) fn runtime() -> Result<&'static Runtime, LoadError> {
 }
 
 fn build_runtime() -> wasmtime::Result<Runtime> {
+    // Calibrates the TSC clock used to time calls (up to ~200 ms, once) here,
+    // at start, rather than in the first plugin call.
+    let _ = quanta::Instant::now();
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(POOL_INSTANCES)
         .total_core_instances(POOL_INSTANCES * 4)
