@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use switchyard_tests::{Client, Gateway, http, repo_root, scratch_dir};
+use switchyard_tests::{Client, Gateway, admin_plugins, repo_root, scratch_dir};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 const SECRET: &str = "it-secret";
@@ -288,19 +288,10 @@ fn router_policy(plugin: &str) -> String {
 
 /// Polls `/admin/plugins` until `name` is loaded and serves tenant `t`; returns its entry.
 async fn wait_loaded(gw: &Gateway, name: &str, within: Duration) -> Value {
-    let auth = format!("Bearer {ADMIN}");
     let deadline = tokio::time::Instant::now() + within;
     loop {
-        let (status, body) = http(
-            gw.addr,
-            "GET",
-            "/admin/plugins",
-            &[("authorization", &auth)],
-            None,
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        let list: Value = serde_json::from_str(&body).expect("json");
+        let (status, list) = admin_plugins(gw, ADMIN).await;
+        assert_eq!(status, 200, "{list}");
         let entry = list["plugins"]
             .as_array()
             .and_then(|l| l.iter().find(|p| p["name"] == name).cloned());
@@ -312,7 +303,7 @@ async fn wait_loaded(gw: &Gateway, name: &str, within: Duration) -> Value {
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{name} not loaded in time: {body}"
+            "{name} not loaded in time: {list}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -437,22 +428,13 @@ async fn every_built_plugin_loads_with_its_role() {
 plugin = "lww-merge"
 "#,
     );
-    let auth = format!("Bearer {ADMIN}");
-    let (status, body) = http(
-        gw.addr,
-        "GET",
-        "/admin/plugins",
-        &[("authorization", &auth)],
-        None,
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    let list: Value = serde_json::from_str(&body).expect("json");
+    let (status, list) = admin_plugins(&gw, ADMIN).await;
+    assert_eq!(status, 200, "{list}");
     for (name, role) in expected {
         let p = list["plugins"]
             .as_array()
             .and_then(|l| l.iter().find(|p| p["name"] == name))
-            .unwrap_or_else(|| panic!("{name} not listed: {body}"));
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"));
         assert_eq!(p["status"], "loaded", "{name}: {p}");
         let got = p["role"].as_str().unwrap_or_default().replace('-', "_");
         assert_eq!(got, role, "{name}: {p}");

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_tests::{Client, Gateway, http, repo_root, scratch_dir, target_dir};
+use switchyard_tests::{Client, Gateway, admin_plugins, repo_root, scratch_dir, target_dir};
 use tokio_tungstenite::tungstenite::Message;
 
 /// A test guest, after (re)building them once per test process (an incremental
@@ -36,19 +36,6 @@ fn deploy(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).expect("read fixture")
-}
-
-async fn admin_plugins(gw: &Gateway, token: &str) -> (u16, Value) {
-    let auth = format!("Bearer {token}");
-    let (status, body) = http(
-        gw.addr,
-        "GET",
-        "/admin/plugins",
-        &[("authorization", &auth)],
-        None,
-    )
-    .await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
 fn plugin_entry<'a>(v: &'a Value, name: &str) -> &'a Value {

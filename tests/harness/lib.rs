@@ -310,6 +310,24 @@ fn parse_response(raw: &str) -> (u16, String) {
     (status, body)
 }
 
+/// `GET /admin/plugins` with `Authorization: Bearer <token>`: the status and
+/// the JSON body (`Value::Null` when it is not JSON).
+pub async fn admin_plugins(gw: &Gateway, token: &str) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let (status, body) = http(
+        gw.addr,
+        "GET",
+        "/admin/plugins",
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// Minimal HTTP/1.1 request (Connection: close); returns (status, body).
 pub async fn http(
     addr: SocketAddr,
