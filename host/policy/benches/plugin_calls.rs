@@ -95,75 +95,59 @@ type Row = (String, (f64, f64));
 
 /// One row per role call against `policies`.
 fn roles(set: &str, policies: &PolicySet, i: &Inputs, out: &mut Vec<Row>) {
-    let name = |call: &str| format!("{set}: {call}");
-    let n = name("auth `authorize-subscribe`");
-    if wanted(&n) {
-        out.push((
-            n.clone(),
-            per_call(200, 2000, || {
-                black_box(policies.auth.authorize_subscribe(&i.who, i.channel)).expect("allowed");
-            }),
-        ));
-    }
-    let n = name("auth `authorize-publish` (small JSON payload)");
-    if wanted(&n) {
-        out.push((
-            n.clone(),
-            per_call(200, 2000, || {
-                black_box(policies.auth.authorize_publish(&i.who, i.channel, &i.data))
-                    .expect("allowed");
-            }),
-        ));
-    }
-    let n = name("auth `authenticate` (1 header, token)");
-    if wanted(&n) {
-        out.push((
-            n.clone(),
-            per_call(100, 1000, || {
-                black_box(policies.auth.authenticate(&i.req)).expect("authenticated");
-            }),
-        ));
-    }
-    let n = name(&format!("router `route` ({})", i.route_channel));
-    if wanted(&n) {
-        out.push((
-            n.clone(),
-            per_call(200, 2000, || {
-                black_box(policies.router.route(&PublishRequest {
-                    principal: &i.who,
-                    client: "c1",
-                    channel: i.route_channel,
-                    data: &i.data,
-                }))
-                .expect("routed");
-            }),
-        ));
-    }
+    let mut row = |call: &str, rounds: usize, batch: usize, f: &mut dyn FnMut()| {
+        let name = format!("{set}: {call}");
+        if wanted(&name) {
+            out.push((name, per_call(rounds, batch, f)));
+        }
+    };
+    row("auth `authorize-subscribe`", 200, 2000, &mut || {
+        black_box(policies.auth.authorize_subscribe(&i.who, i.channel)).expect("allowed");
+    });
+    row(
+        "auth `authorize-publish` (small JSON payload)",
+        200,
+        2000,
+        &mut || {
+            black_box(policies.auth.authorize_publish(&i.who, i.channel, &i.data))
+                .expect("allowed");
+        },
+    );
+    row(
+        "auth `authenticate` (1 header, token)",
+        100,
+        1000,
+        &mut || {
+            black_box(policies.auth.authenticate(&i.req)).expect("authenticated");
+        },
+    );
+    let publish = PublishRequest {
+        principal: &i.who,
+        client: "c1",
+        channel: i.route_channel,
+        data: &i.data,
+    };
+    row(
+        &format!("router `route` ({})", i.route_channel),
+        200,
+        2000,
+        &mut || {
+            black_box(policies.router.route(&publish)).expect("routed");
+        },
+    );
     let key = RateKey {
         principal: &i.who.id,
         client: "c1",
         channel: i.channel,
     };
-    let n = name("rate-limit `check`");
-    if wanted(&n) {
-        out.push((
-            n.clone(),
-            per_call(200, 2000, || {
-                let d = black_box(policies.rate_limit.check(&key, 1));
-                assert_eq!(d, RateDecision::Allow);
-            }),
-        ));
-    }
-    let n = name("merge `document.apply`");
-    if wanted(&n) {
-        let mut doc = policies.merge.open(i.snapshot).expect("open");
-        out.push((
-            n.clone(),
-            per_call(200, 2000, || {
-                black_box(doc.apply(i.update)).expect("applied");
-            }),
-        ));
-    }
+    row("rate-limit `check`", 200, 2000, &mut || {
+        let d = black_box(policies.rate_limit.check(&key, 1));
+        assert_eq!(d, RateDecision::Allow);
+    });
+    let mut doc = policies.merge.open(i.snapshot).expect("open");
+    row("merge `document.apply`", 200, 2000, &mut || {
+        black_box(doc.apply(i.update)).expect("applied");
+    });
 }
 
 fn main() {

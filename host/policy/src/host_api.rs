@@ -253,6 +253,7 @@ impl host::Host for PluginState {
 /// The base linker: the `host` interface plus the WASI p2 interfaces a std guest
 /// uses that never block (wall clock, random, environment (empty), exit).
 /// Everything else is added per component by [`link_component`].
+/// [`PROVIDED`] lists these interfaces; keep the two in step.
 pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<PluginState>> {
     use wasmtime_wasi::cli::WasiCli;
     use wasmtime_wasi::clocks::WasiClocks;
@@ -279,7 +280,8 @@ pub(crate) fn import_allowed(name: &str) -> bool {
 }
 
 /// Interfaces the base linker provides (any 0.2.x version of them resolves to
-/// the linked one by semver).
+/// the linked one by semver). Keep in step with [`linker`]: an interface added
+/// there and missing here would be stubbed with traps for every component.
 const PROVIDED: [&str; 8] = [
     "wasi:clocks/wall-clock@0.2.",
     "wasi:random/random@0.2.",
