@@ -245,6 +245,26 @@ impl Gateway {
         }
     }
 
+    /// Polls `/metrics` until the sample named exactly `series` (name and labels,
+    /// as printed) has a value for which `ok` holds; returns that value.
+    pub async fn wait_metric_value(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (_, m) = self.get("/metrics").await;
+            let value = metric_value(&m, series);
+            if let Some(v) = value
+                && ok(v)
+            {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} never reached the expected value (last {value:?}):\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// POST JSON with an optional bearer token; returns (status, body).
     pub async fn post_json(&self, path: &str, bearer: Option<&str>, body: &str) -> (u16, String) {
         let auth = bearer.map(|b| format!("Bearer {b}"));
@@ -537,4 +557,13 @@ impl Client {
     pub fn inner(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
         &mut self.ws
     }
+}
+
+/// The value of the sample named exactly `series` (name plus labels as printed)
+/// in a Prometheus text exposition, if present.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
 }
