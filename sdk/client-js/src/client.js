@@ -5,8 +5,10 @@
  */
 
 import { DEFAULT_RECONNECT, calculateDelay, shutdownDelay } from './backoff.js';
+import { Replica, SwitchyardDocument, lwwMerge } from './documents.js';
 import { Emitter } from './emitter.js';
 import { Positions } from './positions.js';
+import { Kind, decodeStatePatch, encodeStatePatch } from './statepatch.js';
 import { Endpoint, TRANSPORTS } from './transports.js';
 
 /** Close codes after which retrying cannot help (credentials). */
@@ -58,6 +60,14 @@ export class SwitchyardError extends Error {
  * @property {Array<{resolve: Function, reject: Function}>} waiters `ready` promises
  */
 
+/**
+ * @typedef {object} DocumentOptions
+ * @property {(state: any, change: import('./documents.js').DocumentChange) => void} [onChange]
+ *   called after every applied snapshot or patch
+ * @property {(error: Error) => void} [onError] the subscribe was refused (the document is closed then)
+ * @property {import('./documents.js').Merge<any, any>} [merge] how bytes become state (default: the LWW map)
+ */
+
 /** Client for one gateway (see README.md). */
 export class SwitchyardClient {
   /** @type {'idle' | 'connecting' | 'open' | 'reconnecting' | 'closed'} */
@@ -70,6 +80,10 @@ export class SwitchyardClient {
   #pending = new Map();
   /** @type {Map<number, any>} outstanding publishes, resent (same msgId) after a reconnect */
   #publishes = new Map();
+  /** @type {Map<string, import('./documents.js').DocumentEntry>} open documents by channel */
+  #docs = new Map();
+  /** @type {Map<number, any>} outstanding document patches, resent (same msgId) after a resubscribe */
+  #patches = new Map();
   #nextId = 1;
   #nextPublish = 1;
   /** @type {any} */
@@ -200,6 +214,7 @@ export class SwitchyardClient {
    * @returns {(() => void) & {ready: Promise<any>}}
    */
   subscribe(channel, handler) {
+    if (this.#docs.has(channel)) throw new SwitchyardError('invalid', `${channel} is open as a document`);
     let sub = this.#subs.get(channel);
     const fresh = !sub;
     if (!sub) {
@@ -252,6 +267,50 @@ export class SwitchyardClient {
       this.#publishes.set(key, p);
       if (this.#state === 'open') this.#sendPublish(p);
     });
+  }
+
+  /**
+   * Opens the document channel `channel` (a tenant's `documents` pattern):
+   * subscribes, applies the gateway's snapshot and patches to `doc.state`,
+   * resumes by `{epoch, version}` after a reconnect and resends unacknowledged
+   * patches with their msgId. Opening a channel that is already open returns
+   * the same document (with `onChange` added). WebSocket only: over SSE or
+   * long-polling the gateway refuses with `unsupported`.
+   * @param {string} channel
+   * @param {DocumentOptions} [options]
+   * @returns {SwitchyardDocument}
+   */
+  document(channel, options = {}) {
+    if (this.#state === 'closed') throw new SwitchyardError('closed', 'client was closed');
+    if (this.#subs.has(channel)) throw new SwitchyardError('invalid', `${channel} is subscribed as a message channel`);
+    const open = this.#docs.get(channel);
+    if (open) {
+      if (options.onChange) open.listeners.add(options.onChange);
+      return /** @type {any} */ (open).doc;
+    }
+    /** @type {any} */
+    const e = {
+      channel,
+      replica: new Replica(options.merge ?? lwwMerge),
+      listeners: new Set(options.onChange ? [options.onChange] : []),
+      onError: options.onError,
+      confirmed: false,
+      recovering: false,
+      isReady: false,
+      closed: false,
+    };
+    e.ready = new Promise((resolve, reject) => {
+      e.resolveReady = resolve;
+      e.rejectReady = reject;
+    });
+    e.ready.catch(() => {});
+    e.doc = new SwitchyardDocument(e, {
+      patch: (delta, opts) => this.#patch(e, delta, opts),
+      close: () => this.#closeDocument(e),
+    });
+    this.#docs.set(channel, e);
+    if (this.#state === 'open') this.#sendDocSubscribe(e);
+    return e.doc;
   }
 
   /**
@@ -345,6 +404,9 @@ export class SwitchyardClient {
           this.#onWelcome(t, Impl.transportName, frame, initial);
         }
       },
+      onBinary: (/** @type {Uint8Array} */ bytes) => {
+        if (t === this.#transport) this.#onBinary(bytes);
+      },
       onClose: (/** @type {import('./transports.js').CloseInfo} */ info) => {
         if (t === this.#transport) {
           this.#onLost(t, info);
@@ -411,6 +473,8 @@ export class SwitchyardClient {
     for (const channel of this.#subs.keys()) {
       if (!inInitial.has(channel)) this.#sendSubscribe(channel);
     }
+    // Document patches wait for their document's subscribed reply.
+    for (const e of this.#docs.values()) this.#sendDocSubscribe(e);
     for (const p of this.#publishes.values()) this.#sendPublish(p);
     this.#startHeartbeat(t, welcome);
     this.#emitter.emit('transport', { name });
@@ -428,6 +492,10 @@ export class SwitchyardClient {
       sub.confirmed = false;
       sub.recovering = false;
     }
+    for (const e of this.#docs.values()) {
+      e.confirmed = false;
+      e.recovering = false;
+    }
     // Requests die with the connection; publishes are resent with their msgId.
     for (const [id, p] of this.#pending) {
       if (p.kind === 'request') {
@@ -437,6 +505,7 @@ export class SwitchyardClient {
       this.#pending.delete(id);
     }
     for (const p of this.#publishes.values()) p.id = null;
+    for (const p of this.#patches.values()) p.id = null;
     if (this.#state === 'closed') return;
     if (FATAL_CODES.has(info.code)) {
       this.#fatal(new SwitchyardError(info.code === 4001 ? 'unauthorized' : 'forbidden', info.reason || 'refused', info.code), info);
@@ -508,8 +577,17 @@ export class SwitchyardClient {
       p.reject(err);
     }
     this.#publishes.clear();
+    for (const p of this.#patches.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.#patches.clear();
     for (const sub of this.#subs.values()) {
       for (const w of sub.waiters.splice(0)) w.reject(err);
+    }
+    for (const e of this.#docs.values()) {
+      e.closed = true;
+      if (!e.isReady) e.rejectReady(err);
     }
     for (const w of this.#connectWaiters.splice(0)) w.reject(err);
   }
@@ -618,6 +696,8 @@ export class SwitchyardClient {
     this.#pending.delete(frame.id);
     if (p.kind === 'subscribe') this.#onSubscribeReply(p, frame);
     else if (p.kind === 'publish') this.#onPublishReply(p, frame);
+    else if (p.kind === 'docsubscribe') this.#onDocSubscribeReply(p, frame);
+    else if (p.kind === 'patch') this.#onPatchReply(p, frame);
     else if (p.kind === 'request') {
       clearTimeout(p.timer);
       if (frame.type === 'error') p.reject(new SwitchyardError(frame.code, frame.message ?? ''));
@@ -656,6 +736,207 @@ export class SwitchyardClient {
     clearTimeout(pub.timer);
     if (frame.type === 'ack') pub.resolve(frame.seq ?? null);
     else pub.reject(new SwitchyardError(frame.code ?? 'bad_reply', frame.message ?? `unexpected ${frame.type}`));
+  }
+
+  // ---- documents ----
+
+  /** @param {any} e @param {'reconnect' | 'gap' | 'epoch_changed' | 'new'} [cause] */
+  #sendDocSubscribe(e, cause) {
+    const since = e.replica.since();
+    const id = this.#nextId++;
+    this.#pending.set(id, { kind: 'docsubscribe', channel: e.channel, entry: e, cause: cause ?? (since ? 'reconnect' : 'new') });
+    /** @type {any} */
+    const frame = { type: 'subscribe', id, channel: e.channel };
+    if (since) frame.since = since;
+    this.#transport.send(frame);
+  }
+
+  /** @param {any} p @param {any} frame */
+  #onDocSubscribeReply(p, frame) {
+    const e = p.entry;
+    if (e.closed || this.#docs.get(e.channel) !== e) return;
+    if (frame.type === 'error' || (frame.type === 'subscribed' && frame.document !== true)) {
+      const err = frame.type === 'error'
+        ? new SwitchyardError(frame.code, frame.message ?? '')
+        : new SwitchyardError('invalid', `${e.channel} is not a document channel`);
+      if (frame.type === 'subscribed') this.#sendUnsubscribe(e.channel);
+      this.#failDocument(e, err);
+      return;
+    }
+    if (frame.type !== 'subscribed') return;
+    const { recovered, resumed } = e.replica.onSubscribed(frame);
+    e.confirmed = true;
+    e.recovering = false;
+    if (resumed) {
+      // recovered:false: the missed patches are gone, a snapshot replaces the state.
+      this.#emitter.emit('recovery', { channel: e.channel, recovered, epoch: frame.epoch, version: frame.version, cause: p.cause, document: true });
+    }
+    for (const q of this.#patches.values()) if (q.entry === e && q.id === null) this.#sendPatch(q);
+  }
+
+  /** Closes a document the gateway refused; its patches fail with the same error. @param {any} e @param {SwitchyardError} err */
+  #failDocument(e, err) {
+    e.closed = true;
+    this.#docs.delete(e.channel);
+    this.#dropPatches(e, err);
+    if (!e.isReady) e.rejectReady(err);
+    if (e.onError) {
+      try {
+        e.onError(err);
+      } catch (x) {
+        this.#emitter.emit('error', { error: x, channel: e.channel });
+      }
+    }
+    this.#emitter.emit('error', { error: err, channel: e.channel });
+  }
+
+  /** @param {any} e @param {SwitchyardError} err */
+  #dropPatches(e, err) {
+    for (const [key, q] of this.#patches) {
+      if (q.entry !== e) continue;
+      this.#patches.delete(key);
+      clearTimeout(q.timer);
+      if (q.id !== null) this.#pending.delete(q.id);
+      q.reject(err);
+    }
+  }
+
+  /** @param {any} e */
+  #closeDocument(e) {
+    if (e.closed) return;
+    e.closed = true;
+    this.#docs.delete(e.channel);
+    const err = new SwitchyardError('closed', `document ${e.channel} was closed`);
+    this.#dropPatches(e, err);
+    if (!e.isReady) e.rejectReady(err);
+    if (this.#state === 'open') this.#sendUnsubscribe(e.channel);
+  }
+
+  /** @param {string} channel */
+  #sendUnsubscribe(channel) {
+    const id = this.#nextId++;
+    this.#pending.set(id, { kind: 'fire' });
+    this.#transport.send({ type: 'unsubscribe', id, channel });
+  }
+
+  /**
+   * @param {any} e @param {any} delta @param {{msgId?: string, timeout?: number}} options
+   * @returns {Promise<number>}
+   */
+  #patch(e, delta, options) {
+    if (this.#state === 'closed') return Promise.reject(new SwitchyardError('closed', 'client was closed'));
+    if (e.closed) return Promise.reject(new SwitchyardError('closed', `document ${e.channel} was closed`));
+    let bytes;
+    try {
+      bytes = e.replica.merge.encode(delta);
+    } catch (x) {
+      return Promise.reject(new SwitchyardError('invalid', String(/** @type {any} */ (x)?.message ?? x)));
+    }
+    const msgId = options.msgId ?? randomId();
+    return new Promise((resolve, reject) => {
+      const key = this.#nextPublish++;
+      // `base`: the version this patch was made on (0 before the first snapshot).
+      const p = { key, entry: e, msgId, bytes, base: e.replica.version ?? 0, resolve, reject, id: /** @type {number | null} */ (null), sends: 0, timer: /** @type {any} */ (null) };
+      p.timer = setTimeout(() => {
+        this.#patches.delete(key);
+        if (p.id !== null) this.#pending.delete(p.id);
+        reject(new SwitchyardError('timeout', `patch to ${e.channel} not acknowledged`));
+      }, options.timeout ?? this.#opts.publishTimeout);
+      this.#patches.set(key, p);
+      if (this.#state === 'open' && e.confirmed) this.#sendPatch(p);
+    });
+  }
+
+  /** @param {any} p */
+  #sendPatch(p) {
+    const t = this.#transport;
+    if (typeof t?.sendBinary !== 'function') return; // the subscribe is refused with `unsupported`
+    if (p.id !== null) this.#pending.delete(p.id);
+    p.id = this.#nextId++;
+    p.sends++;
+    this.#pending.set(p.id, { kind: 'patch', key: p.key });
+    t.sendBinary(encodeStatePatch({ kind: Kind.PATCH, channel: p.entry.channel, delta: p.bytes, msgId: p.msgId, id: p.id, version: p.base }));
+  }
+
+  /** @param {any} p @param {any} frame */
+  #onPatchReply(p, frame) {
+    const q = this.#patches.get(p.key);
+    if (!q) return;
+    this.#patches.delete(p.key);
+    clearTimeout(q.timer);
+    if (frame.type === 'ack') q.resolve(Number(frame.version));
+    else q.reject(new SwitchyardError(frame.code ?? 'bad_reply', frame.message ?? `unexpected ${frame.type}`));
+  }
+
+  /** A binary frame: a `StatePatch` for one of the open documents. @param {Uint8Array} bytes */
+  #onBinary(bytes) {
+    this.#lastRx = Date.now();
+    let f;
+    try {
+      f = decodeStatePatch(bytes);
+    } catch (x) {
+      this.#emitter.emit('error', { error: new SwitchyardError('bad_frame', `undecodable binary frame: ${/** @type {any} */ (x)?.message ?? x}`) });
+      return;
+    }
+    const e = this.#docs.get(f.channel);
+    if (!e) return;
+    let result;
+    try {
+      result = e.replica.onFrame(f);
+    } catch (x) {
+      this.#emitter.emit('error', { error: new SwitchyardError('bad_frame', `${e.channel} v${f.version}: ${/** @type {any} */ (x)?.message ?? x}`), channel: e.channel });
+      // A patch this replica cannot apply: start over from a snapshot (a bad snapshot is not asked for again).
+      if (f.kind !== Kind.SNAPSHOT && !e.recovering && this.#state === 'open') {
+        e.replica.reset();
+        e.recovering = true;
+        this.#sendDocSubscribe(e, 'gap');
+      }
+      return;
+    }
+    switch (result.verdict) {
+      case 'applied':
+        this.#docChanged(e, f, result.update);
+        return;
+      case 'duplicate':
+        this.stats.duplicatesDropped++;
+        return;
+      case 'gap':
+      case 'epoch':
+        // Drop it: resubscribing from the current version replays it in order (or sends a snapshot).
+        if (result.verdict === 'gap') this.stats.gaps++;
+        if (!e.recovering && this.#state === 'open') {
+          e.recovering = true;
+          this.#sendDocSubscribe(e, result.verdict === 'gap' ? 'gap' : 'epoch_changed');
+        }
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** @param {any} e @param {import('./statepatch.js').StatePatch} f @param {any} update */
+  #docChanged(e, f, update) {
+    /** @type {import('./documents.js').DocumentChange} */
+    const change = {
+      kind: f.kind === Kind.SNAPSHOT ? 'snapshot' : f.kind === Kind.DIFF ? 'diff' : 'patch',
+      version: e.replica.version,
+      epoch: e.replica.epoch ?? '',
+      delta: update,
+      clientId: f.clientId,
+      msgId: f.msgId,
+      lamport: f.lamport,
+    };
+    for (const fn of [...e.listeners]) {
+      try {
+        fn(e.replica.state, change);
+      } catch (x) {
+        this.#emitter.emit('error', { error: x, channel: e.channel });
+      }
+    }
+    if (!e.isReady) {
+      e.isReady = true;
+      e.resolveReady(e.doc);
+    }
   }
 
   /** @param {any} frame */

@@ -8,6 +8,10 @@
  * t.close()       stop without calling onClose
  * ```
  *
+ * A transport that carries binary frames (WebSocket only: document channels'
+ * `StatePatch`es) also has `t.sendBinary(bytes)` and hands received binary
+ * frames to `onBinary(bytes)`, in order with the text frames.
+ *
  * `initial` lists subscriptions the transport may open with (SSE and
  * long-poll take them in the URL, replying with ids `init-0`, `init-1`, …).
  * @module
@@ -23,6 +27,7 @@
  * @typedef {object} TransportHandlers
  * @property {(frame: any) => void} onFrame
  * @property {(info: CloseInfo) => void} onClose
+ * @property {(bytes: Uint8Array) => void} [onBinary] a binary frame (WebSocket)
  */
 
 /** @typedef {{channel: string, since?: {epoch: string, seq: number}}} InitialSub */
@@ -91,6 +96,20 @@ function textOf(data) {
   return null;
 }
 
+/**
+ * The bytes of a binary WebSocket message, or null for a text one.
+ * @param {unknown} data
+ * @returns {Uint8Array | null}
+ */
+function binaryOf(data) {
+  if (data instanceof ArrayBuffer) return new Uint8Array(data);
+  if (!ArrayBuffer.isView(data)) return null;
+  // Some `ws` versions hand text frames over as Buffers too: a JSON command
+  // starts with `{`, which no StatePatch does (0x7b would be field 15 as a group).
+  if (globalThis.Buffer?.isBuffer?.(data) && data.byteLength > 0 && /** @type {any} */ (data)[0] === 0x7b) return null;
+  return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+}
+
 /** @param {string | null} text */
 function parse(text) {
   if (text === null) return null;
@@ -126,6 +145,11 @@ class Base {
       return;
     }
     this.handlers.onFrame(frame);
+  }
+
+  /** @param {Uint8Array} bytes */
+  deliverBinary(bytes) {
+    if (!this.done) this.handlers.onBinary?.(bytes);
   }
 
   /** @param {CloseInfo} info */
@@ -169,7 +193,12 @@ export class WebSocketTransport extends Base {
       return;
     }
     this.ws = ws;
-    ws.onmessage = (/** @type {any} */ ev) => this.deliver(parse(textOf(ev.data)));
+    ws.binaryType = 'arraybuffer';
+    ws.onmessage = (/** @type {any} */ ev) => {
+      const bytes = binaryOf(ev.data);
+      if (bytes) this.deliverBinary(bytes);
+      else this.deliver(parse(textOf(ev.data)));
+    };
     ws.onclose = (/** @type {any} */ ev) => this.finish({ code: ev.code || 1006, reason: ev.reason || '' });
     ws.onerror = () => {}; // a close event follows
   }
@@ -177,6 +206,11 @@ export class WebSocketTransport extends Base {
   /** @param {object} frame */
   send(frame) {
     if (!this.done && this.ws?.readyState === 1) this.ws.send(JSON.stringify(frame));
+  }
+
+  /** Sends one binary frame (a `StatePatch`). @param {Uint8Array} bytes */
+  sendBinary(bytes) {
+    if (!this.done && this.ws?.readyState === 1) this.ws.send(bytes);
   }
 
   teardown() {
