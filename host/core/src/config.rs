@@ -164,6 +164,18 @@ pub struct Limits {
     pub read_buffer_bytes: usize,
     /// `msgId` dedupe window per channel (entries).
     pub dedupe_window: usize,
+    /// Largest state of one document channel (bytes); a patch that would make
+    /// it larger is refused with `invalid` and the document stays as it was.
+    pub document_max_bytes: usize,
+    /// Patches kept per document for resume by version (older resumes get a snapshot).
+    pub document_log_size: usize,
+    /// Document replicas one node holds in memory; idle ones are evicted
+    /// first, and beyond it opening another answers `unavailable`.
+    pub documents_max_open: usize,
+    /// A document replica without local subscribers leaves memory after this
+    /// long (it reloads from the broker's snapshot and log on next use).
+    #[serde(with = "humantime_serde")]
+    pub document_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -184,6 +196,10 @@ impl Default for Limits {
             close_timeout: Duration::from_secs(3),
             read_buffer_bytes: 1024,
             dedupe_window: 1024,
+            document_max_bytes: 1 << 20,
+            document_log_size: 1000,
+            documents_max_open: 10_000,
+            document_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -312,6 +328,9 @@ pub struct TenantConfig {
     /// How long history is kept.
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// Channel patterns that are document channels (`["doc:*"]`): shared
+    /// state resolved by the merge policy (`docs/protocol.md`).
+    pub documents: Vec<String>,
     /// Policies by role.
     pub policies: PoliciesConfig,
 }
@@ -323,6 +342,7 @@ impl Default for TenantConfig {
             api_keys: Vec::new(),
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            documents: Vec::new(),
             policies: PoliciesConfig::default(),
         }
     }
@@ -461,6 +481,11 @@ impl Config {
                 "limits.publish_burst must be at least 1".into(),
             ));
         }
+        if l.document_max_bytes < 2 || l.document_log_size == 0 || l.documents_max_open == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.document_max_bytes must be at least 2, limits.document_log_size and limits.documents_max_open at least 1".into(),
+            ));
+        }
         if self.broker.kind == BrokerKind::Redis && self.broker.redis_urls.is_empty() {
             return Err(ConfigError::Invalid(
                 "broker.redis_urls must name at least one server when broker.kind = \"redis\""
@@ -472,6 +497,13 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "tenants.{id}: tenant ids are 1-64 characters of [A-Za-z0-9_-]"
                 )));
+            }
+            for p in &t.documents {
+                if p.is_empty() || p.len() > 256 {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenants.{id}.documents: patterns are 1-256 characters, got {p:?}"
+                    )));
+                }
             }
             if t.history_size > 1_000_000 {
                 return Err(ConfigError::Invalid(format!(

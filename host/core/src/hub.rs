@@ -117,18 +117,31 @@ impl Hub {
 
     /// Delivers a message to every local subscriber of `key`: encoded once, shared by all.
     pub fn deliver(&self, key: &ChannelKey, msg: &Message) {
+        if !self.channels.contains_key(key) {
+            return;
+        }
+        self.deliver_outgoing(
+            key,
+            msg.seq,
+            Outgoing {
+                frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
+                published_at: Some(msg.published_at),
+                on_written: None,
+            },
+        );
+    }
+
+    /// Queues an encoded frame at position `seq` (a message seq or a document
+    /// version) on every local subscriber of `key`; recovering subscribers hold
+    /// it for the splice in [`Hub::activate`].
+    pub fn deliver_outgoing(&self, key: &ChannelKey, seq: u64, item: Outgoing) {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
             return;
-        };
-        let item = Outgoing {
-            frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
-            published_at: Some(msg.published_at),
-            on_written: None,
         };
         let mut ch = entry.lock();
         for sub in &mut ch.subs {
             match &mut sub.pending {
-                Some(buf) if buf.len() < self.pending_limit => buf.push((msg.seq, item.clone())),
+                Some(buf) if buf.len() < self.pending_limit => buf.push((seq, item.clone())),
                 Some(_) => {
                     sub.outbox.close(CloseCode::SlowConsumer, false);
                     self.metrics.send_queue_overflows.inc();

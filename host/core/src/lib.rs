@@ -7,6 +7,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod dedupe;
+pub mod document;
 pub mod history;
 pub mod hub;
 pub mod metrics;

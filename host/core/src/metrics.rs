@@ -60,6 +60,12 @@ pub struct Metrics {
     pub send_queue_overflows: Counter,
     /// Peers terminated by the zombie sweep.
     pub zombies: Counter,
+    /// Document replicas held in memory on this node.
+    pub documents_open: Gauge,
+    /// Document patches accepted (versions created on this node or applied from others).
+    pub document_patches: Counter,
+    /// Patches retried after another node took the version first.
+    pub document_append_retries: Counter,
 }
 
 impl Default for Metrics {
@@ -86,6 +92,9 @@ impl Metrics {
             heartbeat_rtt: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             send_queue_overflows: Counter::default(),
             zombies: Counter::default(),
+            documents_open: Gauge::default(),
+            document_patches: Counter::default(),
+            document_append_retries: Counter::default(),
         };
         {
             let mut r = m.registry.lock();
@@ -93,6 +102,21 @@ impl Metrics {
                 "switchyard_connections_active",
                 "Open connections",
                 m.connections_active.clone(),
+            );
+            r.register(
+                "switchyard_documents_open",
+                "Document replicas held in memory",
+                m.documents_open.clone(),
+            );
+            r.register(
+                "switchyard_document_patches",
+                "Document changes applied to this node's replicas",
+                m.document_patches.clone(),
+            );
+            r.register(
+                "switchyard_document_append_retries",
+                "Patches retried after another node took the version first",
+                m.document_append_retries.clone(),
             );
             r.register(
                 "switchyard_connections_opened",

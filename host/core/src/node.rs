@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::broker::Broker;
 use crate::config::{Config, Limits};
+use crate::document::log::{DocumentLog, MemoryDocumentLog};
+use crate::document::{DocLimits, Documents};
 use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
 use crate::tenant::Tenants;
@@ -23,6 +25,8 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Tenants and their policies.
     pub tenants: Tenants,
+    /// Document channels (state sync).
+    pub documents: Arc<Documents>,
     draining: AtomicBool,
     next_session: AtomicU64,
 }
@@ -39,7 +43,26 @@ impl Node {
     /// Assembles a node from its parts.
     pub fn new(config: Arc<Config>, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Arc<Self> {
         let tenants = Tenants::from_config(&config);
+        let l = &config.limits;
+        let log = broker
+            .document_log()
+            .unwrap_or_else(|| MemoryDocumentLog::new() as Arc<dyn DocumentLog>);
+        let documents = Documents::new(
+            log,
+            hub.clone(),
+            hub.metrics().clone(),
+            DocLimits {
+                max_bytes: l.document_max_bytes,
+                log_len: l.document_log_size,
+                max_open: l.documents_max_open,
+                idle: l.document_idle_timeout,
+                dedupe_window: l.dedupe_window,
+            },
+            l.max_message_bytes,
+        );
+        documents.spawn_sweeper(std::time::Duration::from_secs(15).min(l.document_idle_timeout));
         Arc::new(Self {
+            documents,
             id: hub.node_id().clone(),
             metrics: hub.metrics().clone(),
             config,

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
+use crate::document::lww::LwwDocument;
+
 /// Everything the auth policy may look at when a connection arrives.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectRequest {
@@ -200,77 +202,45 @@ pub enum MergeError {
     Failed(String),
 }
 
-/// A live document kept by a merge policy between calls.
+/// Who made a change and when: the stamp the gateway gave an accepted patch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp<'a> {
+    /// Lamport timestamp (rises with every change the document log accepts).
+    pub lamport: u64,
+    /// Client id of the connection that made the change (`""` = server side).
+    pub client_id: &'a str,
+}
+
+/// A live document kept by a merge policy between calls (one per document
+/// channel and node). The gateway serializes calls on one document.
 pub trait MergeDocument: Send {
-    /// Applies an incoming update; returns the update to broadcast (`None` = nothing changed).
-    fn apply(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, MergeError>;
-    /// Full state, for snapshot-on-subscribe.
-    fn snapshot(&self) -> Vec<u8>;
+    /// Applies an incoming update made by `stamp`; returns the update to
+    /// broadcast (`None` = nothing changed, nothing is broadcast). On `Err`
+    /// the document must be unchanged; after [`MergeError::Failed`] the
+    /// gateway drops it and reopens from the last good snapshot and log.
+    fn apply(&mut self, update: &[u8], stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError>;
+    /// Full state, for snapshot-on-subscribe and compaction.
+    fn snapshot(&self) -> Result<Vec<u8>, MergeError>;
+    /// Size of the state in bytes when the policy knows it cheaply; `None`
+    /// makes the gateway estimate it (last snapshot + updates since) and take
+    /// a snapshot to check when the estimate nears `document_max_bytes`.
+    fn size(&self) -> Option<usize> {
+        None
+    }
+    /// What a client with `state_vector` is missing (a `DIFF` frame), or
+    /// `None` when the policy has no state vectors (the client gets a snapshot).
+    fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
+        let _ = state_vector;
+        Ok(None)
+    }
 }
 
 /// Conflict resolution for state sync.
 pub trait MergePolicy: Send + Sync {
-    /// Opens a document from a snapshot (empty = new document).
+    /// Opens a document from a snapshot (empty = new document). Default: the
+    /// built-in last-writer-wins map ([`crate::document::lww`]).
     fn open(&self, snapshot: &[u8]) -> Result<Box<dyn MergeDocument>, MergeError> {
         LwwDocument::from_snapshot(snapshot).map(|d| Box::new(d) as Box<dyn MergeDocument>)
-    }
-}
-
-/// Built-in last-writer-wins document: a JSON object; an update is a JSON
-/// object whose keys replace the document's (a `null` value deletes the key).
-#[derive(Debug, Default)]
-pub struct LwwDocument {
-    state: serde_json::Map<String, serde_json::Value>,
-}
-
-impl LwwDocument {
-    /// From a JSON object snapshot (empty = new).
-    pub fn from_snapshot(snapshot: &[u8]) -> Result<Self, MergeError> {
-        if snapshot.is_empty() {
-            return Ok(Self::default());
-        }
-        match serde_json::from_slice(snapshot) {
-            Ok(serde_json::Value::Object(state)) => Ok(Self { state }),
-            _ => Err(MergeError::Invalid("snapshot must be a JSON object".into())),
-        }
-    }
-}
-
-impl MergeDocument for LwwDocument {
-    fn apply(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
-        let serde_json::Value::Object(patch) =
-            serde_json::from_slice(update).map_err(|e| MergeError::Invalid(e.to_string()))?
-        else {
-            return Err(MergeError::Invalid("update must be a JSON object".into()));
-        };
-        let mut changed = serde_json::Map::new();
-        for (k, v) in patch {
-            let differs = match (&v, self.state.get(&k)) {
-                (serde_json::Value::Null, None) => false,
-                (serde_json::Value::Null, Some(_)) => {
-                    self.state.remove(&k);
-                    true
-                }
-                (v, Some(old)) if old == v => false,
-                (v, _) => {
-                    self.state.insert(k.clone(), v.clone());
-                    true
-                }
-            };
-            if differs {
-                changed.insert(k, v);
-            }
-        }
-        if changed.is_empty() {
-            return Ok(None);
-        }
-        serde_json::to_vec(&changed)
-            .map(Some)
-            .map_err(|e| MergeError::Failed(e.to_string()))
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.state).unwrap_or_else(|_| b"{}".to_vec())
     }
 }
 
@@ -342,25 +312,5 @@ mod tests {
             channel: "a:b",
         };
         assert_eq!(p.rate_limit.check(&key, 1), RateDecision::Allow);
-    }
-
-    #[test]
-    fn lww_merge() {
-        let p = PolicySet::default();
-        let mut d = p.merge.open(b"{\"a\":1}").expect("open");
-        assert_eq!(
-            d.apply(b"{\"a\":1}").expect("apply"),
-            None,
-            "no change, no broadcast"
-        );
-        let out = d
-            .apply(b"{\"a\":2,\"b\":null,\"c\":3}")
-            .expect("apply")
-            .expect("changed");
-        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
-        assert_eq!(v, serde_json::json!({"a":2,"c":3}));
-        let snap: serde_json::Value = serde_json::from_slice(&d.snapshot()).expect("json");
-        assert_eq!(snap, serde_json::json!({"a":2,"c":3}));
-        assert!(d.apply(b"[1]").is_err());
     }
 }

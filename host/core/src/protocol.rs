@@ -20,7 +20,8 @@ pub type CommandId = Box<RawValue>;
 pub struct StreamPosition {
     /// Channel epoch the seq belongs to.
     pub epoch: String,
-    /// Last seq seen.
+    /// Last seq seen (on a document channel: the last version, sent as `version`).
+    #[serde(alias = "version")]
     pub seq: u64,
 }
 
@@ -35,6 +36,8 @@ pub enum Command {
         channel: String,
         /// Recovery position.
         since: Option<StreamPosition>,
+        /// Document channels: base64 state vector asking for a `DIFF`.
+        state_vector: Option<String>,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -108,6 +111,8 @@ struct Envelope<'a> {
     data: Option<Box<RawValue>>,
     #[serde(rename = "msgId")]
     msg_id: Option<String>,
+    #[serde(rename = "stateVector")]
+    state_vector: Option<String>,
 }
 
 /// Longest accepted `msgId`.
@@ -144,6 +149,7 @@ pub fn parse_command(text: &str) -> Result<Command, ParseError> {
             id: env.id,
             channel: channel(env.channel)?,
             since: env.since,
+            state_vector: env.state_vector,
         }),
         "unsubscribe" => Ok(Command::Unsubscribe {
             id: env.id,
@@ -289,6 +295,10 @@ pub enum ErrorCode {
     Unsupported,
     /// Anything else on the server side.
     Internal,
+    /// A malformed or refused document patch, or a JSON publish to a document channel.
+    Invalid,
+    /// The merge policy refused a patch as conflicting.
+    Conflict,
 }
 
 impl ErrorCode {
@@ -305,6 +315,8 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::Invalid => "invalid",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -432,6 +444,34 @@ pub mod encode {
         s.push_str(",\"epoch\":");
         json_str(&mut s, epoch);
         let _ = write!(s, ",\"seq\":{seq},\"recovered\":{recovered}}}");
+        Frame::from_string(s)
+    }
+
+    /// `subscribed` to a document channel (`version` instead of `seq`).
+    pub fn subscribed_document(
+        id: Option<&RawValue>,
+        channel: &str,
+        epoch: &str,
+        version: u64,
+        recovered: bool,
+    ) -> Frame {
+        let mut s = String::with_capacity(112 + channel.len());
+        s.push_str("{\"type\":\"subscribed\"");
+        id_field(&mut s, id);
+        s.push_str(",\"channel\":");
+        json_str(&mut s, channel);
+        s.push_str(",\"document\":true,\"epoch\":");
+        json_str(&mut s, epoch);
+        let _ = write!(s, ",\"version\":{version},\"recovered\":{recovered}}}");
+        Frame::from_string(s)
+    }
+
+    /// `ack` of a document patch.
+    pub fn ack_version(id: Option<&RawValue>, version: u64) -> Frame {
+        let mut s = String::with_capacity(48);
+        s.push_str("{\"type\":\"ack\"");
+        id_field(&mut s, id);
+        let _ = write!(s, ",\"version\":{version}}}");
         Frame::from_string(s)
     }
 
@@ -573,7 +613,9 @@ mod tests {
         )
         .expect("ok");
         match c {
-            Command::Subscribe { id, channel, since } => {
+            Command::Subscribe {
+                id, channel, since, ..
+            } => {
                 assert_eq!(id.expect("id").get(), "1");
                 assert_eq!(channel, "room:1");
                 assert_eq!(since.expect("since").seq, 41);

@@ -28,6 +28,9 @@ pub enum PublishError {
     /// Refused by a policy.
     #[error("{0}")]
     Denied(Denial),
+    /// Not a publishable channel (a document channel takes binary patches).
+    #[error("{0}")]
+    Invalid(String),
     /// The broker failed.
     #[error("{0}")]
     Broker(#[from] BrokerError),
@@ -38,6 +41,7 @@ impl PublishError {
     pub fn code(&self) -> ErrorCode {
         match self {
             PublishError::BadChannel(_) => ErrorCode::BadChannel,
+            PublishError::Invalid(_) => ErrorCode::Invalid,
             PublishError::Denied(Denial::RateLimited { .. }) => ErrorCode::RateLimited,
             PublishError::Denied(_) => ErrorCode::Forbidden,
             PublishError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
@@ -48,7 +52,7 @@ impl PublishError {
     /// HTTP status for the HTTP API.
     pub fn http_status(&self) -> u16 {
         match self {
-            PublishError::BadChannel(_) => 400,
+            PublishError::BadChannel(_) | PublishError::Invalid(_) => 400,
             PublishError::Denied(Denial::Unauthorized(_)) => 401,
             PublishError::Denied(Denial::RateLimited { .. }) => 429,
             PublishError::Denied(_) => 403,
@@ -95,6 +99,11 @@ pub async fn publish(
 ) -> Result<Vec<Accepted>, PublishError> {
     let trusted = by == Publisher::Server;
     channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
+    if tenant.is_document(channel) {
+        return Err(PublishError::Invalid(format!(
+            "{channel} is a document channel: send a binary StatePatch (or POST /api/documents)"
+        )));
+    }
     let (targets, original, delay) = {
         let policies = tenant.policies();
         let key = RateKey {
@@ -145,6 +154,12 @@ pub async fn publish(
                             t.channel
                         )))
                     })?;
+                    if tenant.is_document(&t.channel) {
+                        return Err(PublishError::Invalid(format!(
+                            "router returned document channel {:?}",
+                            t.channel
+                        )));
+                    }
                 }
                 (targets, false, delay)
             }

@@ -14,14 +14,19 @@ use bytes::Bytes;
 use crate::backpressure::{Outbox, Outgoing, Strikes, TokenBucket};
 use crate::broker::BrokerError;
 use crate::channel::{self, ChannelKey};
+use crate::document::DocPosition;
+use crate::document::frame::{self, StatePatch};
 use crate::hub::{Connection, SessionId, SubscriberInfo};
 use crate::node::Node;
-use crate::policy::{Denial, Principal};
+use crate::policy::{Denial, Principal, RateDecision, RateKey};
 use crate::protocol::{
     self, CloseCode, Command, CommandId, ErrorCode, Frame, ParseError, StreamPosition, encode,
 };
 use crate::publish::{self, PublishError};
 use crate::tenant::Tenant;
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use prost::Message as _;
 use serde_json::value::RawValue;
 
 /// What a transport calls for each inbound data frame. `Err` closes the
@@ -49,6 +54,8 @@ pub struct Session {
     bucket: TokenBucket,
     rate_strikes: Strikes,
     protocol_strikes: Strikes,
+    /// Whether the transport carries binary frames (document channels need them).
+    binary: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -98,8 +105,16 @@ impl Session {
             bucket: TokenBucket::new(limits.publish_rate, limits.publish_burst, now),
             rate_strikes: Strikes::new(limits.rate_limit_strikes, limits.abuse_window, now),
             protocol_strikes: Strikes::new(limits.protocol_strikes, limits.abuse_window, now),
+            binary: true,
             node,
         }
+    }
+
+    /// Marks the session's transport as text-only (SSE, long-poll): document
+    /// channels answer `unsupported` instead of queuing binary frames.
+    pub fn text_only(mut self) -> Self {
+        self.binary = false;
+        self
     }
 
     /// Session id on this node.
@@ -159,8 +174,18 @@ impl Session {
                 self.reply(encode::pong(id.as_deref()));
                 Ok(())
             }
-            Command::Subscribe { id, channel, since } => {
-                self.subscribe(id, channel, since).await;
+            Command::Subscribe {
+                id,
+                channel,
+                since,
+                state_vector,
+            } => {
+                if self.tenant.is_document(&channel) {
+                    self.subscribe_document(id, channel, since, state_vector)
+                        .await;
+                } else {
+                    self.subscribe(id, channel, since).await;
+                }
                 Ok(())
             }
             Command::Unsubscribe { id, channel } => {
@@ -181,15 +206,171 @@ impl Session {
         }
     }
 
-    /// Handles one binary frame (state patches arrive in a later version).
-    pub fn handle_binary(&mut self, _data: &[u8]) -> Result<(), CloseCode> {
-        self.node.metrics.failed("binary");
-        self.error(
-            None,
-            ErrorCode::Unsupported,
-            "binary frames are not supported by protocol v1 yet",
+    /// Handles one binary frame: a `StatePatch` for a document channel.
+    pub async fn handle_binary(&mut self, data: &[u8]) -> Result<(), CloseCode> {
+        let patch = match frame::decode_client(data) {
+            Ok(p) => p,
+            Err(e) => {
+                self.node.metrics.failed("bad_patch");
+                // Best effort: echo the id when the frame decodes that far.
+                let id = StatePatch::decode(data).ok().map(|p| p.id);
+                let id = id.and_then(patch_id);
+                self.error(id.as_deref(), ErrorCode::Invalid, &e.to_string());
+                return self.protocol_strike();
+            }
+        };
+        let id = patch_id(patch.id);
+        let id = id.as_deref();
+        if channel::validate(&patch.channel).is_err() || !self.tenant.is_document(&patch.channel) {
+            self.node.metrics.failed("bad_patch");
+            self.error(
+                id,
+                ErrorCode::Invalid,
+                &format!("{:?} is not a document channel", patch.channel),
+            );
+            return self.protocol_strike();
+        }
+        let now = Instant::now();
+        if !self.bucket.try_take(now, 1) {
+            self.node.metrics.failed("rate_limited");
+            if self.rate_strikes.hit(now) {
+                return Err(CloseCode::RateLimited);
+            }
+            self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
+            return Ok(());
+        }
+        if let Err(d) = self.authorize_patch(&patch.channel, &patch.delta) {
+            if matches!(d, Denial::RateLimited { .. }) && self.rate_strikes.hit(now) {
+                return Err(CloseCode::RateLimited);
+            }
+            self.error(id, denial_code(&d), &d.to_string());
+            return Ok(());
+        }
+        let key = ChannelKey::new(self.tenant.id.clone(), patch.channel.as_str());
+        let r = self
+            .node
+            .documents
+            .patch(
+                &self.tenant,
+                &key,
+                &patch.delta,
+                patch.msg_id.as_deref(),
+                &self.client,
+            )
+            .await;
+        match r {
+            Ok(p) => self.reply(encode::ack_version(id, p.version)),
+            Err(e) => {
+                self.node.metrics.failed(e.code().as_str());
+                self.error(id, e.code(), &e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// authorize-publish, then the rate-limit policy, as for a publish. The
+    /// policy sees the delta as its JSON when it is JSON (LWW), else `null`.
+    fn authorize_patch(&self, channel: &str, delta: &[u8]) -> Result<(), Denial> {
+        let policies = self.tenant.policies();
+        let as_json = std::str::from_utf8(delta)
+            .ok()
+            .and_then(|s| serde_json::from_str::<&RawValue>(s).ok());
+        let null = RawValue::NULL;
+        policies
+            .auth
+            .authorize_publish(&self.principal, channel, as_json.unwrap_or(null))?;
+        let key = RateKey {
+            principal: &self.principal.id,
+            client: &self.client,
+            channel,
+        };
+        match policies.rate_limit.check(&key, 1) {
+            RateDecision::Reject { retry_after_ms } => Err(Denial::RateLimited { retry_after_ms }),
+            // A delay is not worth holding a document's patch stream for.
+            RateDecision::Allow | RateDecision::Delay { .. } => Ok(()),
+        }
+    }
+
+    async fn subscribe_document(
+        &mut self,
+        id: Option<CommandId>,
+        channel: String,
+        since: Option<StreamPosition>,
+        state_vector: Option<String>,
+    ) {
+        let id = id.as_deref();
+        if !self.binary {
+            return self.error(
+                id,
+                ErrorCode::Unsupported,
+                "document channels need a WebSocket (binary frames)",
+            );
+        }
+        if let Err(e) = channel::validate(&channel) {
+            return self.error(id, ErrorCode::BadChannel, &e.to_string());
+        }
+        let state_vector = match state_vector.map(|s| BASE64.decode(s.as_bytes())) {
+            None => None,
+            Some(Ok(sv)) => Some(sv),
+            Some(Err(e)) => {
+                return self.error(id, ErrorCode::Invalid, &format!("stateVector: {e}"));
+            }
+        };
+        let name: Arc<str> = Arc::from(channel.as_str());
+        let resubscribe = self.subs.contains(&name);
+        if !resubscribe && self.subs.len() >= self.node.limits().max_subscriptions {
+            return self.error(
+                id,
+                ErrorCode::TooManySubscriptions,
+                "subscription limit reached",
+            );
+        }
+        let verdict = self
+            .tenant
+            .policies()
+            .auth
+            .authorize_subscribe(&self.principal, &channel);
+        if let Err(d) = verdict {
+            return self.error(id, denial_code(&d), &d.to_string());
+        }
+        let key = ChannelKey::new(self.tenant.id.clone(), name.clone());
+        if resubscribe {
+            self.unsubscribe(&channel).await;
+        }
+        self.node.hub.add(
+            &key,
+            SubscriberInfo {
+                session: self.id,
+                outbox: self.outbox.clone(),
+                client: self.client.clone(),
+                principal: self.principal_id.clone(),
+            },
         );
-        self.protocol_strike()
+        let since = since.map(|p| DocPosition {
+            epoch: p.epoch,
+            version: p.seq,
+        });
+        let r = self
+            .node
+            .documents
+            .subscribe(
+                &self.tenant,
+                &key,
+                self.id,
+                id,
+                since.as_ref(),
+                state_vector.as_deref(),
+            )
+            .await;
+        match r {
+            Ok(()) => {
+                self.subs.insert(name);
+            }
+            Err(e) => {
+                self.node.hub.remove(&key, self.id);
+                self.error(id, e.code(), &e.to_string());
+            }
+        }
     }
 
     async fn subscribe(
@@ -398,12 +579,17 @@ impl Handler for Session {
     }
 
     async fn on_binary(&mut self, data: Bytes) -> Result<(), CloseCode> {
-        self.handle_binary(&data)
+        self.handle_binary(&data).await
     }
 
     fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
     }
+}
+
+/// A binary patch's command id as the JSON id echoed in its reply (0 = none).
+fn patch_id(id: u64) -> Option<CommandId> {
+    (id != 0).then(|| RawValue::from_string(id.to_string()).ok())?
 }
 
 fn denial_code(d: &Denial) -> ErrorCode {
@@ -573,8 +759,8 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(frames(&s)[0]["code"], "bad_channel");
-        s.handle_binary(&[1, 2, 3]).expect("kept");
-        assert_eq!(frames(&s)[0]["code"], "unsupported");
+        s.handle_binary(&[1, 2, 3]).await.expect("kept");
+        assert_eq!(frames(&s)[0]["code"], "invalid");
         s.handle_text(r#"{"type":"ping","id":"x"}"#)
             .await
             .expect("ok");

@@ -59,6 +59,16 @@ impl Tenant {
         self.config.store(Arc::new(config));
     }
 
+    /// Whether `channel` is a document channel (matches `documents`).
+    pub fn is_document(&self, channel: &str) -> bool {
+        let cfg = self.config.load();
+        !cfg.documents.is_empty()
+            && cfg
+                .documents
+                .iter()
+                .any(|p| crate::channel::pattern_matches(p, channel))
+    }
+
     /// Whether a present `Origin` header is on the allow-list.
     pub fn origin_allowed(&self, origin: &str) -> bool {
         let cfg = self.config.load();

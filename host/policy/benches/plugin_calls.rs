@@ -145,8 +145,12 @@ fn roles(set: &str, policies: &PolicySet, i: &Inputs, out: &mut Vec<Row>) {
         assert_eq!(d, RateDecision::Allow);
     });
     let mut doc = policies.merge.open(i.snapshot).expect("open");
+    let stamp = switchyard_core::policy::Stamp {
+        lamport: 1,
+        client_id: "c1",
+    };
     row("merge `document.apply`", 200, 2000, &mut || {
-        black_box(doc.apply(i.update)).expect("applied");
+        black_box(doc.apply(i.update, &stamp)).expect("applied");
     });
 }
 

@@ -11,6 +11,7 @@ use switchyard_core::config::OnError;
 use switchyard_core::policy::{
     AuthPolicy, BuiltIn, ConnectRequest, Denial, MergeDocument, MergeError, MergePolicy, Principal,
     PublishRequest, RateDecision, RateKey, RateLimitPolicy, Route, RouteTarget, RouterPolicy,
+    Stamp,
 };
 use wasmtime::Store;
 use wasmtime::component::{Resource, ResourceAny};
@@ -405,7 +406,10 @@ impl WasmDocument {
 }
 
 impl MergeDocument for WasmDocument {
-    fn apply(&mut self, update: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
+    /// WIT 0.2's `apply` has no stamp: the plugin orders writes itself (the
+    /// gateway applies them in log order, so a Lamport clock kept by the
+    /// plugin rises with the gateway's).
+    fn apply(&mut self, update: &[u8], _stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
         let timeout = self.caller.pool.timeout();
         self.call(
             |p| {
@@ -430,9 +434,9 @@ impl MergeDocument for WasmDocument {
         )?
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&self) -> Result<Vec<u8>, MergeError> {
         let timeout = self.caller.pool.timeout();
-        let r = self.call(
+        self.call(
             |p| {
                 let s = p
                     .inst
@@ -449,8 +453,30 @@ impl MergeDocument for WasmDocument {
                 Ok(s)
             },
             |_| false,
-        );
-        r.unwrap_or_default()
+        )
+    }
+
+    fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
+        let timeout = self.caller.pool.timeout();
+        self.call(
+            |p| {
+                let r = p
+                    .inst
+                    .bindings
+                    .switchyard_gateway_merge()
+                    .document()
+                    .call_diff(&mut p.inst.store, p.handle, state_vector)
+                    .map_err(|e| classify(&e, timeout))?;
+                match r {
+                    Ok(d) if d.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
+                        "diff larger than {MAX_MERGE_BYTES} bytes"
+                    ))),
+                    Ok(d) => Ok(Ok(Some(d))),
+                    Err(e) => Ok(Err(to_merge_error(e))),
+                }
+            },
+            Result::is_err,
+        )?
     }
 }
 

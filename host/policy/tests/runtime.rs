@@ -525,6 +525,12 @@ async fn rate_limiter_keeps_state_in_scoped_kv() {
     assert_eq!(env.metric("limiter", "rate_limit", "denied"), 3);
 }
 
+/// The stamp the tests give every update (WIT 0.2 plugins do not see it).
+const ST: switchyard_core::policy::Stamp<'static> = switchyard_core::policy::Stamp {
+    lamport: 1,
+    client_id: "c",
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merge_document_lives_in_its_instance() {
     let env = Env::start(
@@ -535,28 +541,32 @@ async fn merge_document_lives_in_its_instance() {
     .await;
     let p = env.policies("default");
     let mut d = p.merge.open(b"5").expect("open");
-    assert_eq!(d.apply(b"3").expect("apply"), Some(b"8".to_vec()));
+    assert_eq!(d.apply(b"3", &ST).expect("apply"), Some(b"8".to_vec()));
     assert_eq!(
-        d.apply(b"0").expect("apply"),
+        d.apply(b"0", &ST).expect("apply"),
         None,
         "no change, no broadcast"
     );
     assert!(matches!(
-        d.apply(b"x"),
+        d.apply(b"x", &ST),
         Err(switchyard_core::policy::MergeError::Invalid(_))
     ));
     let mut d2 = p.merge.open(b"").expect("open");
-    assert_eq!(d2.apply(b"1").expect("apply"), Some(b"1".to_vec()));
-    assert_eq!(d.snapshot(), b"8".to_vec(), "documents are independent");
+    assert_eq!(d2.apply(b"1", &ST).expect("apply"), Some(b"1".to_vec()));
+    assert_eq!(
+        d.snapshot().expect("snapshot"),
+        b"8".to_vec(),
+        "documents are independent"
+    );
     assert!(matches!(
-        d.apply(b"trap"),
+        d.apply(b"trap", &ST),
         Err(switchyard_core::policy::MergeError::Failed(_))
     ));
     assert!(
-        matches!(d.apply(b"1"), Err(switchyard_core::policy::MergeError::Failed(m)) if m.contains("lost"))
+        matches!(d.apply(b"1", &ST), Err(switchyard_core::policy::MergeError::Failed(m)) if m.contains("lost"))
     );
     assert_eq!(
-        d2.apply(b"1").expect("other doc unaffected"),
+        d2.apply(b"1", &ST).expect("other doc unaffected"),
         Some(b"2".to_vec())
     );
     assert!(p.merge.open(b"nope").is_err());

@@ -1,14 +1,18 @@
-//! HTTP API: `POST /api/publish` and `POST /api/send`, authenticated by a
-//! tenant's bearer API key.
+//! HTTP API: `POST /api/publish`, `POST /api/send` and
+//! `GET`/`POST /api/documents/{channel}`, authenticated by a tenant's bearer API key.
 
 use std::sync::Arc;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchyard_core::Node;
 use switchyard_core::broker::BrokerError;
+use switchyard_core::channel::ChannelKey;
+use switchyard_core::document::DocError;
 use switchyard_core::policy::Principal;
 use switchyard_core::publish;
 use switchyard_core::tenant::Tenant;
@@ -156,5 +160,134 @@ pub async fn send(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp {
         Err(BrokerError::Internal(m)) => {
             json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m)
         }
+    }
+}
+
+fn unauthorized() -> Resp {
+    json_error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "missing or invalid API key",
+    )
+}
+
+/// The tenant and document key of a `/api/documents/{channel}` request, or the
+/// error response.
+fn document_target(
+    node: &Node,
+    headers: &HeaderMap,
+    channel: &str,
+) -> Result<(Arc<Tenant>, ChannelKey), Box<Resp>> {
+    let tenant = tenant_for_key(node, headers).ok_or_else(|| Box::new(unauthorized()))?;
+    if let Err(e) = switchyard_core::channel::validate(channel) {
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_channel",
+            &e.to_string(),
+        )));
+    }
+    if !tenant.is_document(channel) {
+        return Err(Box::new(json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!(
+                "{channel} is not a document channel of tenant {}",
+                tenant.id
+            ),
+        )));
+    }
+    let key = ChannelKey::new(tenant.id.clone(), channel);
+    Ok((tenant, key))
+}
+
+fn doc_error(e: &DocError) -> Resp {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_error(status, e.code().as_str(), &e.to_string())
+}
+
+/// `GET /api/documents/{channel}` → `{"channel","version","epoch","state"}`:
+/// `state` is the JSON object for a JSON (LWW) document, base64 otherwise.
+pub async fn document_get(node: &Arc<Node>, headers: &HeaderMap, channel: &str) -> Resp {
+    let (tenant, key) = match document_target(node, headers, channel) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    match node.documents.read(&tenant, &key).await {
+        Ok(view) => {
+            let state = match serde_json::from_slice::<serde_json::Value>(&view.snapshot) {
+                Ok(v @ serde_json::Value::Object(_)) => v,
+                _ if view.snapshot.is_empty() => serde_json::json!({}),
+                _ => serde_json::Value::String(BASE64.encode(&view.snapshot)),
+            };
+            json_ok(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "channel": channel,
+                    "version": view.version,
+                    "epoch": &*view.epoch,
+                    "state": state,
+                }),
+            )
+        }
+        Err(e) => doc_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct PatchBody {
+    delta: Box<RawValue>,
+    #[serde(rename = "msgId")]
+    msg_id: Option<String>,
+}
+
+/// `POST /api/documents/{channel}` with `{"delta":…,"msgId":…}` → `{"version":V}`.
+/// A JSON delta is handed to the merge policy as its JSON text (LWW); a JSON
+/// string is base64 of binary update bytes (e.g. a Yjs update).
+pub async fn document_patch(
+    node: &Arc<Node>,
+    headers: &HeaderMap,
+    channel: &str,
+    body: Bytes,
+) -> Resp {
+    let (tenant, key) = match document_target(node, headers, channel) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let req: PatchBody = match parse(&body) {
+        Ok(r) => r,
+        Err(resp) => return *resp,
+    };
+    if let Some(m) = &req.msg_id
+        && (m.is_empty() || m.len() > switchyard_core::protocol::MAX_MSG_ID_LEN)
+    {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "msgId must be 1-128 characters",
+        );
+    }
+    let delta: Vec<u8> = match serde_json::from_str::<String>(req.delta.get()) {
+        Ok(b64) => match BASE64.decode(b64.as_bytes()) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    &format!("a string delta must be base64: {e}"),
+                );
+            }
+        },
+        Err(_) => req.delta.get().as_bytes().to_vec(),
+    };
+    match node
+        .documents
+        .patch(&tenant, &key, &delta, req.msg_id.as_deref(), "")
+        .await
+    {
+        Ok(p) => json_ok(
+            StatusCode::OK,
+            &serde_json::json!({"version": p.version, "applied": p.applied}),
+        ),
+        Err(e) => doc_error(&e),
     }
 }

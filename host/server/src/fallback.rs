@@ -73,7 +73,8 @@ fn open(
         admitted.tenant,
         Arc::from(admitted.client_id.as_str()),
         admitted.principal,
-    );
+    )
+    .text_only();
     let name = session.name().to_owned();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let handle = Arc::new(Fallback {

@@ -93,6 +93,29 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
                 api::send(node, &parts.headers, body).await
             }
         }
+        (m, p) if p.starts_with("/api/documents/") => {
+            let channel = crate::handshake::percent_decode(&p["/api/documents/".len()..]);
+            match *m {
+                Method::GET => api::document_get(node, req.headers(), &channel).await,
+                Method::POST => {
+                    let (parts, body) = req.into_parts();
+                    // A delta may be base64 in JSON: room for a patch of max_message_bytes.
+                    let limit = node.limits().max_message_bytes * 4 / 3 + 1024;
+                    let body = match Limited::new(body, limit).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(_) => {
+                            return json_error(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "too_big",
+                                "request body exceeds limits.max_message_bytes",
+                            );
+                        }
+                    };
+                    api::document_patch(node, &parts.headers, &channel, body).await
+                }
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            }
+        }
         (&Method::GET, "/admin/plugins") => admin_plugins(server, &req),
         (_, "/api/publish" | "/api/send" | "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")

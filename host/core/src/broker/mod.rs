@@ -108,6 +108,12 @@ pub trait Broker: Send + Sync + 'static {
     /// Clients present in a channel across nodes.
     async fn presence(&self, key: &ChannelKey) -> Result<Vec<PresenceEntry>, BrokerError>;
 
+    /// Where document channels keep their state when this broker is used;
+    /// `None` = the embedded [`MemoryDocumentLog`](crate::document::log::MemoryDocumentLog).
+    fn document_log(&self) -> Option<Arc<dyn crate::document::log::DocumentLog>> {
+        None
+    }
+
     /// Health for readiness.
     fn health(&self) -> BrokerHealth {
         BrokerHealth::Up
