@@ -8,23 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_tests::{Client, Gateway, admin_plugins, repo_root, scratch_dir, target_dir};
+use switchyard_tests::{Client, Gateway, admin_plugins, scratch_dir, test_plugin};
 use tokio_tungstenite::tungstenite::Message;
 
-/// A test guest, after (re)building them once per test process (an incremental
-/// no-op when nothing changed).
 fn fixture(name: &str) -> PathBuf {
-    static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let ok = std::process::Command::new(repo_root().join("tests/fixtures/plugins/build.sh"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "tests/fixtures/plugins/build.sh failed");
-    });
-    target_dir()
-        .join("test-plugins")
-        .join(format!("{name}.wasm"))
+    test_plugin(name)
 }
 
 /// Puts `bytes` in place as `<name>.wasm` atomically (write + rename), as a deploy would.

@@ -1,6 +1,7 @@
 //! Integration-test harness: spawns the real `switchyard` binary on a free
 //! loopback port and talks to it with real WebSocket and HTTP clients.
 
+pub mod doc;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};
@@ -566,4 +567,20 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
         let rest = l.strip_prefix(series)?.strip_prefix(' ')?;
         rest.split_whitespace().next()?.parse().ok()
     })
+}
+
+/// A test guest from `tests/fixtures/plugins`, after (re)building them once per
+/// test process (an incremental no-op when nothing changed).
+pub fn test_plugin(name: &str) -> PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let ok = std::process::Command::new(repo_root().join("tests/fixtures/plugins/build.sh"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "tests/fixtures/plugins/build.sh failed");
+    });
+    target_dir()
+        .join("test-plugins")
+        .join(format!("{name}.wasm"))
 }

@@ -1,15 +1,11 @@
-//! `lww-merge`: a last-writer-wins JSON map with a timestamp per key, as the
-//! merge role's `document` resource.
+//! `lww-merge`: the last-writer-wins JSON map of DESIGN §2b as the merge
+//! role's `document` resource — the same wire format and results as the
+//! gateway's built-in merge policy, so a tenant can swap one for the other.
 //!
-//! Update (and snapshot) format, JSON: an object mapping each key to an entry
-//! `{"value": <any JSON>, "ts": <u64>, "by": "<writer id>"}`. `value: null`
-//! deletes the key (a tombstone is kept so older writes stay beaten). An entry
-//! wins over the stored one when `(ts, by)` is greater (ties on both: the greater
-//! JSON text of the value, so every replica converges). `ts` may be omitted: the
-//! document then stamps it with its Lamport clock (highest `ts` seen + 1), and
-//! `by` defaults to `""`. `apply` returns the entries that won, stamped — or
-//! nothing when none did. State vector: `{"max_ts": N}`; diff: the entries with
-//! `ts > N`. Config: `max_keys` (default 10000).
+//! Update: a JSON object; each key is set to its value, `null` deletes it.
+//! `apply` returns the keys whose value changed (nothing when none did). A
+//! snapshot is the whole object. There are no state vectors: `diff` refuses,
+//! and the gateway sends a snapshot instead. Config: `max_keys` (default 10000).
 
 mod lww;
 
@@ -48,11 +44,13 @@ impl Document for LwwDocument {
     }
 
     fn state_vector(&self) -> Vec<u8> {
-        self.0.state_vector()
+        Vec::new()
     }
 
-    fn diff(&self, state_vector: &[u8]) -> Result<Vec<u8>, MergeError> {
-        self.0.diff(state_vector)
+    fn diff(&self, _state_vector: &[u8]) -> Result<Vec<u8>, MergeError> {
+        Err(MergeError::Invalid(
+            "lww-merge has no state vectors; subscribe without one for a snapshot".into(),
+        ))
     }
 }
 

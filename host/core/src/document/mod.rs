@@ -407,7 +407,8 @@ impl Documents {
         let mut head = Vec::new();
         let resumed = since
             .filter(|p| *p.epoch == *live.epoch)
-            .and_then(|p| live.entries_after(p.version));
+            .map(|p| p.version)
+            .filter(|v| live.entries_after(*v).is_some());
         let recovered = resumed.is_some();
         head.push(out(encode::subscribed_document(
             id,
@@ -416,12 +417,18 @@ impl Documents {
             live.version,
             recovered,
         )));
-        if let Some(entries) = resumed {
+        if let Some(entries) = resumed.and_then(|v| live.entries_after(v)) {
             head.extend(entries.map(|e| out(patch_frame(channel, &live.epoch, e))));
         } else {
-            let diff = match state_vector {
-                Some(sv) => live.replica.diff(sv).map_err(merge_error)?,
-                None => None,
+            // A policy without state vectors (or a bad one) gets a snapshot.
+            let diff = match state_vector.map(|sv| live.replica.diff(sv)) {
+                Some(Ok(d)) => d,
+                Some(Err(MergeError::Failed(m))) => {
+                    tracing::warn!(channel = %key.channel, error = %m, "diff failed; rebuilding the replica");
+                    live.rebuild()?;
+                    None
+                }
+                Some(Err(_)) | None => None,
             };
             let frame = match diff {
                 Some(d) => state_frame(channel, live, Kind::Diff, d),
