@@ -3,7 +3,9 @@
 //! WebSocket, forced SSE and long-poll round trips, fallback when WebSocket
 //! (and SSE) are blocked, resume after a dropped connection (recovered:true),
 //! SIGKILL + restart on the same port (backoff, recovered:false) and a SIGTERM
-//! drain handing over to the next process on the port. The scenarios live in
+//! drain handing over to the next process on the port; document channels (two
+//! pages converging on one LWW document, an offline page resuming by version
+//! with its edits applied once, `unsupported` over SSE). The scenarios live in
 //! `tests/js/browser.test.mjs`; this test owns the gateway processes and
 //! restarts them when the script asks (`CONTROL kill|drain` on its stdout,
 //! `ok` on its stdin). It also runs the SDK's `node --test` unit tests and
@@ -36,6 +38,9 @@ const SCENARIOS: &[&str] = &[
     "refused-origin-stops",
     "kill-restart-unrecovered",
     "drain-reconnect",
+    "document-converge",
+    "document-offline-resume",
+    "document-unsupported-sse",
 ];
 
 /// Longest the whole browser script may run before it is killed.
@@ -90,6 +95,7 @@ reconnect_in = "2s"
 origins = ["http://127.0.0.1:{page_port}"]
 history_size = 100
 history_ttl = "5m"
+documents = ["doc:*"]
 "#
     )
 }
@@ -100,6 +106,7 @@ fn client_sdk_unit_tests() {
     let out = Command::new(node())
         .arg("--test")
         .arg(root.join("sdk/client-js/test/unit.test.js"))
+        .arg(root.join("sdk/client-js/test/documents.test.js"))
         .current_dir(&root)
         .output()
         .expect("run node --test (is node installed?)");

@@ -6,7 +6,8 @@
 //   CHROMIUM     browser binary (default /usr/bin/chromium)
 // Gateway restarts are asked of the driver on stdout ("CONTROL kill" /
 // "CONTROL drain"); it answers "ok" on stdin once the new process is up on the
-// same port. Each passed scenario prints "PASS <name>".
+// same port. Each passed scenario prints "PASS <name>". The gateway's tenant
+// declares `documents = ["doc:*"]` for the document-channel scenarios.
 import assert from 'node:assert/strict';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -297,6 +298,181 @@ async function drainAndReplace() {
   await closePage(a);
 }
 
+// ---- document channels ----
+
+/**
+ * Opens a demo page over WebSocket and the document `channel` in it
+ * (`window.docTest = {doc, log}`, `log` = every applied change); resolves
+ * once the first snapshot is applied.
+ */
+async function openDocPage(channel, setup) {
+  const page = await openDemo('transports=websocket', setup);
+  await page.evaluate(async (ch) => {
+    const log = [];
+    const doc = window.demo.client.document(ch, {
+      onChange: (state, c) => log.push({ kind: c.kind, version: c.version, msgId: c.msgId, clientId: c.clientId, delta: c.delta }),
+    });
+    window.docTest = { doc, log };
+    await doc.ready;
+  }, channel);
+  return page;
+}
+
+const docOf = (page) => page.evaluate(() => ({ state: window.docTest.doc.state, version: window.docTest.doc.version, epoch: window.docTest.doc.epoch }));
+const docLog = (page) => page.evaluate(() => window.docTest.log);
+const patchDoc = (page, delta) => page.evaluate((d) => window.docTest.doc.patch(d), delta);
+const docAt = (page, version) => page.waitForFunction((v) => window.docTest.doc.version >= v, version);
+
+/** A page's change log is one snapshot, then patches at consecutive versions, each msgId once. */
+function assertCleanLog(log, who) {
+  assert.equal(log[0]?.kind, 'snapshot', `${who}: starts with the snapshot`);
+  const patches = log.slice(1);
+  assert.ok(patches.every((c) => c.kind === 'patch'), `${who}: one snapshot only (resumed by version): ${JSON.stringify(log.map((c) => c.kind))}`);
+  patches.forEach((c, i) => assert.equal(c.version, log[0].version + i + 1, `${who}: consecutive versions`));
+  const ids = patches.map((c) => c.msgId);
+  assert.equal(new Set(ids).size, ids.length, `${who}: no patch applied twice`);
+}
+
+/** Two pages edit one LWW document at once and end with the same state; a late joiner's snapshot matches. */
+async function documentConverge() {
+  const channel = `doc:conv-${Date.now()}`;
+  const a = await openDocPage(channel);
+  const b = await openDocPage(channel);
+  const start = await docOf(a);
+  assert.equal(start.version, (await docOf(b)).version);
+  assert.deepEqual(start.state, {});
+  // 20 patches from each page without waiting for acks: shared keys, own keys, deletes.
+  const edit = (page, who) =>
+    page.evaluate(async (who) => {
+      const { doc } = window.docTest;
+      const acks = [];
+      for (let i = 0; i < 20; i++) {
+        const d = { [`k${i % 5}`]: `${who}${i}`, [`${who}${i}`]: i };
+        if (i % 7 === 6) d[`k${(i + 1) % 5}`] = null;
+        acks.push(doc.patch(d));
+      }
+      return Promise.all(acks);
+    }, who);
+  const [va, vb] = await Promise.all([edit(a, 'a'), edit(b, 'b')]);
+  const all = [...va, ...vb];
+  assert.equal(new Set(all).size, 40, `every patch changed the document: its own version (${all})`);
+  const top = Math.max(...all);
+  assert.equal(top, start.version + 40);
+  for (const p of [a, b]) await docAt(p, top);
+  const [da, db] = [await docOf(a), await docOf(b)];
+  assert.equal(da.version, top);
+  assert.equal(db.version, top);
+  assert.deepEqual(da.state, db.state, 'both replicas converged');
+  for (let i = 0; i < 20; i++) {
+    assert.equal(da.state[`a${i}`], i);
+    assert.equal(da.state[`b${i}`], i);
+  }
+  assertCleanLog(await docLog(a), 'a');
+  assertCleanLog(await docLog(b), 'b');
+  // Each page's own acks match the versions its broadcasts arrived at.
+  const ownVersions = (log, id) => log.filter((c) => c.clientId === id).map((c) => c.version).sort((x, y) => x - y);
+  const idA = await a.evaluate(() => window.demo.client.clientId);
+  assert.deepEqual(ownVersions(await docLog(b), idA), [...va].sort((x, y) => x - y), "b saw a's patches at a's acked versions");
+  // A late joiner gets one snapshot equal to the converged state.
+  const c = await openDocPage(channel);
+  const dc = await docOf(c);
+  assert.equal(dc.version, top);
+  assert.deepEqual(dc.state, da.state, 'the snapshot is the converged state');
+  for (const p of [a, b, c]) await closePage(p);
+}
+
+/**
+ * One page goes offline (its WebSocket cut and reconnects refused), edits,
+ * comes back: it resumes by version, its offline edits are applied once
+ * (including the one whose ack was lost when the connection dropped) and
+ * both pages converge.
+ */
+async function documentOfflineResume() {
+  const channel = `doc:off-${Date.now()}`;
+  const net = { offline: false };
+  const a = await openDocPage(channel);
+  const b = await openDocPage(channel, (page) =>
+    page.routeWebSocket(/\/ws/, (ws) => {
+      if (net.offline) ws.close(); // like the fallback scenarios: the upgrade fails
+      else ws.connectToServer();
+    }));
+  const idB = await b.evaluate(() => window.demo.client.clientId);
+  const v1 = await patchDoc(a, { shared: 'a0', a0: 1 });
+  await docAt(b, v1);
+  await b.evaluate(() => {
+    window.demo.events.length = 0;
+  });
+
+  // Offline: the patch frame is on the wire, its ack will not reach b.
+  net.offline = true;
+  await b.evaluate(() => {
+    const { doc } = window.docTest;
+    window.docTest.lostAck = doc.patch({ lost: true });
+    window.demo.client.simulateConnectionLoss();
+    window.docTest.offline = [doc.patch({ shared: 'b-offline', off1: 1 }), doc.patch({ a0: null }), doc.patch({ off2: 2 })];
+  });
+  assert.equal(await b.evaluate(() => window.demo.client.state), 'reconnecting');
+  await patchDoc(a, { shared: 'a-during', a1: 1 });
+  // The lost-ack patch reached the gateway: a saw it while b was away.
+  await a.waitForFunction((id) => window.docTest.log.some((c) => c.clientId === id && c.delta?.lost === true), idB);
+  // Stay offline until b's client has failed a reconnect attempt.
+  await b.waitForFunction(() => window.demo.events.filter((e) => e.event === 'reconnecting').length >= 2, null, { timeout: 20_000 });
+  assert.equal(await b.evaluate(() => window.demo.client.state), 'reconnecting', 'still offline');
+  assert.equal((await docOf(b)).version, v1, 'b saw nothing while offline');
+  net.offline = false;
+
+  await b.waitForFunction(() => window.demo.events.some((e) => e.event === 'recovery' && e.document), null, { timeout: 20_000 });
+  const rec = (await events(b)).find((e) => e.event === 'recovery');
+  assert.equal(rec.recovered, true, `resumed by version: ${JSON.stringify(rec)}`);
+  assert.equal(rec.channel, channel);
+  const [lostV, ...offV] = await b.evaluate(() => Promise.all([window.docTest.lostAck, ...window.docTest.offline]));
+  const seenLost = (await docLog(a)).find((c) => c.clientId === idB && c.delta?.lost === true);
+  assert.equal(lostV, seenLost.version, 'the resent patch was acked with its original version');
+  assert.deepEqual(offV, [offV[0], offV[0] + 1, offV[0] + 2], `offline patches applied in order: ${offV}`);
+  const vAfter = await patchDoc(a, { a2: 'after' });
+  assert.equal(vAfter, offV[2] + 1);
+  for (const p of [a, b]) await docAt(p, vAfter);
+  const [da, db] = [await docOf(a), await docOf(b)];
+  assert.deepEqual(db, da, 'both pages converged');
+  assert.equal(da.version, v1 + 6, 'six patches after v1: lost-ack, a-during, three offline, after (none twice)');
+  assert.equal(da.state.lost, true);
+  assert.equal(da.state.off1, 1);
+  assert.equal(da.state.off2, 2);
+  assert.equal(da.state.a1, 1);
+  assert.equal(da.state.a2, 'after');
+  assert.ok(!('a0' in da.state), "b's offline delete of a0 applied");
+  assert.ok(['b-offline', 'a-during'].includes(da.state.shared), da.state.shared);
+  const logA = await docLog(a);
+  const logB = await docLog(b);
+  assertCleanLog(logA, 'a');
+  assertCleanLog(logB, 'b');
+  assert.equal(logA.filter((c) => c.clientId === idB).length, 4, "a applied each of b's four patches once");
+  assert.deepEqual(logB.map((c) => c.version), logA.map((c) => c.version), 'b replayed exactly the versions it missed');
+  await closePage(a);
+  await closePage(b);
+}
+
+/** Document channels are WebSocket-only: over SSE the subscribe is refused with `unsupported`, and the client says so. */
+async function documentUnsupportedOverSse() {
+  const page = await openDemo('transports=sse');
+  const channel = `doc:sse-${Date.now()}`;
+  const got = await page.evaluate(async (ch) => {
+    const errors = [];
+    window.demo.client.on('error', (e) => errors.push({ code: e.error.code, channel: e.channel }));
+    const doc = window.demo.client.document(ch);
+    const patched = doc.patch({ a: 1 }).catch((e) => e.code);
+    try {
+      await doc.ready;
+      return { ready: 'resolved' };
+    } catch (e) {
+      return { code: e.code, closed: doc.closed, patch: await patched, errors };
+    }
+  }, channel);
+  assert.deepEqual(got, { code: 'unsupported', closed: true, patch: 'unsupported', errors: [{ code: 'unsupported', channel }] });
+  assert.equal(await page.evaluate(() => window.demo.client.state), 'open', 'the connection stays up');
+  await closePage(page);
+}
+
 const scenarios = [
   ['websocket-roundtrip', () => roundTrip('', 'websocket')],
   ['sse-roundtrip', async () => {
@@ -323,6 +499,9 @@ const scenarios = [
   ['refused-origin-stops', refusedOriginStops],
   ['kill-restart-unrecovered', killAndRestart],
   ['drain-reconnect', drainAndReplace],
+  ['document-converge', documentConverge],
+  ['document-offline-resume', documentOfflineResume],
+  ['document-unsupported-sse', documentUnsupportedOverSse],
 ];
 
 let failed = false;
@@ -355,6 +534,8 @@ try {
       for (const p of pages) {
         const ev = await p.evaluate(() => window.demo?.events).catch(() => null);
         console.log(`  page events: ${JSON.stringify(ev)}`);
+        const doc = await p.evaluate(() => window.docTest && { version: window.docTest.doc.version, log: window.docTest.log }).catch(() => null);
+        if (doc) console.log(`  document: ${JSON.stringify(doc)}`);
         await p.close().catch(() => {});
       }
       pages.clear();
