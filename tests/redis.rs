@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchyard_tests::doc::{self, Got, SNAPSHOT};
 use switchyard_tests::redis::RedisServer;
 use switchyard_tests::{Client, Gateway};
 
@@ -24,6 +25,7 @@ presence_ttl = "{presence_ttl}"
 
 [tenants.default]
 api_keys = ["{KEY}"]
+documents = ["doc:*"]
 history_size = 100
 history_ttl = "5m"
 "#,
@@ -570,4 +572,200 @@ async fn graceful_stop_withdraws_presence_and_directory_at_once() {
         redis.cmd(&["EXISTS", "sy:dir:{default:dave}"]).int(),
         Some(0)
     );
+}
+
+/// One editor's view of a document: its copy, its version, and its acks.
+struct Editor {
+    c: Client,
+    state: serde_json::Map<String, Value>,
+    version: i64,
+    epoch: String,
+    acked: usize,
+}
+
+impl Editor {
+    async fn open(gw: &Gateway, id: &str, channel: &str) -> Editor {
+        let mut c = client(gw, id).await;
+        let (sub, snap) = c.subscribe_doc(1, channel, None).await;
+        let snap = snap.expect("snapshot");
+        let mut state = serde_json::Map::new();
+        doc::apply_lww(&mut state, &snap);
+        Editor {
+            c,
+            state,
+            version: snap.version,
+            epoch: sub["epoch"].as_str().expect("epoch").to_owned(),
+            acked: 0,
+        }
+    }
+
+    /// Reads one frame: applies a patch (versions must be gapless), counts an ack.
+    async fn step(&mut self) {
+        match self.c.recv_got().await {
+            Got::Json(v) if v["type"] == "ack" => self.acked += 1,
+            Got::Json(v) => panic!("unexpected reply {v}"),
+            Got::Patch(p) if p.kind == SNAPSHOT => {
+                // A new epoch (the store was re-seeded): the whole state again.
+                self.epoch = p.epoch.clone();
+                self.version = p.version;
+                doc::apply_lww(&mut self.state, &p);
+            }
+            Got::Patch(p) => {
+                assert_eq!(p.version, self.version + 1, "gapless, no duplicate: {p:?}");
+                assert_eq!(p.epoch, self.epoch);
+                self.version = p.version;
+                doc::apply_lww(&mut self.state, &p);
+            }
+        }
+    }
+}
+
+async fn document_state(gw: &Gateway, channel: &str) -> Value {
+    let auth = format!("Bearer {KEY}");
+    let (st, body) = switchyard_tests::http(
+        gw.addr,
+        "GET",
+        &format!("/api/documents/{channel}"),
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_editors_on_two_nodes_converge_on_one_version_sequence() {
+    let redis = RedisServer::start();
+    let a = start("node-a", &[&redis]);
+    let b = start("node-b", &[&redis]);
+    for gw in [&a, &b] {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    const EDITORS: usize = 6;
+    const EACH: usize = 30;
+    let mut eds = Vec::new();
+    for i in 0..EDITORS {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        eds.push(Editor::open(gw, &format!("ed-{i}"), "doc:shared").await);
+    }
+    // Everyone patches overlapping keys at once, without waiting for acks.
+    for j in 0..EACH {
+        for (i, e) in eds.iter_mut().enumerate() {
+            let delta = json!({ format!("k{}", j % 4): format!("{i}-{j}"), format!("own{i}"): j });
+            e.c.send_patch((j + 1) as u64, "doc:shared", &delta, &format!("ed{i}-{j}"))
+                .await;
+        }
+    }
+    let total = (EDITORS * EACH) as i64;
+    for e in &mut eds {
+        while e.acked < EACH || e.version < total {
+            e.step().await;
+        }
+        assert_eq!(e.version, total, "every patch made a version");
+    }
+    let first = Value::Object(eds[0].state.clone());
+    for e in &eds {
+        assert_eq!(
+            Value::Object(e.state.clone()),
+            first,
+            "every client converged"
+        );
+    }
+    for i in 0..EDITORS {
+        assert_eq!(first[format!("own{i}")], json!(EACH - 1));
+    }
+    for gw in [&a, &b] {
+        let fresh = Editor::open(gw, "late", "doc:shared").await;
+        assert_eq!(
+            Value::Object(fresh.state),
+            first,
+            "a fresh snapshot on each node"
+        );
+        assert_eq!(fresh.version, total);
+        let v = document_state(gw, "doc:shared").await;
+        assert_eq!(
+            (v["version"].clone(), v["state"].clone()),
+            (json!(total), first.clone())
+        );
+    }
+    // A restarted gateway (a new process) finds state and version in Redis.
+    let mut a = a;
+    a.kill();
+    let a2 = start("node-a", &[&redis]);
+    until("a2 ready", Duration::from_secs(15), async || {
+        ready(&a2).await
+    })
+    .await;
+    let v = document_state(&a2, "doc:shared").await;
+    assert_eq!(
+        (v["version"].clone(), v["state"].clone()),
+        (json!(total), first)
+    );
+    assert_eq!(
+        v["epoch"],
+        json!(eds[0].epoch),
+        "same epoch: nothing was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_outlives_a_redis_restart_reseeded_from_a_live_replica() {
+    let mut redis = RedisServer::start();
+    let a = start("node-a", &[&redis]);
+    let b = start("node-b", &[&redis]);
+    for gw in [&a, &b] {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    let mut sub = Editor::open(&b, "sub", "doc:r").await;
+    for i in 0..3 {
+        let (st, body) = a
+            .post_json(
+                "/api/documents/doc:r",
+                Some(KEY),
+                &json!({"delta": {format!("k{i}"): i}}).to_string(),
+            )
+            .await;
+        assert_eq!(st, 200, "{body}");
+    }
+    while sub.version < 3 {
+        sub.step().await;
+    }
+    let before = Value::Object(sub.state.clone());
+    let old_epoch = sub.epoch.clone();
+    redis.restart();
+    for gw in [&a, &b] {
+        until("ready again", Duration::from_secs(20), async || {
+            ready(gw).await
+        })
+        .await;
+    }
+    // The subscriber is told: a SNAPSHOT in a new epoch, the same state and version.
+    while sub.epoch == old_epoch {
+        sub.step().await;
+    }
+    assert_eq!(Value::Object(sub.state.clone()), before);
+    assert_eq!(sub.version, 3);
+    let v = document_state(&a, "doc:r").await;
+    assert_eq!(
+        (v["version"].clone(), v["state"].clone()),
+        (json!(3), before)
+    );
+    assert_eq!(v["epoch"], json!(sub.epoch));
+    // And the document goes on from there, on both nodes.
+    let (st, body) = a
+        .post_json(
+            "/api/documents/doc:r",
+            Some(KEY),
+            r#"{"delta":{"after":true}}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"version\":4"), "{body}");
+    while sub.version < 4 {
+        sub.step().await;
+    }
+    assert_eq!(sub.state["after"], json!(true));
+    a.wait_metric_value("switchyard_documents_open", |n| n >= 1.0)
+        .await;
 }

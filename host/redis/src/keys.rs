@@ -41,14 +41,40 @@ impl ChannelKeys {
     }
 }
 
-/// Pub/sub channel name of `key`.
-pub fn live_channel(key: &ChannelKey) -> String {
-    format!("{PREFIX}:{{{}:{}}}:live", key.tenant, key.channel)
+/// The keys of one document channel (same hash tag as its channel keys).
+#[derive(Debug, Clone)]
+pub struct DocKeys {
+    /// Hash: `epoch`, `version`, `snap_version`, `snap_lamport`, `snapshot`.
+    pub state: String,
+    /// List of encoded entries, oldest first.
+    pub log: String,
+    /// Sorted set msg_id → version.
+    pub ids: String,
+    /// Pub/sub channel of appended entries.
+    pub live: String,
 }
 
-/// Parses a pub/sub channel name back into its channel key.
-pub fn parse_live_channel(name: &str) -> Option<ChannelKey> {
-    let inner = name.strip_prefix("sy:{")?.strip_suffix("}:live")?;
+impl DocKeys {
+    /// Keys of document `key`.
+    pub fn new(key: &ChannelKey) -> Self {
+        let tag = format!("{PREFIX}:{{{}:{}}}", key.tenant, key.channel);
+        Self {
+            state: format!("{tag}:doc"),
+            log: format!("{tag}:doclog"),
+            ids: format!("{tag}:docids"),
+            live: format!("{tag}:doclive"),
+        }
+    }
+}
+
+/// Parses a document pub/sub channel name back into its channel key.
+pub fn parse_doc_live(name: &str) -> Option<ChannelKey> {
+    parse_tagged(name, "}:doclive")
+}
+
+/// `sy:{tenant:channel}<suffix>` → the channel key, when both parts are valid.
+fn parse_tagged(name: &str, suffix: &str) -> Option<ChannelKey> {
+    let inner = name.strip_prefix("sy:{")?.strip_suffix(suffix)?;
     let (tenant, channel) = inner.split_once(':')?;
     if !switchyard_core::channel::valid_tenant(tenant)
         || switchyard_core::channel::validate(channel).is_err()
@@ -56,6 +82,16 @@ pub fn parse_live_channel(name: &str) -> Option<ChannelKey> {
         return None;
     }
     Some(ChannelKey::new(tenant, channel))
+}
+
+/// Pub/sub channel name of `key`.
+pub fn live_channel(key: &ChannelKey) -> String {
+    format!("{PREFIX}:{{{}:{}}}:live", key.tenant, key.channel)
+}
+
+/// Parses a pub/sub channel name back into its channel key.
+pub fn parse_live_channel(name: &str) -> Option<ChannelKey> {
+    parse_tagged(name, "}:live")
 }
 
 /// Directory hash of a client: node → expiry (ms since the epoch, Redis clock).
@@ -71,6 +107,14 @@ pub fn inbox(node: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn doc_live_channel_round_trips() {
+        let k = ChannelKey::new("acme", "doc:a");
+        assert_eq!(parse_doc_live(&DocKeys::new(&k).live), Some(k.clone()));
+        assert_eq!(parse_doc_live(&live_channel(&k)), None);
+        assert_eq!(parse_live_channel(&DocKeys::new(&k).live), None);
+    }
 
     #[test]
     fn live_channel_round_trips() {

@@ -9,10 +9,13 @@
 //! - **Directed delivery**: a client directory plus one inbox stream per node,
 //!   consumed through a consumer group and acknowledged after the write ([`inbox`]).
 //! - **Presence**: per-node hashes with TTL ([`presence`]).
+//! - **Documents**: snapshots, a compare-and-append log and live entries for
+//!   document channels ([`documents`]).
 //! - **Sharding**: jump consistent hash over `broker.redis_urls` ([`sharding`]).
 
 pub mod codec;
 pub mod directory;
+pub mod documents;
 pub mod inbox;
 pub mod keys;
 pub mod presence;
@@ -43,6 +46,7 @@ use tokio::task::JoinHandle;
 
 use crate::codec::instant_of;
 use crate::directory::Directory;
+use crate::documents::RedisDocumentLog;
 use crate::inbox::{Inbox, InboxMetrics};
 use crate::keys::ChannelKeys;
 use crate::presence::Presence;
@@ -77,6 +81,7 @@ pub struct RedisBroker {
     shards: Arc<[Arc<Shard>]>,
     directory: Arc<Directory>,
     presence: Arc<Presence>,
+    documents: Arc<RedisDocumentLog>,
     stop: watch::Sender<bool>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// How long a directed message waits on its node for the client.
@@ -148,11 +153,13 @@ impl RedisBroker {
         let (stop, stop_rx) = watch::channel(false);
         let directory = Arc::new(Directory::new(shards.clone(), hub.clone(), presence_ttl));
         let presence = Arc::new(Presence::new(shards.clone(), hub.clone(), presence_ttl));
+        let (documents, doc_events) = RedisDocumentLog::new(shards.clone());
         let mut tasks = Vec::new();
         for shard in shards.iter() {
             tasks.push(tokio::spawn(subscriptions::run(
                 shard.clone(),
                 hub.clone(),
+                doc_events.clone(),
                 reconnects.clone(),
                 stop_rx.clone(),
             )));
@@ -173,6 +180,7 @@ impl RedisBroker {
             shards,
             directory,
             presence,
+            documents,
             stop,
             tasks: Mutex::new(tasks),
             retention,
@@ -343,6 +351,10 @@ impl Broker for RedisBroker {
 
     async fn presence(&self, key: &ChannelKey) -> Result<Vec<PresenceEntry>, BrokerError> {
         self.presence.list(key).await
+    }
+
+    fn document_log(&self) -> Option<Arc<dyn switchyard_core::document::log::DocumentLog>> {
+        Some(self.documents.clone())
     }
 
     fn health(&self) -> BrokerHealth {

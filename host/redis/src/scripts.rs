@@ -180,6 +180,138 @@ pub async fn ensure_loaded(
         .map(|_| ())
 }
 
+/// Document load: creates the document (new epoch, version 0) when absent.
+///
+/// KEYS: doc, doclog, docids. ARGV: new epoch.
+/// Returns `{epoch, version, snap_version, snap_lamport, snapshot, entries after
+/// snap_version, msg_id/version pairs}`.
+pub static DOC_LOAD: LazyLock<Script> = LazyLock::new(|| Script::new(DOC_LOAD_SRC));
+
+const DOC_LOAD_SRC: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[1], 'epoch', epoch, 'version', 0, 'snap_version', 0, 'snap_lamport', 0, 'snapshot', '')
+end
+local st = redis.call('HMGET', KEYS[1], 'version', 'snap_version', 'snap_lamport', 'snapshot')
+local head = tonumber(st[1])
+local n = redis.call('LLEN', KEYS[2])
+local after = head - tonumber(st[2])
+local log = {}
+if after > 0 then
+  log = redis.call('LRANGE', KEYS[2], math.max(n - after, 0), -1)
+end
+local ids = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+return {epoch, head, tonumber(st[2]), tonumber(st[3]), st[4], log, ids}
+"#;
+
+/// Document compare-and-append: the entry becomes version `head + 1` of the
+/// caller's epoch, or nothing is written.
+///
+/// KEYS: doc, doclog, docids. ARGV: epoch, version, entry, msg_id (`""` =
+/// none), log_len, dedupe window, live pub/sub channel.
+/// Returns `{"ok"}`, `{"dup", version}`, `{"behind", entries the caller
+/// misses}`, `{"far"}` (the log no longer reaches back) or `{"epoch"}`.
+pub static DOC_APPEND: LazyLock<Script> = LazyLock::new(|| Script::new(DOC_APPEND_SRC));
+
+const DOC_APPEND_SRC: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'snap_version')
+if not st[1] or st[1] ~= ARGV[1] then
+  return {'epoch'}
+end
+local head = tonumber(st[2])
+if ARGV[4] ~= '' then
+  local prev = redis.call('ZSCORE', KEYS[3], ARGV[4])
+  if prev then
+    return {'dup', tonumber(prev)}
+  end
+end
+local want = tonumber(ARGV[2])
+if want ~= head + 1 then
+  local n = redis.call('LLEN', KEYS[2])
+  local missing = head - want + 1
+  if missing < 0 or missing > n then
+    return {'far'}
+  end
+  return {'behind', redis.call('LRANGE', KEYS[2], n - missing, -1)}
+end
+redis.call('HSET', KEYS[1], 'version', want)
+local n = redis.call('RPUSH', KEYS[2], ARGV[3])
+local first = want - n + 1
+local covered = tonumber(st[3]) - first + 1
+local drop = math.min(n - tonumber(ARGV[5]), covered)
+if drop > 0 then
+  redis.call('LTRIM', KEYS[2], drop, -1)
+end
+if ARGV[4] ~= '' then
+  redis.call('ZADD', KEYS[3], want, ARGV[4])
+  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, -(tonumber(ARGV[6]) + 1))
+end
+redis.call('PUBLISH', ARGV[7], ARGV[3])
+return {'ok'}
+"#;
+
+/// Document entries after a version.
+///
+/// KEYS: doc, doclog. ARGV: epoch, version.
+/// Returns `{1, entries}` or `{0}` (other epoch, or the log does not reach back).
+pub static DOC_READ_AFTER: LazyLock<Script> = LazyLock::new(|| Script::new(DOC_READ_AFTER_SRC));
+
+const DOC_READ_AFTER_SRC: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'epoch', 'version')
+if not st[1] or st[1] ~= ARGV[1] then
+  return {0}
+end
+local head = tonumber(st[2])
+local v = tonumber(ARGV[2])
+if v > head then
+  return {0}
+end
+local n = redis.call('LLEN', KEYS[2])
+local missing = head - v
+if missing > n then
+  return {0}
+end
+if missing == 0 then
+  return {1, {}}
+end
+return {1, redis.call('LRANGE', KEYS[2], n - missing, -1)}
+"#;
+
+/// Document compaction: the snapshot at a version (newer than the stored one).
+///
+/// KEYS: doc. ARGV: epoch, version, lamport, snapshot. Returns 1 when stored.
+pub static DOC_COMPACT: LazyLock<Script> = LazyLock::new(|| Script::new(DOC_COMPACT_SRC));
+
+const DOC_COMPACT_SRC: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'epoch', 'snap_version', 'version')
+if not st[1] or st[1] ~= ARGV[1] then
+  return 0
+end
+local v = tonumber(ARGV[2])
+if v <= tonumber(st[2]) or v > tonumber(st[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'snap_version', v, 'snap_lamport', ARGV[3], 'snapshot', ARGV[4])
+return 1
+"#;
+
+/// Document re-seed after Redis lost it: only into a fresh, empty epoch.
+///
+/// KEYS: doc, doclog. ARGV: epoch, version, lamport, snapshot. Returns 1 when seeded.
+pub static DOC_RESEED: LazyLock<Script> = LazyLock::new(|| Script::new(DOC_RESEED_SRC));
+
+const DOC_RESEED_SRC: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'epoch', 'version', 'snapshot')
+if not st[1] or st[1] ~= ARGV[1] or tonumber(st[2]) ~= 0 or st[3] ~= '' then
+  return 0
+end
+redis.call('DEL', KEYS[2])
+redis.call('HSET', KEYS[1], 'version', ARGV[2], 'snap_version', ARGV[2], 'snap_lamport', ARGV[3], 'snapshot', ARGV[4])
+return 1
+"#;
+
 /// The sources by hash (the `redis` crate does not expose a script's code).
 fn script_source(script: &Script) -> &'static str {
     static SOURCES: LazyLock<Vec<(&'static Script, &'static str)>> = LazyLock::new(|| {
@@ -190,6 +322,11 @@ fn script_source(script: &Script) -> &'static str {
             (&*DIRECTORY_GET, DIRECTORY_GET_SRC),
             (&*PRESENCE_GET, PRESENCE_GET_SRC),
             (&*PRESENCE_TOUCH, PRESENCE_TOUCH_SRC),
+            (&*DOC_LOAD, DOC_LOAD_SRC),
+            (&*DOC_APPEND, DOC_APPEND_SRC),
+            (&*DOC_READ_AFTER, DOC_READ_AFTER_SRC),
+            (&*DOC_COMPACT, DOC_COMPACT_SRC),
+            (&*DOC_RESEED, DOC_RESEED_SRC),
         ]
     });
     for (s, src) in SOURCES.iter() {

@@ -19,7 +19,9 @@ use switchyard_core::broker::BrokerError;
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::history::Message;
 use switchyard_core::hub::Hub;
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::documents::DocEvent;
 
 use crate::codec::{self, instant_of};
 use crate::keys::{self, ChannelKeys};
@@ -134,6 +136,16 @@ impl Subscriptions {
     }
 
     /// Channels with local subscribers (wanted).
+    /// Document channels wanted on this shard (resynced after a reconnect).
+    pub fn wanted_documents(&self) -> Vec<ChannelKey> {
+        self.table
+            .lock()
+            .wanted
+            .keys()
+            .filter_map(|n| keys::parse_doc_live(n))
+            .collect()
+    }
+
     pub fn wanted_count(&self) -> usize {
         self.table.lock().wanted.len()
     }
@@ -217,6 +229,7 @@ struct Track {
 pub async fn run(
     shard: Arc<Shard>,
     hub: Arc<Hub>,
+    docs: mpsc::Sender<DocEvent>,
     reconnects: Counter,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -256,6 +269,7 @@ pub async fn run(
         let reason = serve(
             &shard,
             &hub,
+            &docs,
             &mut sink,
             &mut stream,
             &mut tracks,
@@ -294,6 +308,7 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 async fn serve(
     shard: &Arc<Shard>,
     hub: &Arc<Hub>,
+    docs: &mpsc::Sender<DocEvent>,
     sink: &mut PubSubSink,
     stream: &mut PubSubStream,
     tracks: &mut HashMap<String, Track>,
@@ -322,12 +337,25 @@ async fn serve(
         if catch_up_needed {
             catch_up_needed = false;
             catch_up(shard, hub, tracks).await;
+            for key in shard.subs.wanted_documents() {
+                let _ = docs.send(DocEvent::Resync(key)).await;
+            }
         }
         tokio::select! {
             biased;
             _ = stop.changed() => return Exit::Stop,
             msg = stream.next() => match msg {
-                Some(msg) => deliver(hub, tracks, msg.get_channel_name(), msg.get_payload_bytes()),
+                Some(msg) => {
+                    let name = msg.get_channel_name();
+                    if let Some(key) = keys::parse_doc_live(name) {
+                        let ev = DocEvent::Entry(key, msg.get_payload_bytes().to_vec());
+                        if docs.try_send(ev).is_err() {
+                            tracing::warn!(channel = name, "document event queue full; the replica catches up on the next entry");
+                        }
+                    } else {
+                        deliver(hub, tracks, name, msg.get_payload_bytes());
+                    }
+                }
                 None => return Exit::Lost("stream ended".into()),
             },
             _ = shard.subs.wake.notified() => tokio::time::sleep(BATCH_WINDOW).await,

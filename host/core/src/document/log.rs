@@ -16,7 +16,7 @@
 //!   epoch, never as an old epoch with missing entries.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use crate::broker::BrokerError;
 use crate::channel::ChannelKey;
 use crate::dedupe::DedupeWindow;
+use crate::document::Documents;
 
 /// One accepted change, as the log keeps it and replicas apply it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +139,64 @@ pub trait DocumentLog: Send + Sync + 'static {
     /// This node dropped its replica of `key`.
     async fn unwatch(&self, key: &ChannelKey) {
         let _ = key;
+    }
+
+    /// Hands the log the engine it delivers other nodes' appends to
+    /// ([`Documents::apply_remote`]) and asks to resync after a reconnect
+    /// ([`Documents::resync`]). Called once, by [`Documents::new`].
+    fn attach(&self, docs: Weak<Documents>) {
+        let _ = docs;
+    }
+
+    /// The store lost the document (a new, empty `epoch` after a restart
+    /// without persistence) while this node still has its state: seeds the new
+    /// epoch with `snapshot` at `version`, unless another writer got there
+    /// first. Returns whether this call seeded it.
+    async fn reseed(
+        &self,
+        key: &ChannelKey,
+        epoch: &str,
+        version: u64,
+        lamport: u64,
+        snapshot: Bytes,
+    ) -> Result<bool, BrokerError> {
+        let _ = (key, epoch, version, lamport, snapshot);
+        Ok(false)
+    }
+}
+
+impl Entry {
+    /// The entry as bytes for a store or a pub/sub payload: a `StatePatch`
+    /// (kind PATCH) carrying the epoch.
+    pub fn encode(&self, epoch: &str) -> Vec<u8> {
+        use prost::Message as _;
+        super::frame::StatePatch {
+            version: i64::try_from(self.version).unwrap_or(i64::MAX),
+            delta: self.delta.clone(),
+            client_id: self.client_id.to_string(),
+            lamport: self.lamport,
+            msg_id: self.msg_id.as_deref().unwrap_or_default().to_owned(),
+            epoch: epoch.to_owned(),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    /// Decodes [`Entry::encode`]'s bytes: `(epoch, entry)`.
+    pub fn decode(bytes: &[u8]) -> Option<(String, Entry)> {
+        use prost::Message as _;
+        let p = super::frame::StatePatch::decode(bytes).ok()?;
+        let version = u64::try_from(p.version).ok().filter(|v| *v > 0)?;
+        Some((
+            p.epoch,
+            Entry {
+                version,
+                delta: p.delta,
+                client_id: Arc::from(p.client_id),
+                lamport: p.lamport,
+                msg_id: (!p.msg_id.is_empty()).then(|| Arc::from(p.msg_id)),
+            },
+        ))
     }
 }
 
@@ -321,6 +380,16 @@ mod tests {
             lamport: version,
             msg_id: msg_id.map(Arc::from),
         }
+    }
+
+    #[test]
+    fn entries_round_trip_through_bytes() {
+        let e = entry(7, Some("m"));
+        assert_eq!(Entry::decode(&e.encode("ep")), Some(("ep".to_owned(), e)));
+        let anon = entry(1, None);
+        assert_eq!(Entry::decode(&anon.encode("")).map(|(_, e)| e), Some(anon));
+        assert_eq!(Entry::decode(b"\xff\xff"), None);
+        assert_eq!(Entry::decode(&[]), None, "version 0 is no entry");
     }
 
     #[tokio::test]

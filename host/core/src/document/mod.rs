@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use serde_json::value::RawValue;
 
 use crate::backpressure::Outgoing;
@@ -37,8 +37,10 @@ use frame::{Kind, StatePatch};
 use log::{Appended, DocumentLog, Entry, LogOptions, Stored};
 
 /// Most times a patch is retried after losing the race for a version to
-/// another node before it is refused with `conflict`.
-const MAX_APPEND_RETRIES: usize = 8;
+/// another node before it is refused with `conflict`. From the second retry on
+/// the writer backs off a random 0..n ms, so two busy nodes do not keep
+/// colliding in lockstep.
+const MAX_APPEND_RETRIES: usize = 32;
 
 /// Bounds on documents (from `[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +227,8 @@ pub struct Documents {
     limits: DocLimits,
     max_patch_bytes: usize,
     slots: DashMap<ChannelKey, Slot>,
+    /// Documents this node asked the log to deliver (one `watch` each).
+    watched: DashSet<ChannelKey>,
 }
 
 impl std::fmt::Debug for Documents {
@@ -279,14 +283,17 @@ impl Documents {
         limits: DocLimits,
         max_patch_bytes: usize,
     ) -> Arc<Self> {
-        Arc::new(Self {
+        let docs = Arc::new(Self {
             log,
             hub,
             metrics,
             limits,
             max_patch_bytes,
             slots: DashMap::new(),
-        })
+            watched: DashSet::new(),
+        });
+        docs.log.attach(Arc::downgrade(&docs));
+        docs
     }
 
     /// Limits in force.
@@ -344,18 +351,27 @@ impl Documents {
             live.base_lamport = live.lamport;
             return Ok(());
         }
-        let first = self.slots.len() == 1;
-        self.log.watch(key).await?;
+        // Watch first: an append made while this loads is delivered after it.
+        if self.watched.insert(key.clone())
+            && let Err(e) = self.log.watch(key).await
+        {
+            self.watched.remove(key);
+            return Err(e.into());
+        }
         let stored = self.log.load(key, &self.opts()).await?;
         *guard = Some(self.open_stored(stored, policy)?);
-        if first {
-            tracing::debug!(channel = %key.channel, "document opened");
-        }
         self.metrics.documents_open.set(self.slots.len() as i64);
         Ok(())
     }
 
     fn open_stored(&self, s: Stored, policy: Arc<dyn MergePolicy>) -> Result<Live, DocError> {
+        for (expect, e) in (s.snapshot_version + 1..).zip(s.entries.iter()) {
+            if e.version != expect {
+                return Err(DocError::Internal(format!(
+                    "document log has a gap at version {expect}"
+                )));
+            }
+        }
         let replica = policy.open(&s.snapshot).map_err(merge_error)?;
         let mut live = Live {
             epoch: s.epoch.clone(),
@@ -465,7 +481,11 @@ impl Documents {
         }
         let slot = self.slot(key)?;
         let mut guard = slot.lock().await;
-        for _ in 0..MAX_APPEND_RETRIES {
+        for attempt in 0..MAX_APPEND_RETRIES {
+            if attempt >= 2 {
+                let ms = rand::random_range(0..=attempt as u64);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             self.ensure_loaded(key, tenant, &mut guard).await?;
             let Some(live) = guard.as_mut() else {
                 return Err(DocError::Internal("document not loaded".into()));
@@ -550,8 +570,8 @@ impl Documents {
                     }
                 }
                 Ok(Appended::EpochChanged) => {
-                    tracing::warn!(channel = %key.channel, "document epoch changed; reloading");
-                    *guard = None;
+                    live.rebuild()?;
+                    self.recover_epoch(key, &mut guard).await?;
                 }
                 Err(e) => {
                     live.rebuild()?;
@@ -620,29 +640,109 @@ impl Documents {
         let Some(live) = guard.as_mut() else {
             return;
         };
-        if *live.epoch != *epoch {
-            // History was lost and re-created: the next access reloads.
+        let entries = if *live.epoch != *epoch {
+            None
+        } else if entry.version <= live.version {
+            return;
+        } else if entry.version == live.version + 1 {
+            Some(vec![entry])
+        } else {
+            self.log
+                .read_after(key, epoch, live.version)
+                .await
+                .ok()
+                .flatten()
+        };
+        if let Some(entries) = entries
+            && self.catch_up(key, live, entries)
+        {
+            return;
+        }
+        if let Err(e) = self.recover_epoch(key, &mut guard).await {
+            tracing::warn!(channel = %key.channel, error = %e, "document replica dropped");
             *guard = None;
-            return;
         }
-        if entry.version <= live.version {
+    }
+
+    /// After a reconnect to the log: applies what this node missed, or, when
+    /// the log lost the document, re-seeds it from this replica.
+    pub async fn resync(&self, key: &ChannelKey) {
+        let Some(slot) = self.slots.get(key).map(|s| s.clone()) else {
             return;
-        }
-        let mut entries = Vec::new();
-        if entry.version > live.version + 1 {
-            match self.log.read_after(key, epoch, live.version).await {
-                Ok(Some(missing)) => entries = missing,
-                _ => {
-                    *guard = None;
+        };
+        let mut guard = slot.lock().await;
+        let Some(live) = guard.as_mut() else {
+            return;
+        };
+        match self.log.read_after(key, &live.epoch, live.version).await {
+            Ok(Some(entries)) => {
+                if self.catch_up(key, live, entries) {
                     return;
                 }
             }
-        } else {
-            entries.push(entry);
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(channel = %key.channel, error = %e, "document resync failed");
+                return;
+            }
         }
-        if !self.catch_up(key, live, entries) {
+        if let Err(e) = self.recover_epoch(key, &mut guard).await {
+            tracing::warn!(channel = %key.channel, error = %e, "document resync failed; dropping replica");
             *guard = None;
         }
+    }
+
+    /// The log's epoch or history is not what the replica follows: reload it,
+    /// or seed the log's fresh epoch with the replica's state when the log lost
+    /// the document. Local subscribers get a `SNAPSHOT` (with the new epoch).
+    async fn recover_epoch(
+        &self,
+        key: &ChannelKey,
+        guard: &mut Option<Live>,
+    ) -> Result<(), DocError> {
+        let Some(live) = guard.as_mut() else {
+            return Ok(());
+        };
+        let mut stored = self.log.load(key, &self.opts()).await?;
+        let lost = *stored.epoch != *live.epoch;
+        if lost && stored.version() == 0 && stored.snapshot.is_empty() {
+            let snapshot = Bytes::from(live.replica.snapshot().map_err(merge_error)?);
+            let seeded = self
+                .log
+                .reseed(
+                    key,
+                    &stored.epoch,
+                    live.version,
+                    live.lamport,
+                    snapshot.clone(),
+                )
+                .await?;
+            if seeded {
+                tracing::warn!(
+                    channel = %key.channel, version = live.version, epoch = %stored.epoch,
+                    "document store lost its history; re-seeded it from this node's replica"
+                );
+                live.epoch = stored.epoch.clone();
+                live.approx_bytes = snapshot.len();
+                live.base = snapshot.clone();
+                live.base_version = live.version;
+                live.base_lamport = live.lamport;
+                live.log.clear();
+                let frame = state_frame(&key.channel, live, Kind::Snapshot, snapshot.to_vec());
+                self.hub.deliver_outgoing(key, live.version, out(frame));
+                return Ok(());
+            }
+            stored = self.log.load(key, &self.opts()).await?;
+        }
+        if lost {
+            tracing::warn!(channel = %key.channel, epoch = %stored.epoch, "document epoch changed; reloading");
+        }
+        let policy = live.policy.clone();
+        *live = self.open_stored(stored, policy)?;
+        let snapshot = live.replica.snapshot().map_err(merge_error)?;
+        let frame = state_frame(&key.channel, live, Kind::Snapshot, snapshot);
+        self.hub.deliver_outgoing(key, live.version, out(frame));
+        Ok(())
     }
 
     async fn maybe_compact(&self, key: &ChannelKey, live: &mut Live) {
@@ -699,6 +799,9 @@ impl Documents {
         let now = Instant::now();
         let mut gone = Vec::new();
         self.slots.retain(|key, slot| {
+            if !self.watched.contains(key) && slot.try_lock().is_ok_and(|g| g.is_none()) {
+                return false;
+            }
             if self.hub.has_subscribers(key) {
                 return true;
             }
@@ -709,7 +812,7 @@ impl Documents {
                 now.saturating_duration_since(l.last_used)
             });
             let keep = idle_for < idle;
-            if !keep {
+            if !keep && self.watched.remove(key).is_some() {
                 gone.push(key.clone());
             }
             keep
