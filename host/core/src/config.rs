@@ -581,6 +581,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_example_configs_load() {
+        for (name, text) in [
+            (
+                "full.toml",
+                include_str!("../../../examples/configs/full.toml"),
+            ),
+            (
+                "demo.toml",
+                include_str!("../../../examples/configs/demo.toml"),
+            ),
+        ] {
+            let c = Config::from_toml(text).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(c.limits.document_max_bytes, 1 << 20, "{name}");
+        }
+        let demo =
+            Config::from_toml(include_str!("../../../examples/configs/demo.toml")).expect("demo");
+        assert_eq!(demo.tenants["demo"].documents, ["doc:*"]);
+    }
+
+    #[test]
+    fn document_limits_are_checked() {
+        for bad in [
+            "[limits]\ndocument_log_size = 0\n",
+            "[limits]\ndocuments_max_open = 0\n",
+            "[tenants.default]\ndocuments = [\"\"]\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn empty_config_has_defaults() {
         let c = Config::from_toml("").expect("defaults");
         assert_eq!(c.server.listen.to_string(), "127.0.0.1:8080");

@@ -256,7 +256,7 @@ fn main() {
                 req: jwt_req.clone(),
                 channel: "room:1",
                 route_channel: "chat:1",
-                update: br#"{"title":{"value":"hello","by":"alice"}}"#,
+                update: br#"{"title":"hello"}"#,
                 snapshot: b"",
             },
             &mut out,
