@@ -257,10 +257,11 @@ async fn malformed_input_gets_error_and_connection_lives() {
     c.send_json(json!({"type":"subscribe","id":43,"channel":"no colon"}))
         .await;
     assert_eq!(c.recv_json().await["code"], "bad_channel");
+    // A binary frame that is no StatePatch (document channels take those).
     c.send(Message::binary(vec![1u8, 2, 3]))
         .await
         .expect("send");
-    assert_eq!(c.recv_json().await["code"], "unsupported");
+    assert_eq!(c.recv_json().await["code"], "invalid");
     c.send_json(json!({"type":"ping","id":44})).await;
     assert_eq!(c.recv_json().await, json!({"type":"pong","id":44}));
 }

@@ -769,3 +769,73 @@ async fn a_document_outlives_a_redis_restart_reseeded_from_a_live_replica() {
     a.wait_metric_value("switchyard_documents_open", |n| n >= 1.0)
         .await;
 }
+
+/// Publishes `data` on `channel` over `gw`'s HTTP API until it is accepted
+/// (503 while the broker reconnects); returns the acknowledged seq.
+async fn publish_until_accepted(gw: &Gateway, channel: &str, data: Value) -> u64 {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, reply) = gw.post_json("/api/publish", Some(KEY), &body).await;
+        if st == 200 {
+            let v: Value = serde_json::from_str(&reply).expect("json");
+            return v["seq"].as_u64().expect("seq");
+        }
+        assert_eq!(st, 503, "only unavailable while Redis is back: {reply}");
+        assert!(Instant::now() < deadline, "publish never accepted again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Issue 17: acknowledged publishes of a new epoch (Redis lost its data) all
+/// reach a subscriber that stayed connected, in order, whichever connection of
+/// its node comes back first.
+async fn new_epoch_messages_reach_a_connected_subscriber(same_node: bool) {
+    let mut redis = RedisServer::start();
+    let a = start("node-a", &[&redis]);
+    let b = start("node-b", &[&redis]);
+    for gw in [&a, &b] {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    let sub_node = if same_node { &a } else { &b };
+    let mut sub = client(sub_node, "sub").await;
+    sub.subscribe(1, "x:1").await;
+    assert_eq!(publish_until_accepted(&a, "x:1", json!("before")).await, 1);
+    let first = messages(&mut sub, 1).await;
+    let old_epoch = first[0]["epoch"].clone();
+    redis.kill();
+    redis.restart();
+    // Publish at once: the first accepted publish may land before the
+    // subscriber's node has its pub/sub connection back.
+    let mut acked = Vec::new();
+    for i in 1..=4 {
+        let seq = publish_until_accepted(&a, "x:1", json!(format!("after-{i}"))).await;
+        acked.push((seq, json!(format!("after-{i}"))));
+    }
+    assert_eq!(
+        acked.iter().map(|a| a.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "a new epoch restarts at 1"
+    );
+    let got = messages(&mut sub, 4).await;
+    let got_pairs: Vec<(u64, Value)> = got
+        .iter()
+        .map(|m| (m["seq"].as_u64().expect("seq"), m["data"].clone()))
+        .collect();
+    assert_eq!(got_pairs, acked, "every acknowledged message, in order");
+    assert!(got.iter().all(|m| m["epoch"] == got[0]["epoch"]));
+    assert_ne!(
+        got[0]["epoch"], old_epoch,
+        "the epoch tells the client history was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_another_node() {
+    new_epoch_messages_reach_a_connected_subscriber(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_the_same_node() {
+    new_epoch_messages_reach_a_connected_subscriber(true).await;
+}

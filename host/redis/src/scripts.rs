@@ -48,7 +48,9 @@ return {epoch, seq, 0}
 /// Recover: the channel's epoch and seq, plus the history after `since` if complete.
 ///
 /// KEYS: meta, stream. ARGV: new epoch (`""` = do not create a missing channel),
-/// since epoch (`""` = none), since seq, history_ttl ms, meta ttl ms.
+/// since epoch (`""` = none), since seq, history_ttl ms, meta ttl ms, and
+/// optionally `"1"` = when history after `since` is incomplete, return what
+/// the stream still holds anyway (with recovered 0).
 /// Returns `{epoch, seq, recovered (0|1), entries}`; `epoch` is `""` when the
 /// channel does not exist and was not created.
 pub static RECOVER: LazyLock<Script> = LazyLock::new(|| Script::new(RECOVER_SRC));
@@ -79,6 +81,9 @@ end
 local first = string.format('%d-0', since + 1)
 local entries = redis.call('XRANGE', KEYS[2], first, '+', 'COUNT', seq - since)
 if #entries == 0 or entries[1][1] ~= first then
+  if ARGV[6] == '1' then
+    return {epoch, seq, 0, redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', seq - since)}
+  end
   return {epoch, seq, 0, {}}
 end
 local t = redis.call('TIME')

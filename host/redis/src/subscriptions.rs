@@ -352,7 +352,11 @@ async fn serve(
                         if docs.try_send(ev).is_err() {
                             tracing::warn!(channel = name, "document event queue full; the replica catches up on the next entry");
                         }
-                    } else {
+                    } else if deliver(hub, tracks, name, msg.get_payload_bytes()) {
+                        let epoch = codec::decode(msg.get_payload_bytes()).map(|m| m.epoch.to_owned());
+                        if let (Some(track), Ok(epoch)) = (tracks.get_mut(name), epoch) {
+                            catch_up_new_epoch(shard, hub, track, &epoch).await;
+                        }
                         deliver(hub, tracks, name, msg.get_payload_bytes());
                     }
                 }
@@ -418,19 +422,22 @@ async fn warm_up_once(shard: &Shard) -> bool {
 }
 
 /// Hands one live payload to the hub, skipping what this node already delivered.
-fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: &[u8]) {
+/// Delivers a live message in order. Returns `true`, delivering nothing, when
+/// it opens a new epoch past seq 1 on a channel this node followed: the new
+/// epoch's earlier messages must be fetched first ([`catch_up_new_epoch`]).
+fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: &[u8]) -> bool {
     let live = match codec::decode(payload) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(channel = name, error = %e, "dropping malformed live message");
-            return;
+            return false;
         }
     };
     let track = match tracks.get_mut(name) {
         Some(t) => t,
         None => {
             let Some(key) = keys::parse_live_channel(name) else {
-                return;
+                return false;
             };
             tracks.entry(name.to_owned()).or_insert(Track {
                 key,
@@ -441,14 +448,72 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
     };
     if *track.epoch == *live.epoch {
         if live.seq <= track.last {
-            return;
+            return false;
         }
+    } else if !track.epoch.is_empty() && live.seq > 1 {
+        return true;
     } else {
         track.epoch = Arc::from(live.epoch);
     }
     track.last = live.seq;
     let msg = live.into_message(track.epoch.clone());
     hub.deliver(&track.key, &msg);
+    false
+}
+
+/// A channel's history was lost and a new epoch began while this node was not
+/// listening (its pub/sub connection was down, or the keys vanished): delivers
+/// the new epoch's messages from its start, in order, as far as the stream
+/// still holds them, then follows the epoch. Subscribers see the epoch change
+/// on the first of them (clients treat it as `recovered:false`); where the
+/// stream no longer starts at seq 1 the first seq they see tells them the gap.
+async fn catch_up_new_epoch(shard: &Shard, hub: &Hub, track: &mut Track, epoch: &str) {
+    let keys = ChannelKeys::new(&track.key);
+    let mut conn = shard.conn();
+    let reply = shard
+        .run(
+            scripts::RECOVER
+                .key(&keys.meta)
+                .key(&keys.stream)
+                .arg("")
+                .arg(epoch)
+                .arg(0)
+                .arg(u64::MAX / 4)
+                .arg(1)
+                .arg(1)
+                .invoke_async::<redis::Value>(&mut conn),
+        )
+        .await
+        .and_then(|v| crate::replies::recover(&v));
+    let r = match reply {
+        Ok(r) if r.epoch == epoch => r,
+        Ok(_) => return, // moved on again; the next live message starts over
+        Err(e) => {
+            tracing::warn!(channel = %track.key, error = %e, "new-epoch catch-up failed");
+            return;
+        }
+    };
+    track.epoch = Arc::from(epoch);
+    track.last = 0;
+    if r.entries.first().is_none_or(|e| e.seq != 1) {
+        tracing::warn!(channel = %track.key, "history of the new epoch is incomplete; subscribers see a gap");
+    }
+    for e in r.entries {
+        if e.seq <= track.last {
+            continue;
+        }
+        track.last = e.seq;
+        hub.deliver(
+            &track.key,
+            &Message {
+                seq: e.seq,
+                epoch: track.epoch.clone(),
+                data: e.data,
+                published_at: instant_of(e.published_ms),
+            },
+        );
+    }
+    track.last = track.last.max(r.seq);
 }
 
 /// After a reconnect: replays from history what each channel missed.
@@ -483,6 +548,7 @@ async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>)
         return;
     }
     let mut pending = pending;
+    let mut new_epochs: Vec<(ChannelKey, String)> = Vec::new();
     while !pending.is_empty() {
         let mut chunk: Vec<&mut Track> = pending
             .drain(..pending.len().min(CATCH_UP_PIPELINE))
@@ -524,12 +590,21 @@ async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>)
                         hub.deliver(&track.key, &msg);
                     }
                 }
+                Ok(r) if !r.epoch.is_empty() && *r.epoch != *track.epoch => {
+                    tracing::info!(channel = %track.key, "history lost while disconnected; catching up from the new epoch's start");
+                    new_epochs.push((track.key.clone(), r.epoch));
+                }
                 Ok(_) => tracing::info!(
                     channel = %track.key,
-                    "history lost while disconnected; the next message carries the new epoch"
+                    "history after the last delivered message is gone; the next message shows the gap"
                 ),
                 Err(e) => tracing::warn!(channel = %track.key, error = %e, "catch-up failed"),
             }
+        }
+    }
+    for (key, epoch) in new_epochs {
+        if let Some(track) = tracks.get_mut(&keys::live_channel(&key)) {
+            catch_up_new_epoch(shard, hub, track, &epoch).await;
         }
     }
 }
