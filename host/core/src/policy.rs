@@ -227,6 +227,11 @@ pub trait MergeDocument: Send {
     fn size(&self) -> Option<usize> {
         None
     }
+    /// The document's state vector (CRDT catch-up), or `None` when the
+    /// policy has none.
+    fn state_vector(&self) -> Result<Option<Vec<u8>>, MergeError> {
+        Ok(None)
+    }
     /// What a client with `state_vector` is missing (a `DIFF` frame), or
     /// `None` when the policy has no state vectors (the client gets a snapshot).
     fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {

@@ -29,6 +29,19 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use prost::Message as _;
 use serde_json::value::RawValue;
 
+/// A transport's own wire format on top of protocol v1 (e.g. y-websocket):
+/// rewrites the frames a session queues into what the peer understands. Runs
+/// on the connection's writer, once per frame.
+pub trait WireFormat: Send + Sync {
+    /// The frame to send for `frame` (`None` = nothing is sent).
+    fn outgoing(&self, frame: Frame) -> Option<Frame>;
+    /// A data frame sent at every heartbeat, for peers whose timers need data
+    /// frames rather than pings to stay connected.
+    fn keepalive(&self) -> Option<Frame> {
+        None
+    }
+}
+
 /// What a transport calls for each inbound data frame. `Err` closes the
 /// connection with that code.
 pub trait Handler: Send {
@@ -38,6 +51,11 @@ pub trait Handler: Send {
     fn on_binary(&mut self, data: Bytes) -> impl Future<Output = Result<(), CloseCode>> + Send;
     /// The queue the transport writes from.
     fn outbox(&self) -> &Arc<Outbox>;
+    /// The wire format frames are rewritten into; `None` (the default) =
+    /// protocol v1 frames as queued.
+    fn wire(&self) -> Option<Arc<dyn WireFormat>> {
+        None
+    }
 }
 
 /// One client's protocol state.
@@ -135,6 +153,21 @@ impl Session {
     /// Channels currently subscribed.
     pub fn subscriptions(&self) -> usize {
         self.subs.len()
+    }
+
+    /// Whether `channel` is subscribed.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subs.contains(channel)
+    }
+
+    /// The node this session lives on.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The session's tenant.
+    pub fn tenant(&self) -> &Arc<Tenant> {
+        &self.tenant
     }
 
     fn reply(&self, frame: Frame) {
@@ -567,6 +600,10 @@ impl<H: Handler> Handler for &mut H {
 
     fn outbox(&self) -> &Arc<Outbox> {
         (**self).outbox()
+    }
+
+    fn wire(&self) -> Option<Arc<dyn WireFormat>> {
+        (**self).wire()
     }
 }
 

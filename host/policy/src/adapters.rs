@@ -456,6 +456,28 @@ impl MergeDocument for WasmDocument {
         )
     }
 
+    fn state_vector(&self) -> Result<Option<Vec<u8>>, MergeError> {
+        let timeout = self.caller.pool.timeout();
+        self.call(
+            |p| {
+                let sv = p
+                    .inst
+                    .bindings
+                    .switchyard_gateway_merge()
+                    .document()
+                    .call_state_vector(&mut p.inst.store, p.handle)
+                    .map_err(|e| classify(&e, timeout))?;
+                if sv.len() > MAX_MERGE_BYTES {
+                    return Err(CallError::Invalid(format!(
+                        "state vector larger than {MAX_MERGE_BYTES} bytes"
+                    )));
+                }
+                Ok((!sv.is_empty()).then_some(sv))
+            },
+            |_| false,
+        )
+    }
+
     fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
         let timeout = self.caller.pool.timeout();
         self.call(

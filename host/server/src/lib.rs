@@ -10,6 +10,7 @@ pub mod response;
 pub mod routes;
 pub mod upgrade;
 pub mod websocket;
+pub mod yjs;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -30,6 +30,18 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
             let tenant = p["/ws/".len()..].trim_end_matches('/').to_owned();
             upgrade::session(server, req, remote, Some(tenant)).await
         }
+        (_, p) if p.starts_with("/yjs/") => {
+            // /yjs/{tenant}/{room}: the room may contain '/'.
+            let rest = &p["/yjs/".len()..];
+            match rest.split_once('/') {
+                Some((tenant, room)) if !tenant.is_empty() && !room.is_empty() => {
+                    let (tenant, room) =
+                        (tenant.to_owned(), crate::handshake::percent_decode(room));
+                    upgrade::yjs(server, req, remote, tenant, room).await
+                }
+                _ => text(StatusCode::NOT_FOUND, "use /yjs/{tenant}/{room}\n"),
+            }
+        }
         (&Method::GET, "/sse") => fallback::sse(server, req, remote, None).await,
         (&Method::POST, "/poll") => fallback::poll_open(server, req, remote, None).await,
         (_, p) if p.starts_with("/sse/session/") || p.starts_with("/poll/session/") => {

@@ -240,6 +240,87 @@ pub async fn session(
     response
 }
 
+/// `/yjs/{tenant}/{room}`: a y-websocket connection on document channel
+/// `yjs:{room}` ([`crate::yjs`]). A client the auth policy refuses is
+/// upgraded anyway and told "permission denied" (the auth message
+/// y-websocket clients understand), then closed with 4001: over HTTP they
+/// would only retry forever.
+pub async fn yjs(
+    server: &Arc<Server>,
+    mut req: Request<Incoming>,
+    remote: SocketAddr,
+    tenant: String,
+    room: String,
+) -> Resp {
+    let up = match precheck(server, &req) {
+        Ok(u) => u,
+        Err(e) => return refuse(server, e),
+    };
+    if switchyard_core::channel::validate(&crate::yjs::doc_channel(&room)).is_err() {
+        return text(StatusCode::BAD_REQUEST, "bad room name\n");
+    }
+    let admitted = match admit(server, &req, remote, Some(&tenant)) {
+        Ok(a) => Ok(a),
+        Err(HandshakeError::Unauthorized(m) | HandshakeError::Forbidden(m)) => Err(m),
+        Err(e) => return refuse(server, e),
+    };
+    let node = server.node().clone();
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = switching(&up, server);
+    let server = server.clone();
+    server.conn_opened();
+    let config = ws_config(&server);
+    let mut limits = transport_limits(&server);
+    // y-websocket clients drop a connection silent for 30 s (pings are invisible to them).
+    limits.heartbeat_interval = limits
+        .heartbeat_interval
+        .min(std::time::Duration::from_secs(10));
+    let span =
+        tracing::info_span!("yjs.connection", tenant = %tenant, room = %room, peer = %remote);
+    tokio::spawn(
+        async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                server.conn_closed();
+                return;
+            };
+            let mut ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(config),
+            )
+            .await;
+            let metrics = node.metrics.clone();
+            metrics
+                .connections_opened
+                .get_or_create(&switchyard_core::metrics::TransportLabel { transport: "yjs" })
+                .inc();
+            let admitted = match admitted {
+                Ok(a) => a,
+                Err(reason) => {
+                    crate::yjs::refuse(&mut ws, &reason).await;
+                    metrics.closed(4001);
+                    server.conn_closed();
+                    return;
+                }
+            };
+            let session = Session::open(
+                node,
+                admitted.tenant,
+                Arc::from(admitted.client_id.as_str()),
+                admitted.principal,
+            );
+            let handler = crate::yjs::YjsSession::new(session, &room);
+            let (ended, mut handler) = drive_owned(ws, handler, limits, &metrics).await;
+            handler.leave().await;
+            handler.into_session().close().await;
+            metrics.closed(ended.code());
+            server.conn_closed();
+        }
+        .instrument(span),
+    );
+    response
+}
+
 /// Runs the transport and hands the handler back for teardown.
 async fn drive_owned<H: Handler>(
     ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,

@@ -110,6 +110,7 @@ where
     H: Handler,
 {
     let outbox = handler.outbox().clone();
+    let wire = handler.wire();
     let (mut sink, mut stream) = ws.split();
     let last_seen = AtomicU64::new(now_micros());
     let peer_close = AtomicU64::new(0);
@@ -203,6 +204,11 @@ where
                     if sink.send(ping).await.is_err() {
                         return WriterEnd::Failed;
                     }
+                    if let Some(frame) = wire.as_ref().and_then(|w| w.keepalive())
+                        && sink.send(to_message(frame)).await.is_err()
+                    {
+                        return WriterEnd::Failed;
+                    }
                     continue;
                 }
             }
@@ -220,7 +226,14 @@ where
                             if let Some(h) = item.on_written {
                                 hooks.push(h);
                             }
-                            sink.feed(to_message(item.frame)).await?;
+                            let frame = match &wire {
+                                None => item.frame,
+                                Some(w) => match w.outgoing(item.frame) {
+                                    Some(f) => f,
+                                    None => continue,
+                                },
+                            };
+                            sink.feed(to_message(frame)).await?;
                         }
                         sink.flush().await?;
                         for h in hooks {

@@ -792,6 +792,38 @@ impl Documents {
         })
     }
 
+    /// The document's state vector, for CRDT catch-up (`None`: the policy has none).
+    pub async fn state_vector(
+        &self,
+        tenant: &Tenant,
+        key: &ChannelKey,
+    ) -> Result<Option<Vec<u8>>, DocError> {
+        let slot = self.slot(key)?;
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(key, tenant, &mut guard).await?;
+        let Some(live) = guard.as_ref() else {
+            return Err(DocError::Internal("document not loaded".into()));
+        };
+        live.replica.state_vector().map_err(merge_error)
+    }
+
+    /// What a peer with `state_vector` is missing (`None`: the policy has no
+    /// state vectors).
+    pub async fn diff(
+        &self,
+        tenant: &Tenant,
+        key: &ChannelKey,
+        state_vector: &[u8],
+    ) -> Result<Option<Vec<u8>>, DocError> {
+        let slot = self.slot(key)?;
+        let mut guard = slot.lock().await;
+        self.ensure_loaded(key, tenant, &mut guard).await?;
+        let Some(live) = guard.as_ref() else {
+            return Err(DocError::Internal("document not loaded".into()));
+        };
+        live.replica.diff(state_vector).map_err(merge_error)
+    }
+
     /// Drops replicas without local subscribers unused for `idle` (and at
     /// least `limits.idle` when called by the sweeper). They reload from the
     /// log on next use.
