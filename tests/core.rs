@@ -710,3 +710,84 @@ fn config_check_names_unknown_keys() {
         .expect("run");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("switchyard "));
 }
+
+/// Flow control: a client that pipelines publishes on its own channel and
+/// reads promptly is slowed by TCP backpressure, never closed for its own
+/// replies — even with a tiny queue (issue 11, point 2).
+#[tokio::test]
+async fn pipelining_client_with_a_small_queue_is_never_closed_for_its_replies() {
+    let gw = Gateway::start(
+        "[limits]\nsend_queue_messages = 32\npublish_rate = 100000\npublish_burst = 100000\n",
+    );
+    let ws = Client::connect_raw(&gw.ws_url("/ws")).await;
+    const N: u64 = 2000;
+    let (mut tx, mut rx) = ws.split();
+    let sub = json!({"type":"subscribe","id":1,"channel":"pipe:1"});
+    tx.send(Message::text(sub.to_string()))
+        .await
+        .expect("subscribe");
+    // welcome, then subscribed
+    for want in ["welcome", "subscribed"] {
+        match rx.next().await {
+            Some(Ok(Message::Text(t))) => assert!(t.contains(want), "{t}"),
+            other => panic!("{want}: {other:?}"),
+        }
+    }
+    let writer = tokio::spawn(async move {
+        for i in 0..N {
+            let cmd = json!({"type":"publish","id":10 + i,"channel":"pipe:1","data":i});
+            tx.send(Message::text(cmd.to_string())).await.expect("send");
+        }
+        tx
+    });
+    let (mut acks, mut msgs) = (0u64, 0u64);
+    while acks < N || msgs < N {
+        match tokio::time::timeout(WAIT_REPLY, rx.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("json");
+                match v["type"].as_str() {
+                    Some("ack") => acks += 1,
+                    Some("message") => msgs += 1,
+                    _ => panic!("unexpected {v}"),
+                }
+            }
+            Ok(Some(Ok(Message::Close(f)))) => panic!("closed: {f:?} after {acks} acks"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("connection ended after {acks} acks, {msgs} messages: {other:?}"),
+        }
+    }
+    drop(writer.await.expect("writer"));
+    let (_, m) = gw.get("/metrics").await;
+    assert!(
+        !m.contains("switchyard_connections_closed_total{code=\"4008\"}"),
+        "{m}"
+    );
+}
+
+/// A recovery replay longer than the queue streams under the same flow
+/// control instead of closing the subscriber with 4008.
+#[tokio::test]
+async fn a_replay_longer_than_the_queue_is_delivered_whole() {
+    let gw = Gateway::start(
+        "[limits]\nsend_queue_messages = 16\n[tenants.default]\napi_keys = [\"k\"]\nhistory_size = 500\n",
+    );
+    let mut first = Client::connect(&gw.ws_url("/ws")).await;
+    let sub = first.subscribe(1, "replay:1").await;
+    let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
+    drop(first);
+    for i in 0..300 {
+        let body = json!({"channel":"replay:1","data":i}).to_string();
+        assert_eq!(gw.post_json("/api/publish", Some("k"), &body).await.0, 200);
+    }
+    let mut c = Client::connect(&gw.ws_url("/ws")).await;
+    c.send_json(
+        json!({"type":"subscribe","id":2,"channel":"replay:1","since":{"epoch":epoch,"seq":0}}),
+    )
+    .await;
+    let s = c.recv_type("subscribed").await;
+    assert_eq!(s["recovered"], true, "{s}");
+    for seq in 1..=300u64 {
+        let m = c.recv_type("message").await;
+        assert_eq!(m["seq"], seq);
+    }
+}

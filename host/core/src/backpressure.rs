@@ -72,6 +72,11 @@ pub struct CloseRequest {
 struct State {
     frames: VecDeque<Outgoing>,
     close: Option<CloseRequest>,
+    /// Bytes of all queued frames.
+    bytes: usize,
+    /// Of the queued frames, replies and their bytes.
+    replies: usize,
+    reply_bytes: usize,
 }
 
 /// Bounded outbound queue of one connection.
@@ -80,30 +85,46 @@ pub struct Outbox {
     state: Mutex<State>,
     notify: Notify,
     close_notify: Notify,
+    drained: Notify,
     capacity: usize,
+    max_bytes: usize,
     overflows: AtomicU32,
 }
 
 impl Outbox {
-    /// A queue holding at most `capacity` frames.
+    /// A queue holding at most `capacity` delivered frames (no byte bound).
     pub fn new(capacity: usize) -> Self {
+        Self::with_bytes(capacity, usize::MAX)
+    }
+
+    /// A queue holding at most `capacity` delivered frames and `max_bytes` bytes of them.
+    pub fn with_bytes(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(State::default()),
             notify: Notify::new(),
             close_notify: Notify::new(),
+            drained: Notify::new(),
             capacity: capacity.max(1),
+            max_bytes: max_bytes.max(1),
             overflows: AtomicU32::new(0),
         }
     }
 
-    /// Queues a frame. On overflow the queue is dropped and close 4008 requested.
+    /// Queues a delivery. Beyond `capacity` deliveries or `max_bytes` bytes of
+    /// them the queue is dropped and close 4008 requested.
     pub fn push(&self, item: Outgoing) -> Result<(), PushError> {
         let mut st = self.state.lock();
         if st.close.is_some() {
             return Err(PushError::Closed);
         }
-        if st.frames.len() >= self.capacity {
+        let len = item.frame.len();
+        let deliveries = st.frames.len() - st.replies;
+        let delivery_bytes = st.bytes - st.reply_bytes;
+        if deliveries >= self.capacity || delivery_bytes.saturating_add(len) > self.max_bytes {
             st.frames = VecDeque::new();
+            st.bytes = 0;
+            st.replies = 0;
+            st.reply_bytes = 0;
             st.close = Some(CloseRequest {
                 code: CloseCode::SlowConsumer,
                 flush: false,
@@ -115,6 +136,7 @@ impl Outbox {
             return Err(PushError::Full);
         }
         let was_empty = st.frames.is_empty();
+        st.bytes += len;
         st.frames.push_back(item);
         drop(st);
         if was_empty {
@@ -123,9 +145,48 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a frame that is not tied to a publish.
+    /// Queues a reply to the connection's own command (or a replay it asked
+    /// for). Never overflows; the reader waits in [`Outbox::replies_drained`].
+    pub fn push_reply(&self, item: Outgoing) -> Result<(), PushError> {
+        let mut st = self.state.lock();
+        if st.close.is_some() {
+            return Err(PushError::Closed);
+        }
+        let len = item.frame.len();
+        let was_empty = st.frames.is_empty();
+        st.bytes += len;
+        st.replies += 1;
+        st.reply_bytes += len;
+        st.frames.push_back(item);
+        drop(st);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a reply frame ([`Outbox::push_reply`]).
     pub fn push_frame(&self, frame: Frame) -> Result<(), PushError> {
-        self.push(Outgoing::frame(frame))
+        self.push_reply(Outgoing::frame(frame))
+    }
+
+    /// Returns once at most half the limits' worth of replies is queued (or
+    /// the connection is closing): the transport's reader awaits this before
+    /// it reads the next command.
+    pub async fn replies_drained(&self) {
+        let (most, most_bytes) = ((self.capacity / 2).max(1), (self.max_bytes / 2).max(1));
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let st = self.state.lock();
+                if st.close.is_some() || (st.replies <= most && st.reply_bytes <= most_bytes) {
+                    return;
+                }
+            }
+            drained.await;
+        }
     }
 
     /// Requests a close. The first request wins, except that an immediate close
@@ -140,9 +201,13 @@ impl Outbox {
         st.close = Some(CloseRequest { code, flush });
         if !flush {
             st.frames = VecDeque::new();
+            st.bytes = 0;
+            st.replies = 0;
+            st.reply_bytes = 0;
         }
         drop(st);
         self.notify.notify_one();
+        self.drained.notify_waiters();
         if !flush {
             self.close_notify.notify_one();
         }
@@ -172,6 +237,12 @@ impl Outbox {
     pub fn take(&self, out: &mut VecDeque<Outgoing>) -> Option<CloseRequest> {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.frames, out);
+        st.bytes = 0;
+        st.replies = 0;
+        st.reply_bytes = 0;
+        if !out.is_empty() {
+            self.drained.notify_waiters();
+        }
         match st.close {
             Some(c) if !c.flush => {
                 out.clear();
@@ -289,6 +360,48 @@ mod tests {
         assert_eq!(close.code, CloseCode::SlowConsumer);
         assert!(buf.is_empty(), "queue dropped");
         assert_eq!(o.overflows(), 1);
+    }
+
+    #[test]
+    fn deliveries_overflow_by_bytes_too() {
+        let o = Outbox::with_bytes(100, 5);
+        o.push(f("abc")).expect("3 bytes");
+        assert_eq!(o.push(f("abc")), Err(PushError::Full), "6 > 5 bytes");
+        assert_eq!(o.overflows(), 1);
+    }
+
+    #[test]
+    fn replies_never_overflow_and_do_not_count_against_deliveries() {
+        let o = Outbox::with_bytes(2, 4);
+        for _ in 0..100 {
+            o.push_frame(Frame::from_static("reply"))
+                .expect("a reply is kept");
+        }
+        o.push(f("ab")).expect("deliveries have their own limits");
+        o.push(f("cd")).expect("two deliveries, 4 bytes");
+        assert_eq!(o.push(f("e")), Err(PushError::Full));
+    }
+
+    #[tokio::test]
+    async fn the_reader_waits_until_replies_drain() {
+        let o = std::sync::Arc::new(Outbox::with_bytes(4, 1 << 20));
+        o.replies_drained().await; // nothing queued: returns at once
+        for _ in 0..3 {
+            o.push_frame(Frame::from_static("r")).expect("reply");
+        }
+        let o2 = o.clone();
+        let waiting = tokio::spawn(async move { o2.replies_drained().await });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "3 replies > half of 4: the reader waits"
+        );
+        let mut buf = VecDeque::new();
+        o.take(&mut buf);
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken by the writer's take")
+            .expect("join");
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// Outbound queue length per connection before a slow-consumer close (4008).
     pub send_queue_messages: usize,
+    /// Outbound queue bytes per connection (besides `send_queue_messages`);
+    /// over either = slow consumer (4008).
+    pub send_queue_bytes: usize,
     /// Publish token-bucket refill rate per connection (messages per second).
     pub publish_rate: u32,
     /// Publish token-bucket capacity per connection.
@@ -186,6 +189,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             send_queue_messages: 1024,
+            send_queue_bytes: 4 << 20,
             publish_rate: 100,
             publish_burst: 200,
             rate_limit_strikes: 50,
@@ -469,6 +473,11 @@ impl Config {
         if l.send_queue_messages == 0 {
             return Err(ConfigError::Invalid(
                 "limits.send_queue_messages must be at least 1".into(),
+            ));
+        }
+        if l.send_queue_bytes < l.max_message_bytes {
+            return Err(ConfigError::Invalid(
+                "limits.send_queue_bytes must be at least limits.max_message_bytes".into(),
             ));
         }
         if l.heartbeat_interval.is_zero() || l.idle_timeout.is_zero() {

@@ -189,14 +189,16 @@ impl Hub {
             return;
         };
         let pending = sub.pending.take().unwrap_or_default();
-        let overflow = head
+        // The head (subscribed + replay) answers the subscriber's own command:
+        // replies, under the reader's flow control. Live ones held meanwhile
+        // are deliveries.
+        for f in head {
+            let _ = sub.outbox.push_reply(f);
+        }
+        let overflow = pending
             .into_iter()
-            .chain(
-                pending
-                    .into_iter()
-                    .filter(|(seq, _)| *seq > last_seq)
-                    .map(|(_, f)| f),
-            )
+            .filter(|(seq, _)| *seq > last_seq)
+            .map(|(_, f)| f)
             .any(|f| sub.outbox.push(f) == Err(PushError::Full));
         if overflow {
             self.metrics.send_queue_overflows.inc();

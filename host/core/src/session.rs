@@ -95,7 +95,10 @@ impl Session {
     ) -> Self {
         let limits = node.limits().clone();
         let now = Instant::now();
-        let outbox = Arc::new(Outbox::new(limits.send_queue_messages));
+        let outbox = Arc::new(Outbox::with_bytes(
+            limits.send_queue_messages,
+            limits.send_queue_bytes,
+        ));
         let id = node.next_session_id();
         let principal_id: Arc<str> = Arc::from(principal.id.as_str());
         node.hub.register(

@@ -122,7 +122,11 @@ where
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let item = match deadline {
-                None => stream.next().await,
+                None => {
+                    // Flow control: no new command while its replies pile up.
+                    outbox.replies_drained().await;
+                    stream.next().await
+                }
                 Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
                     Ok(item) => item,
                     Err(_) => return false,
