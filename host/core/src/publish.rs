@@ -1,5 +1,5 @@
 //! The publish pipeline shared by WebSocket sessions and the HTTP API:
-//! rate-limit policy → authorize → route → broker, per destination channel.
+//! authorize → rate-limit policy → route → broker, per destination channel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,6 +111,14 @@ pub async fn publish(
             client,
             channel,
         };
+        // Authorize first: a client without permission must not drain the
+        // buckets of the rightful publishers.
+        if !trusted {
+            policies
+                .auth
+                .authorize_publish(principal, channel, &data)
+                .map_err(PublishError::Denied)?;
+        }
         let decision = if trusted {
             RateDecision::Allow
         } else {
@@ -123,12 +131,6 @@ pub async fn publish(
             }
             RateDecision::Delay { ms } => Some(Duration::from_millis(ms).min(MAX_DELAY)),
         };
-        if !trusted {
-            policies
-                .auth
-                .authorize_publish(principal, channel, &data)
-                .map_err(PublishError::Denied)?;
-        }
         let route = policies
             .router
             .route(&PublishRequest {
@@ -197,4 +199,59 @@ pub async fn publish(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::policy::{AuthPolicy, PolicySet, RateLimitPolicy};
+
+    struct DenyAll;
+    impl AuthPolicy for DenyAll {
+        fn authorize_publish(&self, _: &Principal, _: &str, _: &RawValue) -> Result<(), Denial> {
+            Err(Denial::Forbidden("no".into()))
+        }
+    }
+
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+    impl RateLimitPolicy for Counting {
+        fn check(&self, _: &RateKey<'_>, _: u32) -> RateDecision {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            RateDecision::Allow
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_publisher_does_not_spend_the_rate_limit() {
+        let node = Node::with_memory_broker(Arc::new(Config::from_toml("").expect("cfg")));
+        let tenant = node.tenants.get("default").expect("tenant");
+        let limiter = Arc::new(Counting::default());
+        tenant.set_policies(PolicySet {
+            auth: Arc::new(DenyAll),
+            rate_limit: limiter.clone(),
+            ..PolicySet::default()
+        });
+        let data = RawValue::from_string("1".into()).expect("raw");
+        let r = publish(
+            &node,
+            &tenant,
+            &Principal::anonymous(),
+            "c",
+            "room:1",
+            data,
+            None,
+            Publisher::Client,
+        )
+        .await;
+        assert!(matches!(r, Err(PublishError::Denied(Denial::Forbidden(_)))));
+        assert_eq!(
+            limiter.0.load(Ordering::SeqCst),
+            0,
+            "the bucket was not touched"
+        );
+    }
 }
