@@ -106,6 +106,30 @@ impl Gateway {
         listen: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
+        let gw = Self::spawn_listening(dir, config_path, listen, env);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok((200, _)) = blocking_get(gw.addr, "/healthz") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "healthz never answered:\n{}",
+                gw.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gw
+    }
+
+    /// Like [`Gateway::spawn`], returning once it logged its listen address,
+    /// without asking plain-HTTP `/healthz` (a TLS-only listener).
+    pub fn spawn_listening(
+        dir: PathBuf,
+        config_path: PathBuf,
+        listen: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .arg("--config")
@@ -154,26 +178,13 @@ impl Gateway {
                 panic!("switchyard did not start listening:\n{l}");
             }
         };
-        let gw = Gateway {
+        Gateway {
             child,
             addr,
             logs,
             dir,
             config_path,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok((200, _)) = blocking_get(addr, "/healthz") {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "healthz never answered:\n{}",
-                gw.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
         }
-        gw
     }
 
     /// `ws://addr{path}`.

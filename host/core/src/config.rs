@@ -106,6 +106,21 @@ pub struct ServerConfig {
     pub node_header: String,
     /// Host header → tenant id mapping, used when the path names no tenant.
     pub hosts: BTreeMap<String, String>,
+    /// `[server.tls]`: when set, `listen` serves TLS only (wss/https).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`: both keys are required when the table is present. The
+/// files are PEM and are read again on SIGHUP (new handshakes use the new
+/// pair, open connections keep theirs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +134,7 @@ impl Default for ServerConfig {
             sticky_cookie: "SWITCHYARD_NODE".to_owned(),
             node_header: "x-switchyard-node".to_owned(),
             hosts: BTreeMap::new(),
+            tls: None,
         }
     }
 }
@@ -520,6 +536,15 @@ impl Config {
                 )));
             }
         }
+        if let Some(tls) = &self.server.tls {
+            for (name, p) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if p.as_os_str().is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "server.tls.{name} must name a PEM file"
+                    )));
+                }
+            }
+        }
         for (host, tenant) in &self.server.hosts {
             if !self.tenants.contains_key(tenant) {
                 return Err(ConfigError::Invalid(format!(
@@ -669,6 +694,44 @@ mod tests {
         assert_eq!(p.on_error, OnError::Deny);
         let v: serde_json::Value = serde_json::from_str(&p.config_json()).expect("json");
         assert_eq!(v["audience"], "acme");
+    }
+
+    #[test]
+    fn server_tls_needs_both_files() {
+        let c = Config::from_toml("[server.tls]\ncert = \"c.pem\"\nkey = \"k.pem\"\n").expect("ok");
+        let tls = c.server.tls.as_ref().expect("tls");
+        assert_eq!(tls.cert, PathBuf::from("c.pem"));
+        assert_eq!(tls.key, PathBuf::from("k.pem"));
+        assert!(Config::from_toml(&c.to_toml()).is_ok());
+        assert!(Config::from_toml("").expect("ok").server.tls.is_none());
+        let err = Config::from_toml("[server.tls]\ncert = \"c.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls") && err.contains("key"), "{err}");
+        let err = Config::from_toml("[server.tls]\nkey = \"k.pem\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls") && err.contains("cert"), "{err}");
+        let err = Config::from_toml("[server.tls]\ncert = \"c\"\nkey = \"k\"\nca = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls.ca"), "{err}");
+        let err = Config::from_toml("[server.tls]\ncert = \"\"\nkey = \"k\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("server.tls.cert"), "{err}");
+        let env = vec![
+            (
+                "SWITCHYARD_SERVER__TLS__CERT".to_owned(),
+                "/e/c.pem".to_owned(),
+            ),
+            (
+                "SWITCHYARD_SERVER__TLS__KEY".to_owned(),
+                "/e/k.pem".to_owned(),
+            ),
+        ];
+        let c = Config::from_toml_with_env("", env).expect("env");
+        assert_eq!(c.server.tls.expect("tls").key, PathBuf::from("/e/k.pem"));
     }
 
     #[test]

@@ -170,4 +170,62 @@ mod tests {
         b.reset();
         assert!(b.next_delay() <= Duration::from_millis(100));
     }
+
+    /// `broker.redis_urls` may be `rediss://` (TLS, rustls): the URL opens a
+    /// shard whose connection info is TLS with host-name verification.
+    #[tokio::test]
+    async fn rediss_urls_open_tls_shards() {
+        let shard = Shard::new(0, "rediss://cache.example.test:6380/0", Gauge::default())
+            .expect("a rediss:// url opens");
+        match shard.client.get_connection_info().addr() {
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure,
+                ..
+            } => {
+                assert_eq!(
+                    (host.as_str(), *port, *insecure),
+                    ("cache.example.test", 6380, false)
+                );
+            }
+            other => panic!("not a TLS address: {other:?}"),
+        }
+        let plain = redis::Client::open("redis://127.0.0.1:6379").expect("plain");
+        assert!(matches!(
+            plain.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(..)
+        ));
+    }
+
+    /// A `rediss://` connection opens with a TLS ClientHello (no TLS Redis
+    /// needed: a bare listener reads the first record, then hangs up).
+    #[tokio::test]
+    async fn rediss_connections_start_a_tls_handshake() {
+        use tokio::io::AsyncReadExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let client = redis::Client::open(format!("rediss://127.0.0.1:{port}/")).expect("open");
+        let connecting =
+            tokio::spawn(async move { client.get_multiplexed_async_connection().await });
+        let (mut sock, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("the client connects")
+            .expect("accept");
+        let mut head = [0u8; 3];
+        tokio::time::timeout(Duration::from_secs(5), sock.read_exact(&mut head))
+            .await
+            .expect("the client speaks first")
+            .expect("read");
+        // A TLS record: content type 22 (handshake), protocol major version 3.
+        assert_eq!(head[..2], [0x16, 0x03], "not a TLS ClientHello: {head:?}");
+        drop(sock);
+        let result = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .expect("the client gives up")
+            .expect("join");
+        assert!(result.is_err(), "no TLS server, no connection");
+    }
 }

@@ -8,6 +8,7 @@ pub mod fallback;
 pub mod handshake;
 pub mod response;
 pub mod routes;
+pub mod tls;
 pub mod upgrade;
 pub mod websocket;
 pub mod yjs;
@@ -46,6 +47,7 @@ pub struct Server {
     echo_conns: Mutex<HashMap<u64, Arc<Outbox>>>,
     pub(crate) fallbacks: dashmap::DashMap<String, Arc<fallback::Fallback>>,
     stop: watch::Sender<bool>,
+    tls: Option<Arc<tls::Tls>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -59,6 +61,16 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// A server for `node`.
     pub fn new(node: Arc<Node>, admin: Option<Arc<dyn AdminSource>>) -> Arc<Self> {
+        Self::with_tls(node, admin, None)
+    }
+
+    /// A server for `node` that, with `tls`, serves TLS only on its listener
+    /// (every accepted connection handshakes before HTTP).
+    pub fn with_tls(
+        node: Arc<Node>,
+        admin: Option<Arc<dyn AdminSource>>,
+        tls: Option<Arc<tls::Tls>>,
+    ) -> Arc<Self> {
         let (stop, _) = watch::channel(false);
         Arc::new(Self {
             node,
@@ -67,7 +79,13 @@ impl Server {
             echo_conns: Mutex::new(HashMap::new()),
             fallbacks: dashmap::DashMap::new(),
             stop,
+            tls,
         })
+    }
+
+    /// The listener's TLS side, when `[server.tls]` is set.
+    pub fn tls(&self) -> Option<&Arc<tls::Tls>> {
+        self.tls.as_ref()
     }
 
     /// The node served.
@@ -104,6 +122,23 @@ impl Server {
     }
 
     async fn serve_connection(self: Arc<Self>, stream: tokio::net::TcpStream, remote: SocketAddr) {
+        let Some(tls) = self.tls.clone() else {
+            return self.serve_http(stream, remote).await;
+        };
+        let timeout = self.node.limits().handshake_timeout;
+        match tls.accept(stream, timeout).await {
+            Ok(stream) => self.serve_http(stream, remote).await,
+            Err(e) => {
+                self.node.metrics.rejected("tls");
+                tracing::debug!(%remote, error = %e, "tls handshake refused");
+            }
+        }
+    }
+
+    async fn serve_http<IO>(self: Arc<Self>, stream: IO, remote: SocketAddr)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let io = TokioIo::new(stream);
         let this = self.clone();
         let svc = service_fn(move |req| {

@@ -96,6 +96,12 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let cfg = Arc::new(cfg);
+    // ring serves the listener's TLS and the Redis client's rediss:// alike.
+    switchyard_server::tls::install_crypto_provider();
+    let tls = match &cfg.server.tls {
+        Some(t) => Some(switchyard_server::tls::Tls::load(t)?),
+        None => None,
+    };
     let node = match cfg.broker.kind {
         BrokerKind::Memory => Node::with_memory_broker(cfg.clone()),
         BrokerKind::Redis => {
@@ -114,7 +120,11 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let plugins = PluginHost::start(node.clone())
         .await
         .context("starting the plugin runtime")?;
-    let server = Server::new(node.clone(), Some(Arc::new(PluginAdmin(plugins.clone()))));
+    let server = Server::with_tls(
+        node.clone(),
+        Some(Arc::new(PluginAdmin(plugins.clone()))),
+        tls,
+    );
     let listener = tokio::net::TcpListener::bind(cfg.server.listen)
         .await
         .with_context(|| format!("binding {}", cfg.server.listen))?;
@@ -122,6 +132,7 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         listen = %listener.local_addr()?,
         node = %node.id,
         broker = node.broker.kind(),
+        tls = server.tls().is_some(),
         version = env!("CARGO_PKG_VERSION"),
         "switchyard listening"
     );
@@ -133,7 +144,10 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&node, &plugins, config_path.as_deref()).await,
+            _ = hup.recv() => {
+                reload(&node, &plugins, config_path.as_deref()).await;
+                reload_tls(&server);
+            }
         }
     }
     tracing::info!(
@@ -169,5 +183,18 @@ async fn reload(node: &Arc<Node>, plugins: &Arc<PluginHost>, path: Option<&std::
         Err(e) => {
             tracing::error!(file = %path.display(), "SIGHUP: config rejected, keeping the old one: {e}")
         }
+    }
+}
+
+/// SIGHUP: re-reads `[server.tls]` cert and key (the paths given at start).
+/// New handshakes use the new pair; open connections keep theirs; a pair
+/// that does not load leaves the old one serving.
+fn reload_tls(server: &Server) {
+    let Some(tls) = server.tls() else { return };
+    match tls.reload() {
+        Ok(()) => {
+            tracing::info!(cert = %tls.cert_path().display(), "SIGHUP: TLS certificate reloaded")
+        }
+        Err(e) => tracing::error!("SIGHUP: {e}; keeping the old certificate"),
     }
 }
