@@ -791,3 +791,91 @@ async fn a_replay_longer_than_the_queue_is_delivered_whole() {
         assert_eq!(m["seq"], seq);
     }
 }
+
+async fn connect_as(gw: &Gateway, forwarded_for: Option<&str>) -> Result<Client, String> {
+    let mut req = gw.ws_url("/ws").into_client_request().expect("req");
+    if let Some(ip) = forwarded_for {
+        req.headers_mut()
+            .insert("x-forwarded-for", ip.parse().expect("header"));
+    }
+    Client::connect_with(req).await.map_err(|e| e.to_string())
+}
+
+/// `max_connections_per_ip`: 429 before the upgrade (fallbacks too), a slot
+/// frees when a connection ends; proxy headers count only from trusted proxies.
+#[tokio::test]
+async fn per_ip_connection_limit_and_trusted_proxies() {
+    let gw = Gateway::start("[limits]\nmax_connections_per_ip = 2\n");
+    let a = connect_as(&gw, None).await.expect("1st");
+    let _b = connect_as(&gw, None).await.expect("2nd");
+    let err = connect_as(&gw, None).await.err().expect("3rd is refused");
+    assert!(err.contains("429"), "{err}");
+    // An untrusted peer's X-Forwarded-For is ignored: still the same address.
+    let err = connect_as(&gw, Some("203.0.113.9"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.contains("429"), "{err}");
+    assert_eq!(
+        gw.post_json("/poll", None, "").await.0,
+        429,
+        "fallbacks too"
+    );
+    gw.wait_metric("switchyard_handshake_rejections_total{reason=\"per_ip_connections\"}")
+        .await;
+    drop(a);
+    let deadline = Instant::now() + WAIT_REPLY;
+    while connect_as(&gw, None).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection's slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Behind a trusted proxy, each forwarded client has its own slots.
+    let gw = Gateway::start(
+        "[server]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[limits]\nmax_connections_per_ip = 2\n",
+    );
+    let mut held = Vec::new();
+    for ip in ["203.0.113.1", "203.0.113.1", "203.0.113.2", "203.0.113.2"] {
+        held.push(
+            connect_as(&gw, Some(ip))
+                .await
+                .expect("two per forwarded client"),
+        );
+    }
+    let err = connect_as(&gw, Some("203.0.113.1"))
+        .await
+        .err()
+        .expect("third");
+    assert!(err.contains("429"), "{err}");
+    assert!(connect_as(&gw, Some("203.0.113.3")).await.is_ok());
+}
+
+#[tokio::test]
+async fn per_ip_handshake_rate() {
+    let gw = Gateway::start("[limits]\nhandshakes_per_ip_per_sec = 1\n");
+    // Burst 2, then 1/s: in t seconds at most 2 + t upgrades succeed, however
+    // slow the machine is, and a quick run meets a refusal at the third.
+    let start = Instant::now();
+    let mut held = Vec::new();
+    let refused = loop {
+        match connect_as(&gw, None).await {
+            Ok(c) => held.push(c),
+            Err(e) => break e,
+        }
+        assert!(held.len() < 30, "never refused");
+    };
+    assert!(refused.contains("429"), "{refused}");
+    let allowed = 2.0 + start.elapsed().as_secs_f64();
+    assert!(
+        held.len() as f64 <= allowed,
+        "{} upgrades in {:?}",
+        held.len(),
+        start.elapsed()
+    );
+    assert!(held.len() >= 2, "the burst of two went through");
+    gw.wait_metric("switchyard_handshake_rejections_total{reason=\"per_ip_handshakes\"}")
+        .await;
+}

@@ -7,7 +7,21 @@ use switchyard_tests::{Client, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const CFG: &str = "[tenants.default]\napi_keys = [\"k\"]\n";
+const CFG: &str = "[tenants.default]\napi_keys = [\"k\"]\norigins = [\"https://app.test\"]\n[tenants.wsonly]\nfallbacks = []\n[tenants.pollonly]\nfallbacks = [\"poll\"]\npoll_interval = \"1500ms\"\n";
+
+/// POSTs a command to a fallback session with its CSRF token (and an Origin).
+async fn command(gw: &Gateway, path: &str, csrf: &str, origin: Option<&str>, body: &str) -> u16 {
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("x-switchyard-csrf", csrf),
+    ];
+    if let Some(o) = origin {
+        headers.push(("origin", o));
+    }
+    switchyard_tests::http(gw.addr, "POST", path, &headers, Some(body))
+        .await
+        .0
+}
 
 /// A raw SSE reader: yields the JSON of each `data:` event.
 struct Sse {
@@ -89,6 +103,10 @@ async fn sse_session_subscribes_receives_and_sends_commands() {
         (w["type"].clone(), w["client"].clone()),
         (json!("welcome"), json!("sse-1"))
     );
+    let csrf = w["csrf"]
+        .as_str()
+        .expect("the SSE welcome carries a CSRF token")
+        .to_owned();
     let sub = sse.next_type("subscribed").await;
     assert_eq!(sub["channel"], "room:1");
     let epoch = sub["epoch"].as_str().expect("epoch").to_owned();
@@ -104,23 +122,31 @@ async fn sse_session_subscribes_receives_and_sends_commands() {
     );
     // commands over POST, replies on the stream
     let id = sse.session();
-    let (st, _) = gw
-        .post_json(
-            &format!("/sse/session/{id}"),
-            None,
-            r#"{"type":"publish","id":"p1","channel":"room:1","data":"from-sse"}"#,
-        )
-        .await;
+    let path = format!("/sse/session/{id}");
+    let publish = r#"{"type":"publish","id":"p0","channel":"room:1","data":"forged"}"#;
+    // Without the session's token, or from a foreign page: 403, nothing runs.
+    assert_eq!(gw.post_json(&path, None, publish).await.0, 403);
+    assert_eq!(command(&gw, &path, "wrong", None, publish).await, 403);
+    assert_eq!(
+        command(&gw, &path, &csrf, Some("https://evil.test"), publish).await,
+        403
+    );
+    let st = command(
+        &gw,
+        &path,
+        &csrf,
+        Some("https://app.test"),
+        r#"{"type":"publish","id":"p1","channel":"room:1","data":"from-sse"}"#,
+    )
+    .await;
     assert_eq!(st, 202);
     let ack = sse.next_type("ack").await;
     assert_eq!(
         (ack["id"].clone(), ack["seq"].clone()),
-        (json!("p1"), json!(2))
+        (json!("p1"), json!(2)),
+        "seq 2: the refused publishes never ran"
     );
-    let (st, _) = gw
-        .post_json(&format!("/sse/session/{id}"), None, "nope")
-        .await;
-    assert_eq!(st, 202);
+    assert_eq!(command(&gw, &path, &csrf, None, "nope").await, 202);
     assert_eq!(sse.next_type("error").await["code"], "bad_request");
     // resume with since: everything after seq 1
     let mut again = Sse::open(
@@ -142,6 +168,11 @@ async fn long_poll_session_round_trip() {
     assert_eq!(st, 200, "{body}");
     let open: Value = serde_json::from_str(&body).expect("json");
     let id = open["session"].as_str().expect("session").to_owned();
+    let csrf = open["csrf"].as_str().expect("csrf").to_owned();
+    assert_eq!(
+        open["pollInterval"], 3000,
+        "the tenant's poll_interval (default 3s)"
+    );
     let mut frames: Vec<Value> = open["frames"].as_array().expect("frames").clone();
     if frames.len() < 2 {
         let (_, b) = gw.get(&format!("/poll/session/{id}?wait=5")).await;
@@ -167,14 +198,18 @@ async fn long_poll_session_round_trip() {
     // a poll with nothing queued waits, then returns an empty list
     let (st, b) = gw.get(&format!("/poll/session/{id}?wait=1")).await;
     assert_eq!((st, b.as_str()), (200, "[]"));
-    let (st, _) = gw
-        .post_json(
-            &format!("/poll/session/{id}"),
-            None,
-            r#"{"type":"ping","id":9}"#,
-        )
-        .await;
-    assert_eq!(st, 202);
+    let path = format!("/poll/session/{id}");
+    assert_eq!(
+        gw.post_json(&path, None, r#"{"type":"ping","id":8}"#)
+            .await
+            .0,
+        403,
+        "no CSRF token"
+    );
+    assert_eq!(
+        command(&gw, &path, &csrf, None, r#"{"type":"ping","id":9}"#).await,
+        202
+    );
     let (_, b) = gw.get(&format!("/poll/session/{id}?wait=5")).await;
     assert_eq!(
         serde_json::from_str::<Value>(&b).expect("json"),
@@ -196,9 +231,39 @@ async fn long_poll_session_round_trip() {
         json!([{"type":"direct","data":1}])
     );
     // close
-    let (st, _) =
-        switchyard_tests::http(gw.addr, "DELETE", &format!("/poll/session/{id}"), &[], None).await;
+    let (st, _) = switchyard_tests::http(
+        gw.addr,
+        "GET",
+        &format!("{path}?wait=1"),
+        &[("origin", "https://evil.test")],
+        None,
+    )
+    .await;
+    assert_eq!(st, 403, "a foreign page cannot read the session");
+    let (st, _) = switchyard_tests::http(gw.addr, "DELETE", &path, &[], None).await;
+    assert_eq!(st, 403, "DELETE needs the token too");
+    let (st, _) = switchyard_tests::http(
+        gw.addr,
+        "DELETE",
+        &path,
+        &[("x-switchyard-csrf", &csrf)],
+        None,
+    )
+    .await;
     assert_eq!(st, 200);
     let (st, _) = gw.get(&format!("/poll/session/{id}?wait=1")).await;
     assert!(st == 410 || st == 404, "closed session: {st}");
+}
+
+#[tokio::test]
+async fn a_tenant_chooses_its_fallbacks() {
+    let gw = Gateway::start(CFG);
+    assert_eq!(gw.post_json("/poll/wsonly", None, "").await.0, 404);
+    let (st, _) = gw.get("/sse/wsonly").await;
+    assert_eq!(st, 404);
+    assert_eq!(gw.get("/sse/pollonly").await.0, 404);
+    let (st, body) = gw.post_json("/poll/pollonly", None, "").await;
+    assert_eq!(st, 200, "{body}");
+    let open: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(open["pollInterval"], 1500);
 }

@@ -839,3 +839,48 @@ async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_another_node() {
 async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_the_same_node() {
     new_epoch_messages_reach_a_connected_subscriber(true).await;
 }
+
+/// `channel_limits` with a shared broker: one budget for all publishers of a
+/// channel across nodes (the bucket lives in Redis, taken in the publish script).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_limit_holds_cluster_wide() {
+    let redis = RedisServer::start();
+    let limited = |node: &str| {
+        format!(
+            "{}\n[[tenants.default.channel_limits]]\nmatch = \"lim:*\"\nrate = 20\nburst = 20\n\
+             [limits]\npublish_rate = 100000\npublish_burst = 100000\n",
+            config(node, &[&redis], "30s")
+        )
+    };
+    let a = Gateway::start(&limited("node-a"));
+    let b = Gateway::start(&limited("node-b"));
+    for gw in [&a, &b] {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    let mut pa = client(&a, "pa").await;
+    let mut pb = client(&b, "pb").await;
+    let start = Instant::now();
+    let (mut ok, mut limited_replies) = (0u32, 0u32);
+    for i in 0..60u64 {
+        for p in [&mut pa, &mut pb] {
+            let r = publish(p, 100 + i, "lim:1", json!(i)).await;
+            match (r["type"].as_str(), r["code"].as_str()) {
+                (Some("ack"), _) => ok += 1,
+                (Some("error"), Some("rate_limited")) => limited_replies += 1,
+                _ => panic!("unexpected {r}"),
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    // Burst 20, then 20/s for both nodes together (not 20/s each).
+    let allowed = 20.0 + 20.0 * elapsed;
+    assert!(ok >= 20, "the burst went through: {ok}");
+    assert!(
+        f64::from(ok) <= allowed + 1.0,
+        "{ok} accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
+    );
+    assert!(limited_replies > 0);
+    // Other channels are not limited.
+    let r = publish(&mut pa, 999, "free:1", json!(1)).await;
+    assert_eq!(r["type"], "ack", "{r}");
+}

@@ -294,6 +294,12 @@ impl TokenBucket {
         }
     }
 
+    /// Whether the bucket is full again at `now` (nothing worth remembering).
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+
     /// Takes `cost` tokens if available.
     pub fn try_take(&mut self, now: Instant, cost: u32) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();

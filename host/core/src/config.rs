@@ -106,6 +106,9 @@ pub struct ServerConfig {
     pub node_header: String,
     /// Host header → tenant id mapping, used when the path names no tenant.
     pub hosts: BTreeMap<String, String>,
+    /// CIDRs (or addresses) of proxies whose `X-Forwarded-For` / `Forwarded` /
+    /// `X-Real-IP` headers are believed; `[]` = none (the peer is the client).
+    pub trusted_proxies: Vec<String>,
     /// `[server.tls]`: when set, `listen` serves TLS only (wss/https).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
@@ -134,6 +137,7 @@ impl Default for ServerConfig {
             sticky_cookie: "SWITCHYARD_NODE".to_owned(),
             node_header: "x-switchyard-node".to_owned(),
             hosts: BTreeMap::new(),
+            trusted_proxies: Vec::new(),
             tls: None,
         }
     }
@@ -174,9 +178,22 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Connections a node accepts before answering 503 (overload).
     pub max_connections: usize,
+    /// Open connections (WebSocket, y-websocket, fallback sessions) one client
+    /// address may hold; over it → HTTP 429 before the upgrade. `0` = off.
+    pub max_connections_per_ip: usize,
+    /// New connections per second one client address may open (token bucket,
+    /// burst twice the rate); over it → HTTP 429. `0` = off.
+    pub handshakes_per_ip_per_sec: u32,
     /// Grace period for a close handshake before the TCP connection is cut.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
+    /// TCP keepalive on accepted sockets: idle time before the first probe
+    /// (`"0s"` = off), so half-open peers (SSE, long-poll, WebSocket) are found.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive: Duration,
+    /// Interval between TCP keepalive probes.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_interval: Duration,
     /// WebSocket read buffer per connection (bytes). It is allocated and
     /// zero-filled up front, so it dominates memory per idle connection:
     /// 1 KiB measured 7.4 KiB RSS per idle connection against 11.4 KiB at 4 KiB.
@@ -213,7 +230,11 @@ impl Default for Limits {
             abuse_window: Duration::from_secs(10),
             max_subscriptions: 1024,
             max_connections: 100_000,
+            max_connections_per_ip: 0,
+            handshakes_per_ip_per_sec: 0,
             close_timeout: Duration::from_secs(3),
+            tcp_keepalive: Duration::from_secs(300),
+            tcp_keepalive_interval: Duration::from_secs(60),
             read_buffer_bytes: 1024,
             dedupe_window: 1024,
             document_max_bytes: 1 << 20,
@@ -348,6 +369,15 @@ pub struct TenantConfig {
     /// How long history is kept.
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// Fallback transports this tenant offers (`"sse"`, `"poll"`); a disabled
+    /// one answers 404. `[]` = WebSocket only.
+    pub fallbacks: Vec<FallbackKind>,
+    /// How long a long-poll client should wait between polls that return
+    /// nothing (sent as `pollInterval` ms in the open reply).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Per-channel publish limits for all publishers together.
+    pub channel_limits: Vec<ChannelLimitConfig>,
     /// Channel patterns that are document channels (`["doc:*"]`): shared
     /// state resolved by the merge policy (`docs/protocol.md`).
     pub documents: Vec<String>,
@@ -363,9 +393,40 @@ impl Default for TenantConfig {
             history_size: 100,
             history_ttl: Duration::from_secs(300),
             documents: Vec::new(),
+            channel_limits: Vec::new(),
+            fallbacks: vec![FallbackKind::Sse, FallbackKind::Poll],
+            poll_interval: Duration::from_secs(3),
             policies: PoliciesConfig::default(),
         }
     }
+}
+
+/// `(rate, burst)` identity of a channel limit (a changed entry restarts its bucket).
+pub type ChannelLimitKey = (u32, u32);
+
+/// `[[tenants.<id>.channel_limits]]`: one publish budget shared by every
+/// publisher of each matching channel (cluster-wide with a shared broker).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelLimitConfig {
+    /// Channel pattern (`*` wildcard); the first matching entry applies.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Messages per second per channel.
+    pub rate: u32,
+    /// Bucket capacity (default: the rate).
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+/// A fallback transport.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackKind {
+    /// Server-Sent Events (`/sse`).
+    Sse,
+    /// Long-polling (`/poll`).
+    Poll,
 }
 
 /// `[tenants.<id>.policies]`: one optional plugin per role.
@@ -523,6 +584,13 @@ impl Config {
                     "tenants.{id}: tenant ids are 1-64 characters of [A-Za-z0-9_-]"
                 )));
             }
+            for (i, l) in t.channel_limits.iter().enumerate() {
+                if l.rate == 0 || l.burst == Some(0) || l.pattern.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenants.{id}.channel_limits[{i}]: match must be non-empty, rate and burst at least 1"
+                    )));
+                }
+            }
             for p in &t.documents {
                 if p.is_empty() || p.len() > 256 {
                     return Err(ConfigError::Invalid(format!(
@@ -543,6 +611,16 @@ impl Config {
                         "server.tls.{name} must name a PEM file"
                     )));
                 }
+            }
+        }
+        for p in &self.server.trusted_proxies {
+            let (addr, prefix) = p.split_once('/').unwrap_or((p, "128"));
+            let ok = addr.trim().parse::<std::net::IpAddr>().is_ok()
+                && prefix.trim().parse::<u8>().is_ok_and(|n| n <= 128);
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "server.trusted_proxies: {p:?} is not an address or CIDR"
+                )));
             }
         }
         for (host, tenant) in &self.server.hosts {

@@ -414,9 +414,24 @@ pub mod encode {
 
     /// `welcome`
     pub fn welcome(session: &str, client: &str, node: &str, heartbeat_ms: u64) -> Frame {
-        let mut s = String::with_capacity(160);
+        welcome_with(session, client, node, heartbeat_ms, None)
+    }
+
+    /// `welcome` with the fallback session's CSRF token (SSE).
+    pub fn welcome_with(
+        session: &str,
+        client: &str,
+        node: &str,
+        heartbeat_ms: u64,
+        csrf: Option<&str>,
+    ) -> Frame {
+        let mut s = String::with_capacity(200);
         s.push_str("{\"type\":\"welcome\",\"session\":");
         json_str(&mut s, session);
+        if let Some(t) = csrf {
+            s.push_str(",\"csrf\":");
+            json_str(&mut s, t);
+        }
         s.push_str(",\"client\":");
         json_str(&mut s, client);
         s.push_str(",\"node\":");

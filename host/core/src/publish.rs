@@ -28,6 +28,11 @@ pub enum PublishError {
     /// Refused by a policy.
     #[error("{0}")]
     Denied(Denial),
+    /// Over the channel's shared budget (`channel_limits`). Unlike a refusal
+    /// of the client's own rate, it is no strike against the client: the
+    /// budget is spent by all publishers together.
+    #[error("channel publish rate exceeded: retry after {0} ms")]
+    ChannelLimited(u64),
     /// Not a publishable channel (a document channel takes binary patches).
     #[error("{0}")]
     Invalid(String),
@@ -42,7 +47,9 @@ impl PublishError {
         match self {
             PublishError::BadChannel(_) => ErrorCode::BadChannel,
             PublishError::Invalid(_) => ErrorCode::Invalid,
-            PublishError::Denied(Denial::RateLimited { .. }) => ErrorCode::RateLimited,
+            PublishError::Denied(Denial::RateLimited { .. }) | PublishError::ChannelLimited(_) => {
+                ErrorCode::RateLimited
+            }
             PublishError::Denied(_) => ErrorCode::Forbidden,
             PublishError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
             PublishError::Broker(_) => ErrorCode::Internal,
@@ -54,7 +61,7 @@ impl PublishError {
         match self {
             PublishError::BadChannel(_) | PublishError::Invalid(_) => 400,
             PublishError::Denied(Denial::Unauthorized(_)) => 401,
-            PublishError::Denied(Denial::RateLimited { .. }) => 429,
+            PublishError::Denied(Denial::RateLimited { .. }) | PublishError::ChannelLimited(_) => 429,
             PublishError::Denied(_) => 403,
             PublishError::Broker(BrokerError::Unavailable(_)) => 503,
             PublishError::Broker(BrokerError::NotFound) => 404,
@@ -170,12 +177,15 @@ pub async fn publish(
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    let opts = tenant.channel_options();
     let data: Arc<RawValue> = Arc::from(data);
     let mut out = Vec::with_capacity(targets.len().max(1));
     if original {
         let key = ChannelKey::new(tenant.id.clone(), channel);
+        let opts = tenant.publish_options(channel);
         let p = node.broker.publish(&key, data, msg_id, &opts).await?;
+        if let Some(retry_after_ms) = p.limited {
+            return Err(PublishError::ChannelLimited(retry_after_ms));
+        }
         node.metrics.publishes.inc();
         out.push(Accepted {
             channel: channel.to_owned(),
@@ -190,7 +200,11 @@ pub async fn publish(
             None => data.clone(),
         };
         let key = ChannelKey::new(tenant.id.clone(), t.channel.as_str());
+        let opts = tenant.publish_options(&t.channel);
         let p = node.broker.publish(&key, payload, msg_id, &opts).await?;
+        if let Some(retry_after_ms) = p.limited {
+            return Err(PublishError::ChannelLimited(retry_after_ms));
+        }
         node.metrics.publishes.inc();
         out.push(Accepted {
             channel: t.channel,
@@ -222,6 +236,50 @@ mod tests {
         fn check(&self, _: &RateKey<'_>, _: u32) -> RateDecision {
             self.0.fetch_add(1, Ordering::SeqCst);
             RateDecision::Allow
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_limit_is_shared_by_every_publisher() {
+        let cfg = "[[tenants.default.channel_limits]]\nmatch = \"lim:*\"\nrate = 1\nburst = 3\n";
+        let node = Node::with_memory_broker(Arc::new(Config::from_toml(cfg).expect("cfg")));
+        let tenant = node.tenants.get("default").expect("tenant");
+        let mut outcomes = Vec::new();
+        for (i, client) in ["a", "b", "c", "a", "b"].iter().enumerate() {
+            let data = RawValue::from_string(i.to_string()).expect("raw");
+            let r = publish(
+                &node,
+                &tenant,
+                &Principal::anonymous(),
+                client,
+                "lim:1",
+                data,
+                None,
+                Publisher::Client,
+            )
+            .await;
+            outcomes.push(match r {
+                Ok(_) => "ok",
+                Err(PublishError::ChannelLimited(_)) => "limited",
+                Err(e) => panic!("{e}"),
+            });
+        }
+        assert_eq!(outcomes, ["ok", "ok", "ok", "limited", "limited"]);
+        // Another channel has its own bucket; an unmatched one has none.
+        for ch in ["lim:2", "free:1", "free:1", "free:1", "free:1"] {
+            let data = RawValue::from_string("1".into()).expect("raw");
+            let r = publish(
+                &node,
+                &tenant,
+                &Principal::anonymous(),
+                "a",
+                ch,
+                data,
+                None,
+                Publisher::Server,
+            )
+            .await;
+            assert!(r.is_ok(), "{ch}");
         }
     }
 

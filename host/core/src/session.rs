@@ -93,6 +93,17 @@ impl Session {
         client: Arc<str>,
         principal: Principal,
     ) -> Self {
+        Self::open_with(node, tenant, client, principal, None)
+    }
+
+    /// Like [`Session::open`]; `welcome` also carries a fallback session's CSRF token.
+    pub fn open_with(
+        node: Arc<Node>,
+        tenant: Arc<Tenant>,
+        client: Arc<str>,
+        principal: Principal,
+        csrf: Option<&str>,
+    ) -> Self {
         let limits = node.limits().clone();
         let now = Instant::now();
         let outbox = Arc::new(Outbox::with_bytes(
@@ -113,7 +124,13 @@ impl Session {
         node.metrics.connections_active.inc();
         let name = uuid::Uuid::new_v4().to_string();
         let heartbeat_ms = u64::try_from(limits.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
-        let _ = outbox.push_frame(encode::welcome(&name, &client, &node.id, heartbeat_ms));
+        let _ = outbox.push_frame(encode::welcome_with(
+            &name,
+            &client,
+            &node.id,
+            heartbeat_ms,
+            csrf,
+        ));
         Self {
             tenant,
             id,

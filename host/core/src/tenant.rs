@@ -43,6 +43,22 @@ impl Tenant {
         **self.options.load()
     }
 
+    /// Channel settings for publishing on `channel`: with its `channel_limits`
+    /// entry (the first whose pattern matches), if any.
+    pub fn publish_options(&self, channel: &str) -> ChannelOptions {
+        let mut opts = self.channel_options();
+        let cfg = self.config.load();
+        opts.limit = cfg
+            .channel_limits
+            .iter()
+            .find(|l| crate::channel::pattern_matches(&l.pattern, channel))
+            .map(|l| crate::broker::ChannelLimit {
+                rate: l.rate,
+                burst: l.burst.unwrap_or(l.rate).max(1),
+            });
+        opts
+    }
+
     /// Current policies (cheap, lock-free).
     pub fn policies(&self) -> arc_swap::Guard<Arc<PolicySet>> {
         self.policies.load()
@@ -91,10 +107,12 @@ fn options_of(c: &TenantConfig, dedupe_window: usize) -> ChannelOptions {
         history_size: c.history_size,
         history_ttl: c.history_ttl,
         dedupe_window,
+        limit: None,
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares two byte strings in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() || a.is_empty() {
         return false;
     }

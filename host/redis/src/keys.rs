@@ -24,6 +24,8 @@ pub struct ChannelKeys {
     pub presence_node_prefix: String,
     /// Pub/sub channel of live messages.
     pub live: String,
+    /// Hash `tokens`, `ts`: the channel's shared publish bucket (`channel_limits`).
+    pub limit: String,
 }
 
 impl ChannelKeys {
@@ -37,6 +39,7 @@ impl ChannelKeys {
             presence_index: format!("{tag}:presence"),
             presence_node_prefix: format!("{tag}:presence:"),
             live: live_channel(key),
+            limit: format!("{tag}:limit"),
         }
     }
 }

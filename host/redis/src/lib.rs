@@ -240,6 +240,7 @@ impl Broker for RedisBroker {
                     .key(&keys.meta)
                     .key(&keys.stream)
                     .key(&keys.dedupe)
+                    .key(&keys.limit)
                     .arg(&*epoch)
                     .arg(data.get())
                     .arg(msg_id.unwrap_or(""))
@@ -248,6 +249,8 @@ impl Broker for RedisBroker {
                     .arg(ms(opts.history_ttl.max(META_TTL_MIN)))
                     .arg(opts.dedupe_window.max(1))
                     .arg(&keys.live)
+                    .arg(opts.limit.map_or(0, |l| l.rate))
+                    .arg(opts.limit.map_or(0, |l| l.burst))
                     .invoke_async::<redis::Value>(&mut conn),
             )
             .await?;
@@ -256,6 +259,7 @@ impl Broker for RedisBroker {
             seq: r.seq,
             epoch: Arc::from(r.epoch),
             duplicate: r.duplicate,
+            limited: r.limited,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct PublishReply {
     pub seq: u64,
     /// The msgId was seen before.
     pub duplicate: bool,
+    /// Over the channel's limit: retry after this many ms.
+    pub limited: Option<u64>,
 }
 
 /// Parses `{epoch, seq, dup}`.
@@ -49,6 +51,13 @@ pub fn publish(v: &Value) -> Result<PublishReply, BrokerError> {
             epoch: text(e).ok_or_else(|| bad("publish epoch"))?.to_owned(),
             seq: uint(s).ok_or_else(|| bad("publish seq"))?,
             duplicate: uint(d) == Some(1),
+            limited: None,
+        }),
+        [e, _, d, retry] if uint(d) == Some(2) => Ok(PublishReply {
+            epoch: text(e).ok_or_else(|| bad("publish epoch"))?.to_owned(),
+            seq: 0,
+            duplicate: false,
+            limited: Some(uint(retry).unwrap_or(1000)),
         }),
         _ => Err(bad("publish arity")),
     }

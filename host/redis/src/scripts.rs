@@ -6,10 +6,12 @@ use redis::Script;
 
 /// Publish: dedupe by msgId, next seq, XADD history, expiry, PUBLISH — atomically.
 ///
-/// KEYS: meta, stream, dedupe. ARGV: new epoch (used only if the channel has none),
-/// data, msgId (`""` = none), history_size, history_ttl ms, meta ttl ms,
-/// dedupe window, live pub/sub channel.
-/// Returns `{epoch, seq, duplicate (0|1)}`.
+/// KEYS: meta, stream, dedupe, limit (the channel's shared token bucket).
+/// ARGV: new epoch (used only if the channel has none), data, msgId (`""` =
+/// none), history_size, history_ttl ms, meta ttl ms, dedupe window, live
+/// pub/sub channel, limit rate (`0` = none), limit burst.
+/// Returns `{epoch, seq, duplicate (0|1)}`, or `{epoch, 0, 2, retry ms}` when
+/// the channel's limit has no token (nothing published).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SRC));
 
 const PUBLISH_SRC: &str = r#"
@@ -26,9 +28,23 @@ if msgid ~= '' then
     return {epoch, tonumber(prev), 1}
   end
 end
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local t = redis.call('TIME')
-local ts = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[9] or '0')
+if rate > 0 then
+  local burst = tonumber(ARGV[10])
+  local b = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
+  local tokens = tonumber(b[1]) or burst
+  local last = tonumber(b[2]) or now
+  tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
+  if tokens < 1 then
+    return {epoch, 0, 2, math.ceil((1 - tokens) * 1000 / rate)}
+  end
+  redis.call('HSET', KEYS[4], 'tokens', tostring(tokens - 1), 'ts', now)
+  redis.call('PEXPIRE', KEYS[4], math.ceil(burst * 1000 / rate) + 1000)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local ts = string.format('%d', now)
 local size = tonumber(ARGV[4])
 if size > 0 then
   redis.call('XADD', KEYS[2], 'MAXLEN', size, string.format('%d-0', seq), 'd', ARGV[2], 't', ts)

@@ -23,6 +23,7 @@ const OPTS: ChannelOptions = ChannelOptions {
     history_size: 100,
     history_ttl: Duration::from_secs(300),
     dedupe_window: 16,
+    limit: None,
 };
 
 fn hub(node: &str) -> Arc<Hub> {

@@ -33,7 +33,9 @@ pub fn preflight(origin: &HeaderValue) -> Resp {
     );
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type, x-client-id, traceparent"),
+        HeaderValue::from_static(
+            "authorization, content-type, x-client-id, traceparent, x-switchyard-csrf",
+        ),
     );
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,

@@ -11,6 +11,13 @@
 //!   `DELETE /poll/session/{session}` closes. A session not polled for
 //!   `limits.idle_timeout` is closed.
 //!
+//! Every `POST`/`DELETE` to a session must carry the session's CSRF token
+//! (`"csrf"` in the SSE `welcome` and the long-poll open reply) as the header
+//! `X-Switchyard-CSRF` — a non-simple header, so a foreign page cannot send it
+//! without a CORS preflight — and any session request with an `Origin` must come
+//! from an allowed one; otherwise 403 and nothing is run. A tenant's
+//! `fallbacks` list enables the transports (a disabled one answers 404).
+//!
 //! A close is delivered as `{"type":"close","code":…,"reason":…}` (SSE: event
 //! `close`), after which the session is gone (404).
 
@@ -26,8 +33,10 @@ use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame as BodyFrame, Incoming};
 use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
+use switchyard_core::config::FallbackKind;
 use switchyard_core::protocol::CloseCode;
 use switchyard_core::session::{Handler, Session};
+use switchyard_core::tenant::Tenant;
 use tokio::sync::mpsc;
 
 use crate::Server;
@@ -42,6 +51,9 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// A fallback session reachable by its name.
 pub(crate) struct Fallback {
+    /// Bound to the session: every POST/DELETE must echo it as `X-Switchyard-CSRF`.
+    csrf: String,
+    tenant: Arc<Tenant>,
     commands: mpsc::Sender<Bytes>,
     outbox: Arc<Outbox>,
     poll: tokio::sync::Mutex<()>,
@@ -68,16 +80,22 @@ fn open(
         .connections_opened
         .get_or_create(&switchyard_core::metrics::TransportLabel { transport })
         .inc();
-    let session = Session::open(
+    let csrf = uuid::Uuid::new_v4().simple().to_string();
+    let tenant = admitted.tenant.clone();
+    let slot = admitted.slot; // the address's connection slot, held by the session task
+    let session = Session::open_with(
         node.clone(),
         admitted.tenant,
         Arc::from(admitted.client_id.as_str()),
         admitted.principal,
+        Some(&csrf),
     )
     .text_only();
     let name = session.name().to_owned();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let handle = Arc::new(Fallback {
+        csrf,
+        tenant,
         commands: tx,
         outbox: session.outbox().clone(),
         poll: tokio::sync::Mutex::new(()),
@@ -91,6 +109,7 @@ fn open(
     let expire = transport == "poll";
     let h = handle.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut session = session;
         let mut rx = rx;
         loop {
@@ -191,6 +210,18 @@ async fn start(
 ) -> Result<(String, Arc<Fallback>), Box<Resp>> {
     let admitted = admit_fallback(server, req, remote, path_tenant.as_deref())
         .map_err(|e| Box::new(refuse(server, e)))?;
+    let kind = if transport == "sse" {
+        FallbackKind::Sse
+    } else {
+        FallbackKind::Poll
+    };
+    if !admitted.tenant.config().fallbacks.contains(&kind) {
+        return Err(Box::new(json_error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("{transport} is not enabled for this tenant (tenants.<id>.fallbacks)"),
+        )));
+    }
     let (name, handle) = open(server, admitted, transport);
     initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
     Ok((name, handle))
@@ -292,10 +323,14 @@ pub async fn poll_open(
         Err(resp) => return *resp,
     };
     let frames = collect(&handle, Duration::ZERO).await;
+    let interval = handle.tenant.config().poll_interval.as_millis();
     with_type(
         StatusCode::OK,
         "application/json",
-        format!("{{\"session\":\"{name}\",\"frames\":{frames}}}"),
+        format!(
+            "{{\"session\":\"{name}\",\"csrf\":\"{}\",\"pollInterval\":{interval},\"frames\":{frames}}}",
+            handle.csrf
+        ),
     )
 }
 
@@ -339,6 +374,28 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
     let Some(handle) = server.fallbacks.get(id).map(|h| h.value().clone()) else {
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such session");
     };
+    // A page on a foreign origin must not read or drive a session whose name it learnt.
+    if let Some(origin) = req.headers().get(header::ORIGIN)
+        && !origin
+            .to_str()
+            .is_ok_and(|o| handle.tenant.origin_allowed(o))
+    {
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+    }
+    if matches!(*req.method(), http::Method::POST | http::Method::DELETE) {
+        let given = req
+            .headers()
+            .get("x-switchyard-csrf")
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !switchyard_core::tenant::constant_time_eq(given, handle.csrf.as_bytes()) {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "missing or wrong X-Switchyard-CSRF (the token of the session's welcome / open reply)",
+            );
+        }
+    }
     match *req.method() {
         http::Method::GET => {
             let Ok(_guard) = handle.poll.try_lock() else {

@@ -34,6 +34,9 @@ pub enum HandshakeError {
     /// Bad `X-Client-Id` / `client_id`.
     #[error("client id must be 1-128 visible ASCII characters")]
     ClientId,
+    /// Over a per-address limit (`max_connections_per_ip`, `handshakes_per_ip_per_sec`).
+    #[error("too many connections from this address")]
+    PerIp(crate::client_ip::Refusal),
     /// Auth policy refused the credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -63,7 +66,7 @@ impl HandshakeError {
             HandshakeError::Origin | HandshakeError::Forbidden(_) => StatusCode::FORBIDDEN,
             HandshakeError::UnknownTenant => StatusCode::NOT_FOUND,
             HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            HandshakeError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            HandshakeError::RateLimited | HandshakeError::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
             HandshakeError::Overloaded | HandshakeError::Draining => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -84,6 +87,8 @@ impl HandshakeError {
             HandshakeError::Unauthorized(_) => "unauthorized",
             HandshakeError::Forbidden(_) => "forbidden",
             HandshakeError::RateLimited => "rate_limited",
+            HandshakeError::PerIp(crate::client_ip::Refusal::Connections) => "per_ip_connections",
+            HandshakeError::PerIp(crate::client_ip::Refusal::Handshakes) => "per_ip_handshakes",
             HandshakeError::Overloaded => "overloaded",
             HandshakeError::Draining => "draining",
         }

@@ -2,6 +2,7 @@
 //! the HTTP API, metrics, health, admin and graceful drain.
 
 pub mod api;
+pub mod client_ip;
 pub mod cors;
 pub mod echo;
 pub mod fallback;
@@ -48,6 +49,10 @@ pub struct Server {
     pub(crate) fallbacks: dashmap::DashMap<String, Arc<fallback::Fallback>>,
     stop: watch::Sender<bool>,
     tls: Option<Arc<tls::Tls>>,
+    /// Per-address connection and handshake limits.
+    pub(crate) per_ip: client_ip::PerIp,
+    /// `server.trusted_proxies`, parsed.
+    pub(crate) proxies: Vec<client_ip::Cidr>,
 }
 
 impl std::fmt::Debug for Server {
@@ -72,7 +77,24 @@ impl Server {
         tls: Option<Arc<tls::Tls>>,
     ) -> Arc<Self> {
         let (stop, _) = watch::channel(false);
+        let l = node.limits();
+        let per_ip = client_ip::PerIp::new(l.max_connections_per_ip, l.handshakes_per_ip_per_sec);
+        let proxies = node
+            .config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| match client_ip::Cidr::parse(p) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "server.trusted_proxies entry ignored");
+                    None
+                }
+            })
+            .collect();
         Arc::new(Self {
+            per_ip,
+            proxies,
             node,
             admin,
             open: AtomicUsize::new(0),
@@ -106,6 +128,7 @@ impl Server {
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
                         let _ = stream.set_nodelay(true);
+                        set_keepalive(&stream, self.node.limits());
                         let this = self.clone();
                         tokio::spawn(async move { this.serve_connection(stream, remote).await });
                     }
@@ -219,5 +242,19 @@ impl Server {
 
     pub(crate) fn admin(&self) -> Option<&Arc<dyn AdminSource>> {
         self.admin.as_ref()
+    }
+}
+
+/// TCP keepalive on an accepted socket (`limits.tcp_keepalive`, `"0s"` = off),
+/// so a peer that vanished without a FIN is found even when nothing is sent.
+fn set_keepalive(stream: &tokio::net::TcpStream, limits: &switchyard_core::config::Limits) {
+    if limits.tcp_keepalive.is_zero() {
+        return;
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(limits.tcp_keepalive)
+        .with_interval(limits.tcp_keepalive_interval.max(Duration::from_secs(1)));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "setting TCP keepalive failed");
     }
 }

@@ -19,12 +19,16 @@ use crate::handshake::{self, HandshakeError, Upgrade};
 use crate::response::{Resp, text};
 use crate::websocket::{self, TransportLimits};
 
-/// A client admitted by tenant, origin and auth checks.
+/// A client admitted by tenant, origin, per-address and auth checks.
 pub(crate) struct Admitted {
     pub tenant: Arc<switchyard_core::tenant::Tenant>,
     pub client_id: String,
     pub principal: switchyard_core::policy::Principal,
     pub traceparent: String,
+    /// The client's real address (see [`crate::client_ip`]).
+    pub ip: std::net::IpAddr,
+    /// Its connection slot: keep it for the connection's life.
+    pub slot: crate::client_ip::IpSlot,
 }
 
 /// Tenant resolution, Origin allow-list, client id and the auth policy: the
@@ -37,6 +41,11 @@ pub(crate) fn admit<B>(
 ) -> Result<Admitted, HandshakeError> {
     let node = server.node();
     let headers = req.headers();
+    let ip = crate::client_ip::real_ip(remote.ip(), headers, &server.proxies);
+    let slot = server
+        .per_ip
+        .admit(ip, std::time::Instant::now())
+        .map_err(HandshakeError::PerIp)?;
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let tenant = node
         .tenants
@@ -72,7 +81,11 @@ pub(crate) fn admit<B>(
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect(),
-        remote_addr: remote.to_string(),
+        remote_addr: if ip == remote.ip() {
+            remote.to_string()
+        } else {
+            ip.to_string()
+        },
         client_id: client_id.clone(),
         token: handshake::bearer_token(headers, query),
     });
@@ -88,6 +101,8 @@ pub(crate) fn admit<B>(
         client_id,
         principal,
         traceparent,
+        ip,
+        slot,
     })
 }
 
@@ -189,6 +204,8 @@ pub async fn session(
         client_id,
         principal,
         traceparent,
+        ip,
+        slot,
     } = match admit(server, &req, remote, path_tenant.as_deref()) {
         Ok(a) => a,
         Err(e) => return refuse(server, e),
@@ -200,7 +217,7 @@ pub async fn session(
         "ws.connection",
         tenant = %tenant.id,
         client = %client_id,
-        peer = %remote,
+        peer = %ip,
         traceparent = %traceparent,
     );
     server.conn_opened();
@@ -227,6 +244,7 @@ pub async fn session(
                 .connections_opened
                 .get_or_create(&switchyard_core::metrics::TransportLabel { transport: "ws" })
                 .inc();
+            let _slot = slot; // this address's connection slot, held until the end
             let session = Session::open(node, tenant, Arc::from(client_id.as_str()), principal);
             tracing::debug!(session = session.name(), "connected");
             let (ended, session) = drive_owned(ws, session, limits, &metrics).await;

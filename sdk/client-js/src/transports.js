@@ -225,17 +225,23 @@ export class WebSocketTransport extends Base {
   }
 }
 
-/** Serial command POSTs (one in flight, so commands keep their order). */
+/**
+ * Serial command POSTs (one in flight, so commands keep their order). Each
+ * carries the session's CSRF token (from the SSE welcome / the poll open
+ * reply) as `X-Switchyard-CSRF`, which the gateway requires.
+ */
 class CommandQueue {
   /**
    * @param {() => string | null} url
    * @param {typeof fetch} fetchImpl
    * @param {(info: CloseInfo) => void} fail
+   * @param {() => string | null} csrf
    */
-  constructor(url, fetchImpl, fail) {
+  constructor(url, fetchImpl, fail, csrf) {
     this.url = url;
     this.fetch = fetchImpl;
     this.fail = fail;
+    this.csrf = csrf;
     /** @type {string[]} */
     this.queue = [];
     this.busy = false;
@@ -256,8 +262,12 @@ class CommandQueue {
       if (!url) break;
       let res;
       try {
-        // A string body is sent as text/plain: a "simple" cross-origin request, no preflight.
-        res = await this.fetch(url, { method: 'POST', body: this.queue[0] });
+        // The CSRF header makes this a non-simple request: a cross-origin page needs a preflight.
+        res = await this.fetch(url, {
+          method: 'POST',
+          body: this.queue[0],
+          headers: { 'content-type': 'application/json', 'x-switchyard-csrf': this.csrf() ?? '' },
+        });
       } catch (e) {
         if (!this.stopped) this.fail({ code: 1006, reason: `command failed: ${e}` });
         break;
@@ -313,6 +323,7 @@ export class SseTransport extends Base {
       // EventSource cannot read the x-switchyard-session header: the welcome names the session.
       if (frame?.type === 'welcome' && typeof frame.session === 'string') {
         this.session = frame.session;
+        if (typeof frame.csrf === 'string') this.csrf = frame.csrf;
       }
       this.deliver(frame);
       if (this.session && this.commands?.queue.length && !this.commands.busy) void this.commands.pump();
@@ -354,10 +365,13 @@ export class PollTransport extends Base {
     this.abort = typeof AbortController === 'function' ? new AbortController() : null;
     /** @type {string | null} */
     this.session = null;
+    /** @type {string | null} */
+    this.csrf = null;
     this.commands = new CommandQueue(
       () => (this.session ? this.endpoint.session('poll', this.session) : null),
       this.fetch,
       (info) => this.finish(info),
+      () => this.csrf,
     );
     void this.run();
   }
@@ -381,6 +395,7 @@ export class PollTransport extends Base {
       }
       const session = String(opened.session);
       this.session = session;
+      if (typeof opened.csrf === 'string') this.csrf = opened.csrf;
       for (const f of opened.frames) this.deliver(f);
       if (this.commands?.queue.length && !this.commands.busy) void this.commands.pump();
       const wait = Math.max(1, Math.min(30, Math.floor(this.options.pollWait ?? 25)));
@@ -415,7 +430,11 @@ export class PollTransport extends Base {
     const session = this.session;
     if (session && this.fetch) {
       // Best effort: end the session now instead of at the server's idle timeout.
-      this.fetch(this.endpoint.session('poll', session), { method: 'DELETE', keepalive: true }).catch(() => {});
+      this.fetch(this.endpoint.session('poll', session), {
+        method: 'DELETE',
+        keepalive: true,
+        headers: { 'x-switchyard-csrf': this.csrf ?? '' },
+      }).catch(() => {});
     }
   }
 }

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use super::{Broker, BrokerError, ChannelOptions, Published};
+use crate::backpressure::TokenBucket;
 use crate::channel::ChannelKey;
 use crate::dedupe::DedupeWindow;
 use crate::history::{History, Message, Recovery};
@@ -23,6 +24,8 @@ struct ChannelState {
     history: History,
     dedupe: DedupeWindow,
     last_publish: Instant,
+    /// The channel's shared budget, when it has a `channel_limits` entry.
+    bucket: Option<(crate::config::ChannelLimitKey, TokenBucket)>,
 }
 
 impl ChannelState {
@@ -33,6 +36,7 @@ impl ChannelState {
             history: History::new(opts.history_size, opts.history_ttl),
             dedupe: DedupeWindow::new(opts.dedupe_window),
             last_publish: now,
+            bucket: None,
         }
     }
 }
@@ -125,9 +129,28 @@ impl Broker for MemoryBroker {
                 seq,
                 epoch: st.epoch.clone(),
                 duplicate: true,
+                limited: None,
             });
         }
         let now = Instant::now();
+        if let Some(limit) = opts.limit {
+            let key = (limit.rate, limit.burst);
+            if st.bucket.as_ref().is_none_or(|(k, _)| *k != key) {
+                st.bucket = Some((key, TokenBucket::new(limit.rate, limit.burst, now)));
+            }
+            if let Some((_, b)) = st.bucket.as_mut()
+                && !b.try_take(now, 1)
+            {
+                return Ok(Published {
+                    seq: st.seq,
+                    epoch: st.epoch.clone(),
+                    duplicate: false,
+                    limited: Some(1000 / u64::from(limit.rate.max(1)) + 1),
+                });
+            }
+        } else {
+            st.bucket = None;
+        }
         st.seq += 1;
         st.last_publish = now;
         let msg = Message {
@@ -148,6 +171,7 @@ impl Broker for MemoryBroker {
             seq: msg.seq,
             epoch: msg.epoch,
             duplicate: false,
+            limited: None,
         })
     }
 

@@ -27,6 +27,18 @@ pub struct ChannelOptions {
     pub history_ttl: Duration,
     /// `msgId` dedupe window (entries per channel).
     pub dedupe_window: usize,
+    /// The channel's `channel_limits` entry: one token bucket for all its
+    /// publishers together, kept by the broker (cluster-wide with Redis).
+    pub limit: Option<ChannelLimit>,
+}
+
+/// A channel's shared publish budget: `rate` per second, bursts of `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelLimit {
+    /// Messages per second.
+    pub rate: u32,
+    /// Bucket capacity.
+    pub burst: u32,
 }
 
 /// Outcome of a publish.
@@ -38,6 +50,9 @@ pub struct Published {
     pub epoch: Arc<str>,
     /// The `msgId` was seen before; nothing was delivered.
     pub duplicate: bool,
+    /// Over the channel's limit (`ChannelOptions::limit`): nothing was
+    /// published; retry after this many ms.
+    pub limited: Option<u64>,
 }
 
 /// Broker failures. Each maps to a protocol `error` code or HTTP status.
@@ -73,8 +88,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Short name for logs and metrics (`memory`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// Publishes on a channel: dedupes by `msg_id`, assigns the next seq, records
-    /// history and delivers to every watching node.
+    /// Publishes on a channel: dedupes by `msg_id`, takes a token from the
+    /// channel's limit (`opts.limit`; when empty: `Published::limited`, nothing
+    /// published), assigns the next seq, records history and delivers to every
+    /// watching node.
     async fn publish(
         &self,
         key: &ChannelKey,
