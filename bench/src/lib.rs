@@ -3,11 +3,14 @@
 //! and the bare peer servers it is compared against.
 
 pub mod conn;
+pub mod docs;
 pub mod echo;
 pub mod fanout;
+pub mod http;
 pub mod idle;
 pub mod jwt;
 pub mod proto;
 pub mod report;
 pub mod run;
+pub mod statepatch;
 pub mod stats;

@@ -1,5 +1,7 @@
 //! `switchyard-bench`: the load tool. Scenarios `echo`, `fanout`,
-//! `cross-node` and `idle` against Switchyard or peer servers; `report`
+//! `cross-node` and `idle` against Switchyard or peer servers, the document
+//! channel scenarios `docs-patch`, `docs-snapshot` and `docs-memory` against
+//! Switchyard; `report`
 //! turns collected JSON lines into the markdown table of docs/benchmarks.md.
 
 use std::io::Write as _;
@@ -9,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use switchyard_bench::run::Common;
 use switchyard_bench::stats::{self, RunResult};
-use switchyard_bench::{echo, fanout, idle, report};
+use switchyard_bench::{docs, echo, fanout, idle, report};
 
 /// Load tool for WebSocket servers: Switchyard and its peers.
 #[derive(Debug, Parser)]
@@ -31,6 +33,15 @@ enum Command {
     CrossNode(fanout::FanoutArgs),
     /// Open and hold connections: server RSS per connection, handshake rate.
     Idle(idle::IdleArgs),
+    /// N editors patch one document channel, W patches in flight each:
+    /// acked patches/s, delivered PATCH frames/s, ack latency (`--plain`:
+    /// the same through JSON publishes to a normal channel).
+    DocsPatch(docs::PatchArgs),
+    /// Build a large LWW document over HTTP, then time subscribe → SNAPSHOT
+    /// on fresh connections.
+    DocsSnapshot(docs::SnapshotArgs),
+    /// Open many small documents over HTTP: server RSS per open document.
+    DocsMemory(docs::MemoryArgs),
     /// Render collected JSON results as markdown tables.
     Report(report::ReportArgs),
 }
@@ -54,6 +65,9 @@ fn main() -> Result<()> {
                 fanout::run(args, &cli.common, "cross-node").await
             }
             Command::Idle(args) => idle::run(args, &cli.common).await,
+            Command::DocsPatch(args) => docs::run_patch(args, &cli.common).await,
+            Command::DocsSnapshot(args) => docs::run_snapshot(args, &cli.common).await,
+            Command::DocsMemory(args) => docs::run_memory(args, &cli.common).await,
             Command::Report(_) => unreachable!("handled above"),
         }
     });

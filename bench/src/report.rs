@@ -12,6 +12,17 @@ use crate::stats::{RunResult, fmt_us};
 const START: &str = "<!-- bench:start -->";
 const END: &str = "<!-- bench:end -->";
 
+/// The markers of a named section (`--section docs`: `<!-- bench:docs:start -->`).
+fn markers(section: Option<&str>) -> (String, String) {
+    match section {
+        Some(name) => (
+            format!("<!-- bench:{name}:start -->"),
+            format!("<!-- bench:{name}:end -->"),
+        ),
+        None => (START.to_string(), END.to_string()),
+    }
+}
+
 /// Options of `report`.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
@@ -24,6 +35,10 @@ pub struct ReportArgs {
     /// Write the tables into this markdown file between the bench markers.
     #[arg(long)]
     pub update: Option<String>,
+    /// With --update: use the markers `<!-- bench:NAME:start/end -->` instead
+    /// (another script's tables in the same document).
+    #[arg(long)]
+    pub section: Option<String>,
 }
 
 /// Runs `report`.
@@ -50,22 +65,29 @@ pub fn run(args: &ReportArgs) -> Result<()> {
     print!("{md}");
     if let Some(path) = &args.update {
         let doc = std::fs::read_to_string(path).unwrap_or_default();
-        std::fs::write(path, splice(&doc, &md)?)?;
+        let (start, end) = markers(args.section.as_deref());
+        std::fs::write(path, splice_at(&doc, &md, &start, &end)?)?;
         eprintln!("updated {path}");
     }
     Ok(())
 }
 
-/// Replaces the text between the markers (or appends a marked section).
+/// Replaces the text between the default markers (or appends a marked section).
+#[cfg(test)]
 fn splice(doc: &str, body: &str) -> Result<String> {
-    match (doc.find(START), doc.find(END)) {
+    splice_at(doc, body, START, END)
+}
+
+/// Replaces the text between `start` and `end` (or appends a marked section).
+fn splice_at(doc: &str, body: &str, start: &str, end: &str) -> Result<String> {
+    match (doc.find(start), doc.find(end)) {
         (Some(s), Some(e)) if s < e => Ok(format!(
-            "{}{START}\n{body}{END}{}",
+            "{}{start}\n{body}{end}{}",
             &doc[..s],
-            &doc[e + END.len()..]
+            &doc[e + end.len()..]
         )),
-        (None, None) => Ok(format!("{doc}\n{START}\n{body}{END}\n")),
-        _ => bail!("bench markers are malformed"),
+        (None, None) => Ok(format!("{doc}\n{start}\n{body}{end}\n")),
+        _ => bail!("bench markers {start} … {end} are malformed"),
     }
 }
 
@@ -93,12 +115,11 @@ fn group(results: &[RunResult]) -> Vec<(String, Vec<ServerRuns>)> {
 
 fn median(runs: &[RunResult]) -> &RunResult {
     let mut order: Vec<usize> = (0..runs.len()).collect();
-    let key = |r: &RunResult| {
-        if r.scenario == "idle" {
-            r.rss_per_conn_kib.unwrap_or(0.0)
-        } else {
-            r.rate_per_s
-        }
+    let key = |r: &RunResult| match r.scenario.as_str() {
+        "idle" => r.rss_per_conn_kib.unwrap_or(0.0),
+        "docs-memory" => r.bytes_per_doc.unwrap_or(0.0),
+        "docs-snapshot" => r.latency.p50_us as f64,
+        _ => r.rate_per_s,
     };
     order.sort_by(|&a, &b| key(&runs[a]).total_cmp(&key(&runs[b])));
     &runs[order[order.len() / 2]]
@@ -129,7 +150,13 @@ pub fn render(results: &[RunResult]) -> String {
         if !target.is_empty() {
             let _ = writeln!(md, "Target: {target}\n");
         }
-        if first.scenario == "idle" {
+        if first.scenario == "docs-patch" {
+            render_docs_patch(&mut md, &servers, ref_server, &medians);
+        } else if first.scenario == "docs-snapshot" {
+            render_docs_snapshot(&mut md, &servers);
+        } else if first.scenario == "docs-memory" {
+            render_docs_memory(&mut md, &servers);
+        } else if first.scenario == "idle" {
             md.push_str("| server | connections | RSS before | RSS after | RSS / connection | handshakes/s | handshake p50 | handshake p99 | closed |\n");
             md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for (server, runs) in &servers {
@@ -210,6 +237,126 @@ pub fn render(results: &[RunResult]) -> String {
     md
 }
 
+/// Document patches against plain publishes: acked/s (ratio to the
+/// reference), ack latency, deliveries/s and write-to-deliver latency.
+fn render_docs_patch(
+    md: &mut String,
+    servers: &[ServerRuns],
+    ref_server: &str,
+    medians: &BTreeMap<&str, &RunResult>,
+) {
+    let ref_rate = medians
+        .get(ref_server)
+        .map(|r| r.rate_per_s)
+        .filter(|v| *v > 0.0);
+    let ratio_head = if ref_rate.is_some() {
+        format!(" vs {ref_server} |")
+    } else {
+        String::new()
+    };
+    let _ = writeln!(
+        md,
+        "| server | acked/s |{ratio_head} ack p50 | ack p99 | delivered/s | deliver p50 | deliver p99 | sent/s | errors | closed | runs | note |"
+    );
+    let _ = writeln!(
+        md,
+        "|---|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        if ref_rate.is_some() { "---:|" } else { "" }
+    );
+    for (server, runs) in servers {
+        let r = median(runs);
+        if r.note.starts_with("n/a") {
+            let pad = if ref_rate.is_some() { " |" } else { "" };
+            let _ = writeln!(md, "| {server} | n/a |{pad} | | | | | | | | | {} |", r.note);
+            continue;
+        }
+        let ratio = match ref_rate {
+            Some(base) => format!(" {:.2}× |", r.rate_per_s / base),
+            None => String::new(),
+        };
+        let d = r.delivery.unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {server} | **{:.0}** |{ratio} {} | {} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} |",
+            r.rate_per_s,
+            fmt_us(r.latency.p50_us),
+            fmt_us(r.latency.p99_us),
+            r.delivered_per_s.unwrap_or(0.0),
+            fmt_us(d.p50_us),
+            fmt_us(d.p99_us),
+            r.sent_per_s,
+            r.errors,
+            r.closed,
+            runs.len(),
+            r.note,
+        );
+    }
+}
+
+/// Subscribe → SNAPSHOT latency.
+fn render_docs_snapshot(md: &mut String, servers: &[ServerRuns]) {
+    md.push_str("| server | snapshot | samples | p50 | p95 | p99 | max | errors | runs | note |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (server, runs) in servers {
+        let r = median(runs);
+        if r.note.starts_with("n/a") {
+            let _ = writeln!(md, "| {server} | n/a | | | | | | | | {} |", r.note);
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {server} | {} | {} | **{}** | {} | {} | {} | {} | {} | {} |",
+            bytes(r.size as f64),
+            r.connections,
+            fmt_us(r.latency.p50_us),
+            fmt_us(r.latency.p95_us),
+            fmt_us(r.latency.p99_us),
+            fmt_us(r.latency.max_us),
+            r.errors,
+            runs.len(),
+            r.note,
+        );
+    }
+}
+
+/// Server RSS per open document.
+fn render_docs_memory(md: &mut String, servers: &[ServerRuns]) {
+    md.push_str("| server | documents | RSS before | RSS after | RSS / document | documents/s | errors | runs | note |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for (server, runs) in servers {
+        let r = median(runs);
+        if r.note.starts_with("n/a") {
+            let _ = writeln!(md, "| {server} | n/a | | | | | | | {} |", r.note);
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {server} | {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            r.documents.unwrap_or(0),
+            kib(r.rss_before_kib),
+            kib(r.rss_after_kib),
+            r.bytes_per_doc
+                .map(|v| format!("**{}**", bytes(v)))
+                .unwrap_or("n/a".into()),
+            r.rate_per_s,
+            r.errors,
+            runs.len(),
+            r.note,
+        );
+    }
+}
+
+/// Bytes as B / KiB / MiB.
+fn bytes(v: f64) -> String {
+    if v < 1024.0 {
+        format!("{v:.0} B")
+    } else if v < 1024.0 * 1024.0 {
+        format!("{:.1} KiB", v / 1024.0)
+    } else {
+        format!("{:.2} MiB", v / (1024.0 * 1024.0))
+    }
+}
+
 fn kib(v: Option<u64>) -> String {
     v.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
         .unwrap_or_else(|| "n/a".into())
@@ -244,6 +391,46 @@ mod tests {
     }
 
     #[test]
+    fn docs_rows_render() {
+        let patch = |server: &str, rate: f64| RunResult {
+            scenario: "docs-patch".into(),
+            case: "p".into(),
+            server: server.into(),
+            rate_per_s: rate,
+            delivered_per_s: Some(rate * 10.0),
+            ref_server: "publish".into(),
+            ..RunResult::default()
+        };
+        let md = render(&[
+            patch("publish", 1000.0),
+            patch("lww", 500.0),
+            RunResult {
+                scenario: "docs-snapshot".into(),
+                case: "s".into(),
+                server: "lww".into(),
+                size: 1_050_000,
+                connections: 50,
+                ..RunResult::default()
+            },
+            RunResult {
+                scenario: "docs-memory".into(),
+                case: "m".into(),
+                server: "lww".into(),
+                documents: Some(2000),
+                bytes_per_doc: Some(1536.0),
+                ..RunResult::default()
+            },
+        ]);
+        assert!(md.contains("| lww | **500** | 0.50× |"), "{md}");
+        assert!(md.contains("| 5000 |"), "{md}");
+        assert!(md.contains("| lww | 1.00 MiB | 50 |"), "{md}");
+        assert!(
+            md.contains("| lww | 2000 |") && md.contains("**1.5 KiB**"),
+            "{md}"
+        );
+    }
+
+    #[test]
     fn splice_keeps_other_sections() {
         let doc = format!("# B\n\nintro\n{START}\nold\n{END}\n\n## Plugin calls\nkeep\n");
         let out = splice(&doc, "new\n").expect("splice");
@@ -252,5 +439,10 @@ mod tests {
         let appended = splice("# B\n", "x\n").expect("append");
         assert!(appended.contains(START) && appended.contains(END));
         assert!(splice(&format!("{END}{START}"), "x").is_err());
+        let (s, e) = markers(Some("docs"));
+        let both = splice_at(&out, "docs\n", &s, &e).expect("named section");
+        assert!(both.contains("new\n") && both.contains(&format!("{s}\ndocs\n{e}")));
+        let again = splice_at(&both, "docs2\n", &s, &e).expect("replace");
+        assert!(again.contains("docs2") && !again.contains("docs\n<"));
     }
 }

@@ -166,6 +166,13 @@ pub struct RunResult {
     /// Idle: handshakes per second and handshake latency.
     pub handshakes_per_s: Option<f64>,
     pub handshake: Option<LatencySummary>,
+    /// docs-patch: deliveries (PATCH frames or messages) per second at all
+    /// editors, and write-to-deliver latency.
+    pub delivered_per_s: Option<f64>,
+    pub delivery: Option<LatencySummary>,
+    /// docs-memory: documents opened, and server RSS per open document, bytes.
+    pub documents: Option<u64>,
+    pub bytes_per_doc: Option<f64>,
     /// Free-form notes (e.g. loss, target rate).
     pub note: String,
     /// Server the report computes ratios against, for this case.
@@ -193,6 +200,19 @@ impl RunResult {
         );
         if let Some(per) = self.rss_per_conn_kib {
             s.push_str(&format!(" rss/conn={per:.1}KiB"));
+        }
+        if let (Some(d), Some(l)) = (self.delivered_per_s, self.delivery) {
+            s.push_str(&format!(
+                " delivered={d:.0}/s deliver_p50={} deliver_p99={}",
+                fmt_us(l.p50_us),
+                fmt_us(l.p99_us)
+            ));
+        }
+        if let Some(docs) = self.documents {
+            s.push_str(&format!(" documents={docs}"));
+        }
+        if let Some(per) = self.bytes_per_doc {
+            s.push_str(&format!(" rss/doc={per:.0}B"));
         }
         if let (Some(hs), Some(h)) = (self.handshakes_per_s, self.handshake) {
             s.push_str(&format!(
