@@ -61,7 +61,9 @@ impl PublishError {
         match self {
             PublishError::BadChannel(_) | PublishError::Invalid(_) => 400,
             PublishError::Denied(Denial::Unauthorized(_)) => 401,
-            PublishError::Denied(Denial::RateLimited { .. }) | PublishError::ChannelLimited(_) => 429,
+            PublishError::Denied(Denial::RateLimited { .. }) | PublishError::ChannelLimited(_) => {
+                429
+            }
             PublishError::Denied(_) => 403,
             PublishError::Broker(BrokerError::Unavailable(_)) => 503,
             PublishError::Broker(BrokerError::NotFound) => 404,
