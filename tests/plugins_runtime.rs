@@ -321,3 +321,40 @@ async fn sighup_applies_a_new_tenant_plugin_mapping_without_dropping_connections
         "the connection survived the reload"
     );
 }
+
+/// A plugin that keeps crashing is taken out of service for a cool-down
+/// (5 traps within 10 s): later calls are not made and `on_error` decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_plugin_is_taken_out_of_service() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "misbehave", &read(&fixture("misbehave")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n\
+         [tenants.a.policies.router]\nplugin = \"misbehave\"\n",
+        plugins.display().to_string()
+    ));
+    let mut a = Client::connect(&gw.ws_url("/ws/a")).await;
+    for id in 0..8u64 {
+        a.send_json(json!({"type":"publish","id":id,"channel":"t:trap","data":1}))
+            .await;
+        let r = a.recv_json().await;
+        assert_eq!(
+            (r["id"].clone(), r["code"].clone()),
+            (json!(id), json!("forbidden")),
+            "{r}"
+        );
+    }
+    gw.wait_metric(
+        "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"trap\"} 5",
+    )
+    .await;
+    gw.wait_metric(
+        "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"cooling_down\"} 3",
+    )
+    .await;
+    assert!(
+        gw.logs().contains("out of service for a cool-down"),
+        "{}",
+        gw.logs()
+    );
+}

@@ -17,6 +17,7 @@ use wasmtime::Store;
 use wasmtime::component::{Resource, ResourceAny};
 
 use crate::bindings::{auth, merge, rate_limit, router, types};
+use crate::breaker::Breaker;
 use crate::engine::bounded;
 use crate::host_api::{PluginState, RequestRes};
 use crate::metrics::{CallMetrics, Outcome};
@@ -46,6 +47,8 @@ pub(crate) struct Caller<B> {
     pub plugin: Arc<str>,
     pub tenant: Arc<str>,
     pub role: &'static str,
+    /// Takes a crash-looping plugin out of service ([`crate::breaker`]).
+    pub breaker: Arc<Breaker>,
 }
 
 impl<B: RoleInstance> Caller<B> {
@@ -55,6 +58,13 @@ impl<B: RoleInstance> Caller<B> {
         f: impl FnOnce(&mut Store<PluginState>, &B) -> Result<R, CallError>,
         denied: impl FnOnce(&R) -> bool,
     ) -> Result<R, CallError> {
+        if !self.breaker.allows(std::time::Instant::now()) {
+            self.metrics.count(Outcome::CoolingDown);
+            return Err(CallError::Unavailable(format!(
+                "{} plugin {} is cooling down after repeated crashes",
+                self.role, self.plugin
+            )));
+        }
         let start = Instant::now();
         let r = self.pool.call(f);
         self.record(start, &r, denied);
@@ -73,6 +83,22 @@ impl<B: RoleInstance> Caller<B> {
             Err(_) => Outcome::Error,
         };
         self.metrics.count(outcome);
+        let now = std::time::Instant::now();
+        match outcome {
+            Outcome::Timeout | Outcome::Trap => {
+                if self.breaker.failure(now) {
+                    tracing::error!(
+                        plugin = &*self.plugin,
+                        tenant = &*self.tenant,
+                        role = self.role,
+                        cool_down = ?crate::breaker::COOL_DOWN,
+                        "plugin keeps crashing: out of service for a cool-down, on_error decides meanwhile"
+                    );
+                }
+            }
+            Outcome::Ok | Outcome::Denied => self.breaker.success(now),
+            _ => {}
+        }
         if let Err(e) = r {
             tracing::warn!(
                 plugin = &*self.plugin,

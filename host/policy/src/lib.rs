@@ -11,6 +11,7 @@
 
 mod adapters;
 mod bindings;
+pub mod breaker;
 pub mod buckets;
 mod engine;
 mod host_api;

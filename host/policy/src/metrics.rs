@@ -18,7 +18,7 @@ pub struct CallLabels {
     pub plugin: String,
     /// Role.
     pub role: &'static str,
-    /// `ok`, `denied`, `error`, `timeout`, `trap`.
+    /// `ok`, `denied`, `error`, `timeout`, `trap`, `cooling_down` (not called: breaker open).
     pub outcome: &'static str,
 }
 
@@ -61,6 +61,8 @@ pub(crate) enum Outcome {
     Error,
     Timeout,
     Trap,
+    /// Not called: the plugin's breaker is open.
+    CoolingDown,
 }
 
 /// Counters of one plugin+role, resolved once so a call touches no label map.
@@ -71,6 +73,7 @@ pub(crate) struct CallMetrics {
     error: Counter,
     timeout: Counter,
     trap: Counter,
+    cooling: Counter,
     pub duration: Histogram,
 }
 
@@ -82,6 +85,7 @@ impl CallMetrics {
             Outcome::Error => &self.error,
             Outcome::Timeout => &self.timeout,
             Outcome::Trap => &self.trap,
+            Outcome::CoolingDown => &self.cooling,
         }
         .inc();
     }
@@ -97,7 +101,7 @@ impl PluginMetrics {
         };
         metrics.register(
             "switchyard_plugin_calls",
-            "Plugin calls by plugin, role and outcome (ok, denied, error, timeout, trap)",
+            "Plugin calls by plugin, role and outcome (ok, denied, error, timeout, trap, cooling_down)",
             m.calls.clone(),
         );
         metrics.register(
@@ -130,6 +134,7 @@ impl PluginMetrics {
             error: c("error"),
             timeout: c("timeout"),
             trap: c("trap"),
+            cooling: c("cooling_down"),
             duration: self
                 .duration
                 .get_or_create(&RoleLabels {

@@ -459,6 +459,7 @@ impl Registry {
             plugin,
             tenant: tenant.id.clone(),
             role: role.as_str(),
+            breaker: Arc::default(),
         }
     }
 
