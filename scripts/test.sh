@@ -33,6 +33,7 @@ scripts/build-plugins.sh
 
 step "build"
 cargo build --workspace --bins
+scripts/check-deploy.sh   # deploy/ recipes: nginx -t, haproxy -c, Kubernetes schemas, config check (installs nginx, haproxy)
 
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
