@@ -131,10 +131,31 @@ impl Hub {
         );
     }
 
+    /// Like [`Hub::deliver`], for a message this node replays after it missed
+    /// it (its broker connection was down): queued under reply flow control
+    /// ([`Outbox::push_reply`]), since a catch-up burst can be longer than a
+    /// delivery queue and must not close subscribers that read.
+    pub fn deliver_catch_up(&self, key: &ChannelKey, msg: &Message) {
+        self.deliver_with(
+            key,
+            msg.seq,
+            Outgoing {
+                frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
+                published_at: Some(msg.published_at),
+                on_written: None,
+            },
+            true,
+        );
+    }
+
     /// Queues an encoded frame at position `seq` (a message seq or a document
     /// version) on every local subscriber of `key`; recovering subscribers hold
     /// it for the splice in [`Hub::activate`].
     pub fn deliver_outgoing(&self, key: &ChannelKey, seq: u64, item: Outgoing) {
+        self.deliver_with(key, seq, item, false);
+    }
+
+    fn deliver_with(&self, key: &ChannelKey, seq: u64, item: Outgoing, replay: bool) {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
             return;
         };
@@ -145,6 +166,9 @@ impl Hub {
                 Some(_) => {
                     sub.outbox.close(CloseCode::SlowConsumer, false);
                     self.metrics.send_queue_overflows.inc();
+                }
+                None if replay => {
+                    let _ = sub.outbox.push_reply(item.clone());
                 }
                 None => {
                     if let Err(PushError::Full) = sub.outbox.push(item.clone()) {

@@ -503,7 +503,7 @@ async fn catch_up_new_epoch(shard: &Shard, hub: &Hub, track: &mut Track, epoch: 
             continue;
         }
         track.last = e.seq;
-        hub.deliver(
+        hub.deliver_catch_up(
             &track.key,
             &Message {
                 seq: e.seq,
@@ -587,7 +587,7 @@ async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>)
                             data: e.data,
                             published_at: instant_of(e.published_ms),
                         };
-                        hub.deliver(&track.key, &msg);
+                        hub.deliver_catch_up(&track.key, &msg);
                     }
                 }
                 Ok(r) if !r.epoch.is_empty() && *r.epoch != *track.epoch => {
