@@ -41,6 +41,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "tests"
 cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"
 
+step "fuzz (short): decoders, config loader, handshake, LWW merge (docs/fuzzing.md)"
+scripts/fuzz.sh --short
+
 step "first-party plugin unit tests (native, against the SDK's host stand-in)"
 (cd plugins && CARGO_TARGET_DIR="$PWD/../target/plugins-native" cargo test)
 
