@@ -90,6 +90,11 @@ impl Lww {
                 Some(s) => s.value != value,
                 None => !value.is_null(),
             };
+            // A set that changes nothing visible is not stored: it is not broadcast, so
+            // no other replica would store it (e.g. 0.0 over -0.0).
+            if !visible && !value.is_null() {
+                continue;
+            }
             match (old.map(|s| s.value.is_null()), value.is_null()) {
                 (None | Some(true), false) => self.live += 1,
                 (Some(false), true) => self.live -= 1,

@@ -98,6 +98,11 @@ impl MergeDocument for LwwDocument {
                 Some(o) => *o != v,
                 None => !v.is_null(),
             };
+            // A set that changes nothing visible is not stored either: it is
+            // not broadcast, so no other replica would store it (e.g. 0.0 over -0.0).
+            if !visible && !v.is_null() {
+                continue;
+            }
             if let Some(o) = old
                 && !o.is_null()
             {
