@@ -369,36 +369,9 @@ impl Session {
                 return self.error(id, ErrorCode::Invalid, &format!("stateVector: {e}"));
             }
         };
-        let name: Arc<str> = Arc::from(channel.as_str());
-        let resubscribe = self.subs.contains(&name);
-        if !resubscribe && self.subs.len() >= self.node.limits().max_subscriptions {
-            return self.error(
-                id,
-                ErrorCode::TooManySubscriptions,
-                "subscription limit reached",
-            );
-        }
-        let verdict = self
-            .tenant
-            .policies()
-            .auth
-            .authorize_subscribe(&self.principal, &channel);
-        if let Err(d) = verdict {
-            return self.error(id, denial_code(&d), &d.to_string());
-        }
-        let key = ChannelKey::new(self.tenant.id.clone(), name.clone());
-        if resubscribe {
-            self.unsubscribe(&channel).await;
-        }
-        self.node.hub.add(
-            &key,
-            SubscriberInfo {
-                session: self.id,
-                outbox: self.outbox.clone(),
-                client: self.client.clone(),
-                principal: self.principal_id.clone(),
-            },
-        );
+        let Some((name, key)) = self.join(id, &channel).await else {
+            return;
+        };
         let since = since.map(|p| DocPosition {
             epoch: p.epoch,
             version: p.seq,
@@ -426,36 +399,36 @@ impl Session {
         }
     }
 
-    async fn subscribe(
+    /// The steps every subscribe shares: subscription limit, authorize-subscribe,
+    /// leaving a previous subscription to the channel, joining the hub as a
+    /// recovering subscriber. `None` = refused (the `error` reply is queued).
+    async fn join(
         &mut self,
-        id: Option<CommandId>,
-        channel: String,
-        since: Option<StreamPosition>,
-    ) {
-        let id = id.as_deref();
-        if let Err(e) = channel::validate(&channel) {
-            return self.error(id, ErrorCode::BadChannel, &e.to_string());
-        }
-        let name: Arc<str> = Arc::from(channel.as_str());
+        id: Option<&RawValue>,
+        channel: &str,
+    ) -> Option<(Arc<str>, ChannelKey)> {
+        let name: Arc<str> = Arc::from(channel);
         let resubscribe = self.subs.contains(&name);
         if !resubscribe && self.subs.len() >= self.node.limits().max_subscriptions {
-            return self.error(
+            self.error(
                 id,
                 ErrorCode::TooManySubscriptions,
                 "subscription limit reached",
             );
+            return None;
         }
         let verdict = self
             .tenant
             .policies()
             .auth
-            .authorize_subscribe(&self.principal, &channel);
+            .authorize_subscribe(&self.principal, channel);
         if let Err(d) = verdict {
-            return self.error(id, denial_code(&d), &d.to_string());
+            self.error(id, denial_code(&d), &d.to_string());
+            return None;
         }
         let key = ChannelKey::new(self.tenant.id.clone(), name.clone());
         if resubscribe {
-            self.unsubscribe(&channel).await;
+            self.unsubscribe(channel).await;
         }
         self.node.hub.add(
             &key,
@@ -466,6 +439,22 @@ impl Session {
                 principal: self.principal_id.clone(),
             },
         );
+        Some((name, key))
+    }
+
+    async fn subscribe(
+        &mut self,
+        id: Option<CommandId>,
+        channel: String,
+        since: Option<StreamPosition>,
+    ) {
+        let id = id.as_deref();
+        if let Err(e) = channel::validate(&channel) {
+            return self.error(id, ErrorCode::BadChannel, &e.to_string());
+        }
+        let Some((name, key)) = self.join(id, &channel).await else {
+            return;
+        };
         if let Err(e) = self.node.broker.watch(&key).await {
             self.node.hub.remove(&key, self.id);
             return self.error(id, broker_code(&e), &e.to_string());
