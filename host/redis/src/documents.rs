@@ -108,24 +108,30 @@ impl RedisDocumentLog {
     fn shard(&self, key: &ChannelKey) -> &Arc<Shard> {
         &self.shards[channel_shard(&key.tenant, &key.channel, self.shards.len())]
     }
+
+    /// Runs one document script (built from the document's keys) on its shard.
+    async fn run(
+        &self,
+        key: &ChannelKey,
+        script: &redis::Script,
+        args: impl FnOnce(&mut redis::ScriptInvocation<'_>, &DocKeys),
+    ) -> Result<Value, BrokerError> {
+        let shard = self.shard(key);
+        let mut invocation = script.prepare_invoke();
+        args(&mut invocation, &DocKeys::new(key));
+        let mut conn = shard.conn();
+        shard.run(invocation.invoke_async::<Value>(&mut conn)).await
+    }
 }
 
 #[async_trait]
 impl DocumentLog for RedisDocumentLog {
     async fn load(&self, key: &ChannelKey, opts: &LogOptions) -> Result<Stored, BrokerError> {
         let _ = opts;
-        let shard = self.shard(key);
-        let k = DocKeys::new(key);
-        let mut conn = shard.conn();
-        let v = shard
-            .run(
-                scripts::DOC_LOAD
-                    .key(&k.state)
-                    .key(&k.log)
-                    .key(&k.ids)
-                    .arg(&*new_epoch())
-                    .invoke_async::<Value>(&mut conn),
-            )
+        let v = self
+            .run(key, &scripts::DOC_LOAD, |inv, k| {
+                inv.key(&k.state).key(&k.log).key(&k.ids).arg(&*new_epoch());
+            })
             .await?;
         let Value::Array(items) = &v else {
             return Err(bad("document load"));
@@ -180,13 +186,9 @@ impl DocumentLog for RedisDocumentLog {
         entry: &Entry,
         opts: &LogOptions,
     ) -> Result<Appended, BrokerError> {
-        let shard = self.shard(key);
-        let k = DocKeys::new(key);
-        let mut conn = shard.conn();
-        let v = shard
-            .run(
-                scripts::DOC_APPEND
-                    .key(&k.state)
+        let v = self
+            .run(key, &scripts::DOC_APPEND, |inv, k| {
+                inv.key(&k.state)
                     .key(&k.log)
                     .key(&k.ids)
                     .arg(epoch)
@@ -195,9 +197,8 @@ impl DocumentLog for RedisDocumentLog {
                     .arg(entry.msg_id.as_deref().unwrap_or(""))
                     .arg(opts.log_len.max(1))
                     .arg(opts.dedupe_window.max(1))
-                    .arg(&k.live)
-                    .invoke_async::<Value>(&mut conn),
-            )
+                    .arg(&k.live);
+            })
             .await?;
         let Value::Array(items) = &v else {
             return Err(bad("document append"));
@@ -219,18 +220,10 @@ impl DocumentLog for RedisDocumentLog {
         epoch: &str,
         version: u64,
     ) -> Result<Option<Vec<Entry>>, BrokerError> {
-        let shard = self.shard(key);
-        let k = DocKeys::new(key);
-        let mut conn = shard.conn();
-        let v = shard
-            .run(
-                scripts::DOC_READ_AFTER
-                    .key(&k.state)
-                    .key(&k.log)
-                    .arg(epoch)
-                    .arg(version)
-                    .invoke_async::<Value>(&mut conn),
-            )
+        let v = self
+            .run(key, &scripts::DOC_READ_AFTER, |inv, k| {
+                inv.key(&k.state).key(&k.log).arg(epoch).arg(version);
+            })
             .await?;
         let Value::Array(items) = &v else {
             return Err(bad("document read"));
@@ -252,20 +245,14 @@ impl DocumentLog for RedisDocumentLog {
         opts: &LogOptions,
     ) -> Result<(), BrokerError> {
         let _ = opts;
-        let shard = self.shard(key);
-        let k = DocKeys::new(key);
-        let mut conn = shard.conn();
-        shard
-            .run(
-                scripts::DOC_COMPACT
-                    .key(&k.state)
-                    .arg(epoch)
-                    .arg(version)
-                    .arg(lamport)
-                    .arg(&snapshot[..])
-                    .invoke_async::<Value>(&mut conn),
-            )
-            .await?;
+        self.run(key, &scripts::DOC_COMPACT, |inv, k| {
+            inv.key(&k.state)
+                .arg(epoch)
+                .arg(version)
+                .arg(lamport)
+                .arg(&snapshot[..]);
+        })
+        .await?;
         Ok(())
     }
 
@@ -310,20 +297,15 @@ impl DocumentLog for RedisDocumentLog {
         lamport: u64,
         snapshot: Bytes,
     ) -> Result<bool, BrokerError> {
-        let shard = self.shard(key);
-        let k = DocKeys::new(key);
-        let mut conn = shard.conn();
-        let v = shard
-            .run(
-                scripts::DOC_RESEED
-                    .key(&k.state)
+        let v = self
+            .run(key, &scripts::DOC_RESEED, |inv, k| {
+                inv.key(&k.state)
                     .key(&k.log)
                     .arg(epoch)
                     .arg(version)
                     .arg(lamport)
-                    .arg(&snapshot[..])
-                    .invoke_async::<Value>(&mut conn),
-            )
+                    .arg(&snapshot[..]);
+            })
             .await?;
         Ok(uint(&v) == Some(1))
     }
