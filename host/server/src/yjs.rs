@@ -124,6 +124,9 @@ fn permission_denied(reason: &str) -> Frame {
 }
 
 /// The entries of an awareness update: `(client id, clock, state JSON)`.
+/// `None` unless every state is JSON: y-protocols `JSON.parse`s what it is
+/// relayed and throws out of the socket's message handler otherwise (an
+/// uncaught exception that ends a Node client).
 fn awareness_entries(update: &[u8]) -> Option<Vec<(u64, u64, &[u8])>> {
     let mut r = lib0::Reader::new(update);
     let n = usize::try_from(r.var()?).ok()?;
@@ -135,6 +138,7 @@ fn awareness_entries(update: &[u8]) -> Option<Vec<(u64, u64, &[u8])>> {
         let id = r.var()?;
         let clock = r.var()?;
         let state = r.bytes()?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(state).ok()?;
         out.push((id, clock, state));
     }
     (r.pos == update.len()).then_some(out)
@@ -212,6 +216,9 @@ impl WireFormat for YjsWire {
         match v.kind {
             "message" if v.channel.as_deref() == Some(self.awareness_channel.as_str()) => {
                 let update = BASE64.decode(v.data?.as_bytes()).ok()?;
+                // Published by anyone who may publish to the channel (a v1
+                // client too): only well-formed updates reach y-websocket clients.
+                awareness_entries(&update)?;
                 self.remember(&update);
                 Some(message(MSG_AWARENESS, None, &update))
             }
@@ -234,21 +241,42 @@ impl WireFormat for YjsWire {
     }
 }
 
-/// Tells a refused client "permission denied", then closes with 4001.
+/// Tells a refused client "permission denied", then closes with 4001 and
+/// reads until the client's close reply (at most 3 s): dropping the socket
+/// with the client's messages unread (its sync step 1, sent on open) makes
+/// the kernel reset the connection, and the client may then never see the
+/// auth message or the close frame (it reports 1006).
 pub async fn refuse<S>(ws: &mut S, reason: &str)
 where
-    S: futures_util::Sink<tokio_tungstenite::tungstenite::Message> + Unpin,
+    S: futures_util::Sink<tokio_tungstenite::tungstenite::Message>
+        + futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
 {
-    use futures_util::SinkExt as _;
+    use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::protocol::CloseFrame;
     let denied = permission_denied(reason);
-    let _ = ws.send(Message::Binary(denied.into_bytes())).await;
     let close = Message::Close(Some(CloseFrame {
         code: 4001.into(),
         reason: "unauthorized".into(),
     }));
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), ws.send(close)).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+        if ws.send(Message::Binary(denied.into_bytes())).await.is_err()
+            || ws.send(close).await.is_err()
+        {
+            return;
+        }
+        while let Some(Ok(m)) = ws.next().await {
+            if m.is_close() {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A y-websocket connection: the v1 session it drives and the room's state.
@@ -478,7 +506,15 @@ mod tests {
             awareness_entries(&u),
             Some(vec![(7, 3, &b"{\"user\":1}"[..]), (300, 1, &b"null"[..])])
         );
-        for bad in [&b""[..], &[1], &[1, 7, 3, 9, b'x'], &[0xff; 12], &[0, 0]] {
+        let not_json = awareness_update(&[(7, 3, b"{\"user\":1}"), (8, 1, b"not json{")]);
+        for bad in [
+            &b""[..],
+            &[1],
+            &[1, 7, 3, 9, b'x'],
+            &[0xff; 12],
+            &[0, 0],
+            &not_json[..],
+        ] {
             assert_eq!(awareness_entries(bad), None, "{bad:?}");
         }
         assert_eq!(awareness_entries(&[0]), Some(vec![]));
@@ -518,6 +554,16 @@ mod tests {
         let out = wire.outgoing(msg).expect("sent");
         assert_eq!(out.bytes()[0], MSG_AWARENESS as u8);
         assert_eq!(wire.known_awareness(), aw, "remembered for query-awareness");
+        let not_json = awareness_update(&[(6, 1, b"not json{")]);
+        let msg = Frame::from_string(format!(
+            r#"{{"type":"message","channel":"yjs-awareness:r","seq":2,"epoch":"e","data":"{}"}}"#,
+            BASE64.encode(&not_json)
+        ));
+        assert!(
+            wire.outgoing(msg).is_none(),
+            "a state that is not JSON is not relayed"
+        );
+        assert_eq!(wire.known_awareness(), aw, "nor remembered");
         let denied = Frame::from_string(
             r#"{"type":"error","id":2,"code":"forbidden","message":"no"}"#.into(),
         );
