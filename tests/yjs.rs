@@ -1,0 +1,199 @@
+//! Unmodified npm `yjs` + `y-websocket` clients against `/yjs/{tenant}/{room}`
+//! (DESIGN §2b, "Yjs clients") on two gateways (node-a, node-b) sharing one
+//! real redis-server, with the first-party `yjs-merge` plugin as the merge
+//! policy: initial sync, concurrent edits from six clients converging,
+//! offline edits, awareness across nodes (and its removal when a client
+//! leaves), a late joiner after everyone left, an idle client kept alive past
+//! 60 s, refused clients (`jwt-auth`: permission denied, close 4001, no data),
+//! hostile input over a raw socket (random bytes, truncated updates, a 10 MB
+//! update refused by `limits.max_message_bytes`, close 1009), and the same
+//! document read over protocol v1 (`GET /api/documents/yjs:<room>`).
+//!
+//! The scenarios live in `tests/js/yjs.test.mjs` (`node --test`); this test
+//! owns the processes. Needs `node` (≥ 20), `tests/js/node_modules` (`npm ci`
+//! is run when a package is missing) and `target/plugins/{yjs-merge,jwt-auth}.wasm`
+//! (`scripts/build-plugins.sh`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_tests::redis::RedisServer;
+use switchyard_tests::{Gateway, repo_root, scratch_dir};
+
+const API_KEY: &str = "k";
+const JWT_SECRET: &str = "yjs-test-secret";
+const JWT_AUDIENCE: &str = "yjs-test";
+
+/// Every test of `yjs.test.mjs` that must pass (the start of its name).
+const SCENARIOS: &[&str] = &[
+    "1. initial sync",
+    "2. concurrent edits",
+    "3. offline edits",
+    "4. awareness across nodes",
+    "5. a late joiner",
+    "6. an idle client",
+    "7. refused clients",
+    "8. hostile updates",
+    "protocol v1 reads the same document",
+];
+
+/// Longest the script may run (its idle scenario alone takes 65 s).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
+
+/// The npm packages the scenarios import (from the committed lockfile).
+const NODE_PACKAGES: &[&str] = &["yjs", "y-websocket", "y-protocols", "lib0", "ws"];
+
+fn node() -> String {
+    std::env::var("NODE").unwrap_or_else(|_| "node".to_owned())
+}
+
+/// `npm ci` in tests/js when one of the packages is not installed.
+fn ensure_node_modules(js: &Path) {
+    if NODE_PACKAGES.iter().all(|p| {
+        js.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    }) {
+        return;
+    }
+    let st = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(js)
+        .status()
+        .expect("run npm ci (is npm installed?)");
+    assert!(st.success(), "npm ci in tests/js failed: {st}");
+}
+
+/// A plugins folder with the first-party `yjs-merge` and `jwt-auth`.
+fn plugins() -> PathBuf {
+    let dir = scratch_dir("yjs-plugins");
+    for name in ["yjs-merge", "jwt-auth"] {
+        let src = repo_root().join(format!("target/plugins/{name}.wasm"));
+        assert!(
+            src.exists(),
+            "{} is missing: run scripts/build-plugins.sh first",
+            src.display()
+        );
+        std::fs::copy(&src, dir.join(format!("{name}.wasm"))).expect("copy plugin");
+    }
+    dir
+}
+
+/// Tenant `t`: documents `yjs:*` merged by `yjs-merge`, an API key; tenant
+/// `j`: the same behind `jwt-auth`.
+fn config(node: &str, redis: &RedisServer, plugins: &Path) -> String {
+    format!(
+        r#"
+[server]
+node_id = "{node}"
+drain_timeout = "2s"
+
+[plugins]
+dir = {dir:?}
+watch = false
+call_timeout = "1s"
+
+[broker]
+kind = "redis"
+redis_urls = ["{redis}"]
+
+[tenants.t]
+documents = ["yjs:*"]
+api_keys = ["{API_KEY}"]
+[tenants.t.policies.merge]
+plugin = "yjs-merge"
+
+[tenants.j]
+documents = ["yjs:*"]
+[tenants.j.policies.merge]
+plugin = "yjs-merge"
+[tenants.j.policies.auth]
+plugin = "jwt-auth"
+config = {{ hs256_secret = "{JWT_SECRET}", audience = "{JWT_AUDIENCE}" }}
+"#,
+        dir = plugins.display().to_string(),
+        redis = redis.url(),
+    )
+}
+
+#[test]
+fn y_websocket_clients_on_two_nodes() {
+    let root = repo_root();
+    let js = root.join("tests/js");
+    let plugins = plugins();
+    ensure_node_modules(&js);
+    let redis = RedisServer::start();
+    let a = Gateway::start(&config("node-a", &redis, &plugins));
+    let b = Gateway::start(&config("node-b", &redis, &plugins));
+
+    let mut child = Command::new(node())
+        .args(["--test", "--test-reporter=tap"])
+        .arg(js.join("yjs.test.mjs"))
+        .current_dir(&root)
+        .env("GW_A", a.http_url(""))
+        .env("GW_B", b.http_url(""))
+        .env("API_KEY", API_KEY)
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("JWT_AUDIENCE", JWT_AUDIENCE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node --test tests/js/yjs.test.mjs");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let err = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+
+    let deadline = Instant::now() + SCRIPT_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for node") {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&plugins);
+    let status = status
+        .unwrap_or_else(|| panic!("yjs.test.mjs exceeded {SCRIPT_LIMIT:?}:\n{stdout}\n{stderr}"));
+    assert!(
+        status.success(),
+        "yjs.test.mjs failed ({status}):\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    for s in SCENARIOS {
+        assert!(
+            stdout.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with("ok ") && l.contains(&format!(" - {s}"))
+            }),
+            "scenario {s:?} did not pass:\n{stdout}"
+        );
+    }
+    drop((a, b, redis));
+}
