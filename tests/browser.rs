@@ -5,15 +5,18 @@
 //! SIGKILL + restart on the same port (backoff, recovered:false) and a SIGTERM
 //! drain handing over to the next process on the port; document channels (two
 //! pages converging on one LWW document, an offline page resuming by version
-//! with its edits applied once, `unsupported` over SSE). The scenarios live in
+//! with its edits applied once, `unsupported` over SSE) and the Yjs example
+//! (`examples/yjs-page`: two pages typing into one textarea converge through
+//! the y-websocket endpoint and the `yjs-merge` plugin). The scenarios live in
 //! `tests/js/browser.test.mjs`; this test owns the gateway processes and
 //! restarts them when the script asks (`CONTROL kill|drain` on its stdout,
 //! `ok` on its stdin). It also runs the SDK's `node --test` unit tests and
 //! `tests/js/node.test.mjs` (the SDK in Node against the gateway).
 //!
 //! Needs `node` (≥ 20), `/usr/bin/chromium` (Debian `chromium`; `CHROMIUM`
-//! overrides) and `tests/js/node_modules` (`npm ci` is run when missing);
-//! `scripts/test.sh` installs them.
+//! overrides), `tests/js/node_modules` (`npm ci` is run when a package is
+//! missing; `scripts/test.sh` installs them) and `target/plugins/yjs-merge.wasm`
+//! (`scripts/build-plugins.sh`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -41,6 +44,7 @@ const SCENARIOS: &[&str] = &[
     "document-converge",
     "document-offline-resume",
     "document-unsupported-sse",
+    "yjs-page-converge",
 ];
 
 /// Longest the whole browser script may run before it is killed.
@@ -62,12 +66,23 @@ fn chromium() -> PathBuf {
     p
 }
 
-/// `npm ci` in tests/js when playwright-core is not installed yet.
+/// The npm packages the browser script and `examples/yjs-page` load.
+const NODE_PACKAGES: &[&str] = &[
+    "playwright-core",
+    "yjs",
+    "y-websocket",
+    "y-protocols",
+    "lib0",
+];
+
+/// `npm ci` in tests/js when one of the packages is not installed yet.
 fn ensure_node_modules(js: &Path) {
-    if js
-        .join("node_modules/playwright-core/package.json")
-        .exists()
-    {
+    if NODE_PACKAGES.iter().all(|p| {
+        js.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    }) {
         return;
     }
     let st = Command::new("npm")
@@ -97,6 +112,34 @@ history_size = 100
 history_ttl = "5m"
 documents = ["doc:*"]
 "#
+    )
+}
+
+/// The headless test's extra config: tenant `yjs` (Yjs documents merged by
+/// the first-party `yjs-merge` plugin, copied into `plugins`) for
+/// `examples/yjs-page`.
+fn yjs_config(page_port: u16, plugins: &Path) -> String {
+    let wasm = repo_root().join("target/plugins/yjs-merge.wasm");
+    assert!(
+        wasm.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        wasm.display()
+    );
+    std::fs::copy(&wasm, plugins.join("yjs-merge.wasm")).expect("copy yjs-merge");
+    format!(
+        r#"
+[plugins]
+dir = {dir:?}
+watch = false
+call_timeout = "1s"
+
+[tenants.yjs]
+origins = ["http://127.0.0.1:{page_port}"]
+documents = ["yjs:*"]
+[tenants.yjs.policies.merge]
+plugin = "yjs-merge"
+"#,
+        dir = plugins.display().to_string()
     )
 }
 
@@ -163,7 +206,9 @@ fn client_sdk_in_headless_chromium() {
     let page_port = free_port();
     let conf_dir = scratch_dir("browser");
     let config_path = conf_dir.join("switchyard.toml");
-    std::fs::write(&config_path, gateway_config(page_port)).expect("write config");
+    let plugins = scratch_dir("browser-plugins");
+    let config = gateway_config(page_port) + &yjs_config(page_port, &plugins);
+    std::fs::write(&config_path, config).expect("write config");
     let mut gw = Gateway::spawn(scratch_dir("gw"), config_path.clone(), "127.0.0.1:0", &[]);
     let listen = gw.addr.to_string();
 
@@ -243,6 +288,7 @@ fn client_sdk_in_headless_chromium() {
     let status = child.wait().expect("wait for node");
     done.store(true, Ordering::Release);
     let _ = std::fs::remove_dir_all(&conf_dir);
+    let _ = std::fs::remove_dir_all(&plugins);
     assert!(
         status.success(),
         "browser script failed ({status}):\n{transcript}"

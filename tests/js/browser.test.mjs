@@ -7,7 +7,10 @@
 // Gateway restarts are asked of the driver on stdout ("CONTROL kill" /
 // "CONTROL drain"); it answers "ok" on stdin once the new process is up on the
 // same port. Each passed scenario prints "PASS <name>". The gateway's tenant
-// declares `documents = ["doc:*"]` for the document-channel scenarios.
+// declares `documents = ["doc:*"]` for the document-channel scenarios; its
+// tenant `yjs` has `documents = ["yjs:*"]` merged by the `yjs-merge` plugin
+// for examples/yjs-page (served from /examples/yjs-page/ with its npm
+// packages from /tests/js/node_modules/).
 import assert from 'node:assert/strict';
 import { createInterface } from 'node:readline';
 import { chromium } from 'playwright-core';
@@ -473,6 +476,88 @@ async function documentUnsupportedOverSse() {
   await closePage(page);
 }
 
+// ---- examples/yjs-page ----
+
+/** Whether `sub`'s characters appear in `s` in order. */
+function isSubsequence(sub, s) {
+  let i = 0;
+  for (const ch of s) if (ch === sub[i]) i++;
+  return i === sub.length;
+}
+
+/** Opens the Yjs page in `ctx` on `room` (tenant `yjs`); resolves once it synced. */
+async function openYjsPage(ctx, room) {
+  const page = await ctx.newPage();
+  page.setDefaultTimeout(15_000);
+  page.on('pageerror', (e) => console.log(`[yjs page error] ${e}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') console.log(`[yjs console] ${m.text()}`);
+  });
+  pages.add(page);
+  page.routed = true;
+  await page.goto(`${PAGE}/examples/yjs-page/?gateway=${encodeURIComponent(GW)}&tenant=yjs&room=${room}`);
+  await page.waitForFunction(() => window.yjsPage?.provider.synced === true);
+  return page;
+}
+
+/** Both pages' textareas hold `n` characters, equal to their Y.Text. */
+const yjsSettled = (page, n) =>
+  page.waitForFunction((n) => {
+    const v = document.getElementById('text').value;
+    return v.length === n && v === window.yjsPage.text.toString();
+  }, n);
+
+/**
+ * Two Yjs pages (separate browser contexts: nothing shared but the gateway)
+ * type into one textarea at the same time and converge; then one goes
+ * offline with the page's button, both type, it comes back and they converge
+ * again.
+ */
+async function yjsPageConverge() {
+  const room = `page-${Date.now()}`;
+  const other = await browser.newContext();
+  try {
+    const a = await openYjsPage(context, room);
+    const b = await openYjsPage(other, room);
+    // b announces itself on connect: a sees it at once. (b learns of a when a's
+    // state next changes, its caret below: the gateway does not replay the
+    // room's awareness states to a joiner.)
+    await a.waitForFunction(() => document.querySelectorAll('#peers li').length === 2);
+    const ta = 'hello from page a. ';
+    const tb = 'and page b! ';
+    await Promise.all([
+      a.locator('#text').pressSequentially(ta, { delay: 10 }),
+      b.locator('#text').pressSequentially(tb, { delay: 10 }),
+    ]);
+    for (const p of [a, b]) await yjsSettled(p, ta.length + tb.length);
+    for (const p of [a, b]) await p.waitForFunction(() => document.querySelectorAll('#peers li').length === 2);
+    const [va, vb] = [await a.inputValue('#text'), await b.inputValue('#text')];
+    assert.equal(va, vb, 'both textareas converged');
+    assert.ok(isSubsequence(ta, va) && isSubsequence(tb, va), `each page's typing kept its order: ${JSON.stringify(va)}`);
+
+    await b.click('#toggle');
+    await b.waitForFunction(() => document.getElementById('connection').textContent === 'disconnected');
+    await b.locator('#text').press('End');
+    await b.locator('#text').pressSequentially(' [offline b]');
+    await a.locator('#text').press('Home');
+    await a.locator('#text').pressSequentially('[online a] ');
+    assert.ok(!(await a.inputValue('#text')).includes('[offline b]'), 'b was offline');
+    await b.click('#toggle');
+    await b.waitForFunction(() => window.yjsPage.provider.synced === true);
+    const n = va.length + ' [offline b]'.length + '[online a] '.length;
+    for (const p of [a, b]) await yjsSettled(p, n);
+    const [wa, wb] = [await a.inputValue('#text'), await b.inputValue('#text')];
+    assert.equal(wa, wb, 'converged after the offline edit');
+    assert.equal(wa, `[online a] ${va} [offline b]`);
+    for (const p of [a, b]) {
+      pages.delete(p);
+      await p.close();
+    }
+  } finally {
+    await other.close();
+  }
+}
+
 const scenarios = [
   ['websocket-roundtrip', () => roundTrip('', 'websocket')],
   ['sse-roundtrip', async () => {
@@ -502,6 +587,7 @@ const scenarios = [
   ['document-converge', documentConverge],
   ['document-offline-resume', documentOfflineResume],
   ['document-unsupported-sse', documentUnsupportedOverSse],
+  ['yjs-page-converge', yjsPageConverge],
 ];
 
 let failed = false;

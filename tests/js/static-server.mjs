@@ -1,5 +1,6 @@
-// A tiny static file server for the demo page and the SDK sources (the gateway
-// serves no files). Only GET/HEAD under the allowed prefixes, 127.0.0.1 only.
+// A tiny static file server for the example pages, the SDK sources and the npm
+// packages of examples/yjs-page (the gateway serves no files). Only GET/HEAD
+// under the allowed prefixes, 127.0.0.1 only.
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { extname, join, normalize, sep } from 'node:path';
@@ -11,7 +12,13 @@ const TYPES = {
   '.css': 'text/css; charset=utf-8',
   '.json': 'application/json',
 };
-const ALLOWED = ['/examples/demo-page/', '/sdk/client-js/src/'];
+const ALLOWED = [
+  '/examples/demo-page/',
+  '/examples/yjs-page/',
+  '/sdk/client-js/src/',
+  // the npm packages examples/yjs-page imports (through its import map)
+  ...['yjs', 'y-websocket', 'y-protocols', 'lib0'].map((p) => `/tests/js/node_modules/${p}/`),
+];
 
 /**
  * Serves `root` on 127.0.0.1:`port` (0 = any); resolves with the server.
@@ -51,4 +58,5 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const s = await serveStatic(process.cwd(), port);
   const { port: p } = /** @type {import('node:net').AddressInfo} */ (s.address());
   console.log(`demo page: http://127.0.0.1:${p}/examples/demo-page/?gateway=http://127.0.0.1:8080`);
+  console.log(`yjs page:  http://127.0.0.1:${p}/examples/yjs-page/?gateway=http://127.0.0.1:8080`);
 }
