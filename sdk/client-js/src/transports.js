@@ -266,7 +266,7 @@ class CommandQueue {
         res = await this.fetch(url, {
           method: 'POST',
           body: this.queue[0],
-          headers: { 'content-type': 'application/json', 'x-switchyard-csrf': this.csrf() ?? '' },
+          headers: { 'content-type': 'application/json', 'x-switchyard-csrf': this.csrf?.() ?? '' },
         });
       } catch (e) {
         if (!this.stopped) this.fail({ code: 1006, reason: `command failed: ${e}` });
@@ -305,10 +305,13 @@ export class SseTransport extends Base {
     const ES = this.options.EventSource ?? globalThis.EventSource;
     /** @type {string | null} */
     this.session = null;
+    /** @type {string | null} */
+    this.csrf = null;
     this.commands = new CommandQueue(
       () => (this.session ? this.endpoint.session('sse', this.session) : null),
       this.options.fetch ?? globalThis.fetch.bind(globalThis),
       (info) => this.finish(info),
+      () => this.csrf,
     );
     let es;
     try {
