@@ -85,16 +85,15 @@ impl<B: RoleInstance> Caller<B> {
         self.metrics.count(outcome);
         let now = std::time::Instant::now();
         match outcome {
-            Outcome::Timeout | Outcome::Trap => {
-                if self.breaker.failure(now) {
-                    tracing::error!(
-                        plugin = &*self.plugin,
-                        tenant = &*self.tenant,
-                        role = self.role,
-                        cool_down = ?crate::breaker::COOL_DOWN,
-                        "plugin keeps crashing: out of service for a cool-down, on_error decides meanwhile"
-                    );
-                }
+            // `failure` counts the crash; true when this one opened the breaker.
+            Outcome::Timeout | Outcome::Trap if self.breaker.failure(now) => {
+                tracing::error!(
+                    plugin = &*self.plugin,
+                    tenant = &*self.tenant,
+                    role = self.role,
+                    cool_down = ?crate::breaker::COOL_DOWN,
+                    "plugin keeps crashing: out of service for a cool-down, on_error decides meanwhile"
+                );
             }
             Outcome::Ok | Outcome::Denied => self.breaker.success(now),
             _ => {}
