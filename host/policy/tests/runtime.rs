@@ -461,14 +461,20 @@ async fn failing_plugin_of_one_tenant_does_not_affect_another() {
         good.join().expect("good");
     });
     assert_eq!(env.metric("router", "router", "ok"), 2000);
-    // Every loop call times out; a trap call may also hit the 5 ms wall-clock
-    // deadline when this busy machine deschedules the thread.
-    let (timeouts, traps) = (
+    // The first crashes (timeouts or traps) open tenant a's breaker; the rest
+    // of its 40 calls are refused without running the plugin.
+    let (timeouts, traps, cooling) = (
         env.metric("misbehave", "router", "timeout"),
         env.metric("misbehave", "router", "trap"),
+        env.metric("misbehave", "router", "cooling_down"),
     );
-    assert!(timeouts >= 20, "{timeouts}");
-    assert_eq!(timeouts + traps, 40);
+    let tripped = u64::from(switchyard_policy::breaker::TRIP_FAILURES);
+    assert_eq!(
+        timeouts + traps,
+        tripped,
+        "{timeouts} timeouts, {traps} traps"
+    );
+    assert_eq!(cooling, 40 - tripped);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
