@@ -388,8 +388,9 @@ mod tests {
             let m = Metrics::new();
             drive(server, echo, limits(10_000, 20_000), &m).await
         });
+        // Deliveries (not replies, which never overflow) beyond the capacity.
         for _ in 0..5 {
-            let _ = outbox.push_frame(Frame::from_static("x"));
+            let _ = outbox.push(Outgoing::frame(Frame::from_static("x")));
         }
         let mut code = None;
         while let Some(Ok(m)) = client.next().await {
