@@ -430,6 +430,39 @@ impl WasmDocument {
     }
 }
 
+impl WasmDocument {
+    /// Calls a document method that returns bytes (snapshot, state vector),
+    /// refusing more than [`MAX_MERGE_BYTES`].
+    fn bytes(
+        &self,
+        what: &str,
+        f: impl FnOnce(
+            merge::exports::switchyard::gateway::merge::GuestDocument<'_>,
+            &mut Store<PluginState>,
+            ResourceAny,
+        ) -> wasmtime::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, MergeError> {
+        let timeout = self.caller.pool.timeout();
+        self.call(
+            |p| {
+                let b = f(
+                    p.inst.bindings.switchyard_gateway_merge().document(),
+                    &mut p.inst.store,
+                    p.handle,
+                )
+                .map_err(|e| classify(&e, timeout))?;
+                if b.len() > MAX_MERGE_BYTES {
+                    return Err(CallError::Invalid(format!(
+                        "{what} larger than {MAX_MERGE_BYTES} bytes"
+                    )));
+                }
+                Ok(b)
+            },
+            |_| false,
+        )
+    }
+}
+
 impl MergeDocument for WasmDocument {
     /// WIT 0.2's `apply` has no stamp: the plugin orders writes itself (the
     /// gateway applies them in log order, so a Lamport clock kept by the
@@ -460,47 +493,12 @@ impl MergeDocument for WasmDocument {
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, MergeError> {
-        let timeout = self.caller.pool.timeout();
-        self.call(
-            |p| {
-                let s = p
-                    .inst
-                    .bindings
-                    .switchyard_gateway_merge()
-                    .document()
-                    .call_snapshot(&mut p.inst.store, p.handle)
-                    .map_err(|e| classify(&e, timeout))?;
-                if s.len() > MAX_MERGE_BYTES {
-                    return Err(CallError::Invalid(format!(
-                        "snapshot larger than {MAX_MERGE_BYTES} bytes"
-                    )));
-                }
-                Ok(s)
-            },
-            |_| false,
-        )
+        self.bytes("snapshot", |d, store, h| d.call_snapshot(store, h))
     }
 
     fn state_vector(&self) -> Result<Option<Vec<u8>>, MergeError> {
-        let timeout = self.caller.pool.timeout();
-        self.call(
-            |p| {
-                let sv = p
-                    .inst
-                    .bindings
-                    .switchyard_gateway_merge()
-                    .document()
-                    .call_state_vector(&mut p.inst.store, p.handle)
-                    .map_err(|e| classify(&e, timeout))?;
-                if sv.len() > MAX_MERGE_BYTES {
-                    return Err(CallError::Invalid(format!(
-                        "state vector larger than {MAX_MERGE_BYTES} bytes"
-                    )));
-                }
-                Ok((!sv.is_empty()).then_some(sv))
-            },
-            |_| false,
-        )
+        self.bytes("state vector", |d, store, h| d.call_state_vector(store, h))
+            .map(|sv| (!sv.is_empty()).then_some(sv))
     }
 
     fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
