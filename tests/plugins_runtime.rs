@@ -329,7 +329,7 @@ async fn a_crash_looping_plugin_is_taken_out_of_service() {
     let plugins = scratch_dir("plugins");
     deploy(&plugins, "misbehave", &read(&fixture("misbehave")));
     let gw = Gateway::start(&format!(
-        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n\
+        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n[admin]\ntoken = \"adm\"\n\
          [tenants.a.policies.router]\nplugin = \"misbehave\"\n",
         plugins.display().to_string()
     ));
@@ -357,4 +357,81 @@ async fn a_crash_looping_plugin_is_taken_out_of_service() {
         "{}",
         gw.logs()
     );
+    let (status, listing) = admin_plugins(&gw, "adm").await;
+    assert_eq!(status, 200);
+    let used = &plugin_entry(&listing, "misbehave")["used_by"][0];
+    assert_eq!(used["tenant"], "a", "{listing}");
+    assert_eq!(used["breaker"]["state"], "open", "{listing}");
+    assert_eq!(used["breaker"]["trips"], 1, "{listing}");
+    assert!(
+        used["breaker"]["retry_in_ms"].as_u64().unwrap() > 0,
+        "{listing}"
+    );
+}
+
+/// A tenant whose plugin is slow (each call keeps a CPU busy for seconds) does
+/// not stall other tenants: once a caller is seen slow its calls run off the
+/// event loop, at most `plugins.max_concurrent_calls` at once for the tenant
+/// (one more is refused as busy). Tenant b's round trips all finish while
+/// tenant a's slow calls are still running: with the calls inline on the two
+/// workers, b would wait for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_tenant_plugin_does_not_stall_other_tenants() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "misbehave", &read(&fixture("misbehave")));
+    deploy(&plugins, "router", &read(&fixture("router-v1")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\nmax_concurrent_calls = 2\n\
+         [tenants.a.policies.router]\nplugin = \"misbehave\"\ncall_timeout = \"20s\"\n\
+         [tenants.b.policies.router]\nplugin = \"router\"\n",
+        plugins.display().to_string()
+    ));
+    let mut slow: Vec<Client> = Vec::new();
+    for _ in 0..3 {
+        slow.push(Client::connect(&gw.ws_url("/ws/a")).await);
+    }
+    // One slow call (5 ms, inline) teaches the gateway that a's router is slow.
+    slow[0]
+        .send_json(json!({"type":"publish","id":1,"channel":"t:slow:5","data":1}))
+        .await;
+    assert_eq!(slow[0].recv_type("ack").await["id"], 1);
+    for (i, c) in slow.iter_mut().enumerate() {
+        c.send_json(json!({"type":"publish","id":10 + i,"channel":"t:slow:6000","data":1}))
+            .await;
+    }
+    // Two run off the loop; the third is refused as busy (on_error = deny).
+    gw.wait_metric(
+        "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"busy\"} 1",
+    )
+    .await;
+    let mut b = Client::connect(&gw.ws_url("/ws/b")).await;
+    b.subscribe(1, "room:1").await;
+    for id in 100..120u64 {
+        let routed = publish_roundtrip(&mut b, id, "room:1", json!({"id": id}))
+            .await
+            .expect("tenant b");
+        assert_eq!(routed["v"], 1);
+    }
+    // Only now do a's slow calls finish: two acks and one busy refusal.
+    let ok = gw.get("/metrics").await.1;
+    assert!(
+        !ok.contains(
+            "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"ok\"} 3"
+        ),
+        "tenant b was served only after a's slow calls had finished:\n{ok}"
+    );
+    let mut acks = 0;
+    let mut busy = 0;
+    for c in &mut slow {
+        let r = c.recv_json().await;
+        match r["type"].as_str() {
+            Some("ack") => acks += 1,
+            Some("error") => {
+                assert!(r["message"].as_str().unwrap_or("").contains("busy"), "{r}");
+                busy += 1;
+            }
+            _ => panic!("unexpected reply {r}"),
+        }
+    }
+    assert_eq!((acks, busy), (2, 1));
 }

@@ -295,6 +295,12 @@ pub struct PluginsConfig {
     pub kv_max_entries: usize,
     /// Whether the folder is watched for changes.
     pub watch: bool,
+    /// Per tenant: plugin calls run off the event loop at once (calls of a
+    /// plugin found slow); one more is refused as busy and `on_error` decides.
+    pub max_concurrent_calls: u32,
+    /// Per tenant: live plugin instances (pooled idle ones and open merge
+    /// documents included) out of the process-wide pool of 1000.
+    pub max_instances: u32,
 }
 
 impl Default for PluginsConfig {
@@ -306,6 +312,8 @@ impl Default for PluginsConfig {
             memory_limit: 64 << 20,
             kv_max_entries: 100_000,
             watch: true,
+            max_concurrent_calls: 4,
+            max_instances: 250,
         }
     }
 }
@@ -570,6 +578,11 @@ impl Config {
         if l.document_max_bytes < 2 || l.document_log_size == 0 || l.documents_max_open == 0 {
             return Err(ConfigError::Invalid(
                 "limits.document_max_bytes must be at least 2, limits.document_log_size and limits.documents_max_open at least 1".into(),
+            ));
+        }
+        if self.plugins.max_concurrent_calls == 0 || self.plugins.max_instances == 0 {
+            return Err(ConfigError::Invalid(
+                "plugins.max_concurrent_calls and plugins.max_instances must be at least 1".into(),
             ));
         }
         if self.broker.kind == BrokerKind::Redis && self.broker.redis_urls.is_empty() {

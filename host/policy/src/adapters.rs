@@ -20,6 +20,7 @@ use crate::bindings::{auth, merge, rate_limit, router, types};
 use crate::breaker::Breaker;
 use crate::engine::bounded;
 use crate::host_api::{PluginState, RequestRes};
+use crate::isolation::{Busy, Placement};
 use crate::metrics::{CallMetrics, Outcome};
 use crate::pool::{CallError, InstancePool, Loaded, RoleInstance, classify};
 
@@ -49,6 +50,8 @@ pub(crate) struct Caller<B> {
     pub role: &'static str,
     /// Takes a crash-looping plugin out of service ([`crate::breaker`]).
     pub breaker: Arc<Breaker>,
+    /// Inline or off the event loop, within the tenant's budget ([`crate::isolation`]).
+    pub placement: Placement,
 }
 
 impl<B: RoleInstance> Caller<B> {
@@ -66,9 +69,20 @@ impl<B: RoleInstance> Caller<B> {
             )));
         }
         let start = Instant::now();
-        let r = self.pool.call(f);
+        let r = self.placed(|| self.pool.call(f));
         self.record(start, &r, denied);
         r
+    }
+
+    /// Runs `f` where [`Placement`] says; a tenant at its off-loop limit gets
+    /// [`CallError::Busy`] and `f` does not run.
+    fn placed<R>(&self, f: impl FnOnce() -> Result<R, CallError>) -> Result<R, CallError> {
+        self.placement.run(f).unwrap_or_else(|Busy| {
+            Err(CallError::Busy(format!(
+                "tenant {} has its limit of slow plugin calls running",
+                self.tenant
+            )))
+        })
     }
 
     /// Times with the TSC (`quanta`): two `clock_gettime` calls were a sixth of
@@ -80,6 +94,7 @@ impl<B: RoleInstance> Caller<B> {
             Ok(_) => Outcome::Ok,
             Err(CallError::Timeout(_)) => Outcome::Timeout,
             Err(CallError::Trap(_)) => Outcome::Trap,
+            Err(CallError::Busy(_)) => Outcome::Busy,
             Err(_) => Outcome::Error,
         };
         self.metrics.count(outcome);
@@ -369,7 +384,8 @@ impl MergePolicy for WasmMerge {
         let caller = &self.0;
         let timeout = caller.pool.timeout();
         let start = Instant::now();
-        let r = caller.pool.instantiate().and_then(|mut inst| {
+        let r = caller.placed(|| {
+            let mut inst = caller.pool.instantiate()?;
             let opened = inst
                 .bindings
                 .switchyard_gateway_merge()
@@ -421,7 +437,7 @@ impl WasmDocument {
         };
         let start = Instant::now();
         self.caller.pool.arm(&mut pinned.inst.store);
-        let r = f(pinned);
+        let r = self.caller.placed(|| f(pinned));
         self.caller.record(start, &r, denied);
         r.map_err(|e| {
             *guard = None;

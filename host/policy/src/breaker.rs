@@ -48,6 +48,19 @@ impl Breaker {
         self.state.lock().trips
     }
 
+    /// The breaker as `GET /admin/plugins` shows it: `state` (`closed`,
+    /// `open`, or `half_open` once the cool-down is over and no call has been
+    /// tried yet), `retry_in_ms` while open, and `trips`.
+    pub fn status_json(&self, now: Instant) -> serde_json::Value {
+        let st = self.state.lock();
+        let (state, retry_in_ms) = match st.open_until {
+            None => ("closed", None),
+            Some(t) if now < t => ("open", Some(t.duration_since(now).as_millis() as u64)),
+            Some(_) => ("half_open", None),
+        };
+        serde_json::json!({"state": state, "retry_in_ms": retry_in_ms, "trips": st.trips})
+    }
+
     /// Records a call that crashed (trap, timeout). Returns true when this
     /// failure opened the breaker.
     pub fn failure(&self, now: Instant) -> bool {

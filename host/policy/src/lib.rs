@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod buckets;
 mod engine;
 mod host_api;
+pub mod isolation;
 pub mod kv;
 mod metrics;
 mod pool;

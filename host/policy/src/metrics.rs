@@ -18,7 +18,8 @@ pub struct CallLabels {
     pub plugin: String,
     /// Role.
     pub role: &'static str,
-    /// `ok`, `denied`, `error`, `timeout`, `trap`, `cooling_down` (not called: breaker open).
+    /// `ok`, `denied`, `error`, `timeout`, `trap`, `cooling_down` (not called: breaker open),
+    /// `busy` (not called: the tenant is at its instance or off-loop call limit).
     pub outcome: &'static str,
 }
 
@@ -63,6 +64,8 @@ pub(crate) enum Outcome {
     Trap,
     /// Not called: the plugin's breaker is open.
     CoolingDown,
+    /// Not called: the tenant is at its limit of instances or slow calls.
+    Busy,
 }
 
 /// Counters of one plugin+role, resolved once so a call touches no label map.
@@ -74,6 +77,7 @@ pub(crate) struct CallMetrics {
     timeout: Counter,
     trap: Counter,
     cooling: Counter,
+    busy: Counter,
     pub duration: Histogram,
 }
 
@@ -86,6 +90,7 @@ impl CallMetrics {
             Outcome::Timeout => &self.timeout,
             Outcome::Trap => &self.trap,
             Outcome::CoolingDown => &self.cooling,
+            Outcome::Busy => &self.busy,
         }
         .inc();
     }
@@ -101,7 +106,7 @@ impl PluginMetrics {
         };
         metrics.register(
             "switchyard_plugin_calls",
-            "Plugin calls by plugin, role and outcome (ok, denied, error, timeout, trap, cooling_down)",
+            "Plugin calls by plugin, role and outcome (ok, denied, error, timeout, trap, cooling_down, busy)",
             m.calls.clone(),
         );
         metrics.register(
@@ -135,6 +140,7 @@ impl PluginMetrics {
             timeout: c("timeout"),
             trap: c("trap"),
             cooling: c("cooling_down"),
+            busy: c("busy"),
             duration: self
                 .duration
                 .get_or_create(&RoleLabels {

@@ -13,6 +13,7 @@ use wasmtime::{Store, Trap};
 use crate::bindings::{auth, merge, rate_limit, router};
 use crate::engine::{Compiled, RolePre, bounded, deadline_ticks, runtime};
 use crate::host_api::{PluginState, Scope};
+use crate::isolation::{InstanceTicket, TenantBudget};
 
 /// Idle instances kept per pool (more are dropped when given back).
 const MAX_IDLE: usize = 16;
@@ -35,6 +36,10 @@ pub enum CallError {
     /// No instance could be created (pool exhausted, instantiation failed).
     #[error("cannot instantiate: {0}")]
     Instantiate(String),
+    /// The tenant is at its limit of live instances or off-loop calls
+    /// ([`crate::isolation`]); nothing ran.
+    #[error("busy: {0}")]
+    Busy(String),
     /// The plugin is not loaded.
     #[error("not loaded: {0}")]
     Unavailable(String),
@@ -69,6 +74,8 @@ role_instance!(merge::MergePlugin, Merge);
 pub(crate) struct Loaded<B> {
     pub store: Store<PluginState>,
     pub bindings: B,
+    /// The tenant's instance slot, given back when the instance is dropped.
+    _ticket: InstanceTicket,
 }
 
 /// Limits a pool applies to its instances.
@@ -84,22 +91,36 @@ pub(crate) struct InstancePool<B> {
     scope: Arc<Scope>,
     limits: Limits,
     ticks: u64,
+    budget: Arc<TenantBudget>,
     idle: Mutex<Vec<Loaded<B>>>,
 }
 
 impl<B: RoleInstance> InstancePool<B> {
-    pub(crate) fn new(compiled: Arc<Compiled>, scope: Arc<Scope>, limits: Limits) -> Self {
+    pub(crate) fn new(
+        compiled: Arc<Compiled>,
+        scope: Arc<Scope>,
+        limits: Limits,
+        budget: Arc<TenantBudget>,
+    ) -> Self {
         Self {
             compiled,
             scope,
             limits,
             ticks: deadline_ticks(limits.call_timeout),
+            budget,
             idle: Mutex::new(Vec::new()),
         }
     }
 
     /// A fresh instance in its own store (not taken from or returned to the pool).
     pub(crate) fn instantiate(&self) -> Result<Loaded<B>, CallError> {
+        let ticket = self.budget.instance().ok_or_else(|| {
+            CallError::Busy(format!(
+                "tenant {} has its limit of {} live plugin instances",
+                self.scope.tenant,
+                self.budget.max_instances()
+            ))
+        })?;
         let rt = runtime().map_err(|e| CallError::Instantiate(e.to_string()))?;
         let mut store = Store::new(
             &rt.engine,
@@ -118,7 +139,11 @@ impl<B: RoleInstance> InstancePool<B> {
                     other => other,
                 }
             })?;
-        Ok(Loaded { store, bindings })
+        Ok(Loaded {
+            store,
+            bindings,
+            _ticket: ticket,
+        })
     }
 
     /// Runs `f` on an idle (or new) instance under the call deadline. On success

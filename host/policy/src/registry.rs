@@ -15,10 +15,12 @@ use switchyard_core::tenant::Tenant;
 
 use crate::adapters::{Caller, Unavailable, WasmAuth, WasmMerge, WasmRateLimit, WasmRouter};
 use crate::bindings::{auth, merge, rate_limit, router};
+use crate::breaker::Breaker;
 use crate::engine::{
     Compiled, ContentHash, LoadError, MAX_PLUGIN_BYTES, compile, content_hash, hex,
 };
 use crate::host_api::Scope;
+use crate::isolation::{Placement, TenantBudget};
 use crate::kv::KvStore;
 use crate::metrics::PluginMetrics;
 use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
@@ -93,6 +95,11 @@ struct State {
     kv: HashMap<(String, String), Arc<KvStore>>,
     installed: HashMap<String, TenantInstall>,
     issues: Vec<MappingIssue>,
+    /// Each tenant's share of the runtime; kept across reloads (its counts are
+    /// held by live instances), replaced when the configured bounds change.
+    budgets: HashMap<String, Arc<TenantBudget>>,
+    /// The breaker of each tenant's plugin-served role, for the listing.
+    breakers: HashMap<(String, Role), Arc<Breaker>>,
 }
 
 /// Shared by the `PluginHost`, its watcher and its reload path.
@@ -133,6 +140,8 @@ impl Registry {
                 kv: HashMap::new(),
                 installed: HashMap::new(),
                 issues: Vec::new(),
+                budgets: HashMap::new(),
+                breakers: HashMap::new(),
             }),
             scan_lock: tokio::sync::Mutex::new(()),
         }
@@ -445,6 +454,10 @@ impl Registry {
             .entry((policy.plugin.clone(), tenant.id.to_string()))
             .or_insert_with(|| Arc::new(KvStore::new(*kv_max)))
             .clone();
+        let budget = budget_for(st, &tenant.id);
+        let breaker = Arc::new(Breaker::default());
+        st.breakers
+            .insert((tenant.id.to_string(), role), breaker.clone());
         let plugin: Arc<str> = Arc::from(policy.plugin.as_str());
         let scope = Arc::new(Scope {
             plugin: plugin.clone(),
@@ -453,13 +466,14 @@ impl Registry {
             kv,
         });
         Caller {
-            pool: InstancePool::new(compiled, scope, *limits),
+            pool: InstancePool::new(compiled, scope, *limits, budget.clone()),
+            placement: Placement::new(budget),
             on_error: policy.on_error,
             metrics: self.metrics.for_call(&policy.plugin, role),
             plugin,
             tenant: tenant.id.clone(),
             role: role.as_str(),
-            breaker: Arc::default(),
+            breaker,
         }
     }
 
@@ -484,29 +498,36 @@ impl Registry {
             call_timeout: defaults.call_timeout,
             memory_limit: defaults.memory_limit,
         };
+        let unbounded = Arc::new(TenantBudget::unbounded());
         let start = std::time::Instant::now();
         match compiled.role {
-            Role::Auth => InstancePool::<auth::AuthPlugin>::new(compiled, scope, limits)
+            Role::Auth => InstancePool::<auth::AuthPlugin>::new(compiled, scope, limits, unbounded)
                 .instantiate()
                 .map(drop),
-            Role::Router => InstancePool::<router::RouterPlugin>::new(compiled, scope, limits)
-                .instantiate()
-                .map(drop),
-            Role::RateLimit => {
-                InstancePool::<rate_limit::RateLimitPlugin>::new(compiled, scope, limits)
+            Role::Router => {
+                InstancePool::<router::RouterPlugin>::new(compiled, scope, limits, unbounded)
                     .instantiate()
                     .map(drop)
             }
-            Role::Merge => InstancePool::<merge::MergePlugin>::new(compiled, scope, limits)
-                .instantiate()
-                .map(drop),
+            Role::RateLimit => {
+                InstancePool::<rate_limit::RateLimitPlugin>::new(compiled, scope, limits, unbounded)
+                    .instantiate()
+                    .map(drop)
+            }
+            Role::Merge => {
+                InstancePool::<merge::MergePlugin>::new(compiled, scope, limits, unbounded)
+                    .instantiate()
+                    .map(drop)
+            }
         }?;
         Ok(start.elapsed())
     }
 
     /// `GET /admin/plugins` body.
     pub(crate) fn status_json(&self) -> serde_json::Value {
-        let st = self.state.lock();
+        let guard = self.state.lock();
+        let st: &State = &guard;
+        let now = std::time::Instant::now();
         let mut out = Vec::with_capacity(st.plugins.len());
         for (name, e) in &st.plugins {
             let used_by: Vec<_> = st
@@ -518,7 +539,19 @@ impl Registry {
                         .zip(Role::ALL)
                         .filter_map(move |(b, role)| match b {
                             Binding::Plugin { policy, .. } if &policy.plugin == name => {
-                                Some(json!({"tenant": tenant, "role": role.as_str()}))
+                                let breaker = st
+                                    .breakers
+                                    .get(&(tenant.clone(), role))
+                                    .map(|b| b.status_json(now));
+                                let instances = st.budgets.get(tenant).map(
+                                    |b| json!({"live": b.instances(), "max": b.max_instances()}),
+                                );
+                                Some(json!({
+                                    "tenant": tenant,
+                                    "role": role.as_str(),
+                                    "breaker": breaker,
+                                    "tenant_instances": instances,
+                                }))
                             }
                             _ => None,
                         })
@@ -577,6 +610,18 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, LoadError> {
 }
 
 /// `*.wasm` files of `dir`: (stem, path, signature). A missing folder is empty.
+/// The tenant's budget, made (or remade, when the bounds changed) from the
+/// defaults in force.
+fn budget_for(st: &mut State, tenant: &str) -> Arc<TenantBudget> {
+    let (calls, instances) = (st.defaults.max_concurrent_calls, st.defaults.max_instances);
+    let fresh = || Arc::new(TenantBudget::new(calls, instances));
+    let b = st.budgets.entry(tenant.to_owned()).or_insert_with(fresh);
+    if !b.has_bounds(calls, instances) {
+        *b = fresh();
+    }
+    b.clone()
+}
+
 fn list_wasm(dir: &Path) -> Vec<(String, PathBuf, FileSig)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
