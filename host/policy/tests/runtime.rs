@@ -670,3 +670,40 @@ async fn sighup_reload_applies_new_mapping() {
         Some(2)
     );
 }
+
+/// A tenant holds at most `plugins.max_instances` live instances (open merge
+/// documents pin one each): one more is refused as busy, another tenant is not
+/// affected, and a closed document gives its instance back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_is_held_to_its_instance_budget() {
+    let env = Env::start(
+        "max_instances = 2\n\
+         [tenants.a.policies.merge]\nplugin = \"counter\"\n\
+         [tenants.b.policies.merge]\nplugin = \"counter\"\n",
+        &[("merge-counter", "counter")],
+        false,
+    )
+    .await;
+    let a = env.policies("a");
+    let d1 = a.merge.open(b"1").expect("first");
+    let _d2 = a.merge.open(b"2").expect("second");
+    let Err(e) = a.merge.open(b"3") else {
+        panic!("a third live instance was created");
+    };
+    assert!(e.to_string().contains("busy"), "{e}");
+    assert_eq!(env.metric("counter", "merge", "busy"), 1);
+    let b = env.policies("b");
+    let _b1 = b.merge.open(b"1").expect("tenant b has its own budget");
+    drop(d1);
+    a.merge
+        .open(b"3")
+        .expect("the closed document gave its instance back");
+    let used = &env.status("counter")["used_by"];
+    let a_entry = used
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["tenant"] == "a")
+        .expect("tenant a listed");
+    assert_eq!(a_entry["tenant_instances"]["max"], 2, "{used}");
+}

@@ -6,6 +6,14 @@
 //! The writer takes everything queued at once and flushes it as one batch,
 //! so a busy connection costs one write for many messages. Closes always try
 //! the close handshake, bounded by `close_timeout`, then the socket is dropped.
+//!
+//! A socket must not be dropped with the peer's input unread: the kernel then
+//! answers with a reset, and the peer may lose our close frame with it (it
+//! sees 1006 instead of, say, 1009). So after every close we send, input is
+//! read on until the peer's close reply or EOF: as frames while the stream is
+//! intact; after a read error (an oversized frame, bad UTF-8, a protocol
+//! error: the stream is no longer framed) as raw bytes, discarded, after
+//! shutting down our side, for at most [`LINGER`] and [`LINGER_BYTES`].
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +26,8 @@ use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
 use switchyard_core::metrics::Metrics;
 use switchyard_core::protocol::{CloseCode, Frame};
 use switchyard_core::session::Handler;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -61,6 +71,41 @@ fn now_micros() -> u64 {
     u64::try_from(EPOCH.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
+/// Longest the raw input is read on (and discarded) after a close that
+/// followed a read error (also bounded by `close_timeout`).
+pub const LINGER: Duration = Duration::from_secs(1);
+/// Most raw bytes discarded after such a close (a 10 MB frame fits).
+pub const LINGER_BYTES: u64 = 32 << 20;
+
+/// The byte stream under a WebSocket, for what follows a close after a read
+/// error, when the stream can no longer be read as frames.
+pub trait RawInput: Send {
+    /// Shuts down our sending side, then reads and discards input until EOF,
+    /// an error or `max_bytes`; returns how many bytes were discarded. The
+    /// caller bounds the time.
+    fn discard_input(&mut self, max_bytes: u64) -> impl Future<Output = u64> + Send;
+}
+
+impl<T> RawInput for WebSocketStream<T>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn discard_input(&mut self, max_bytes: u64) -> u64 {
+        let io = self.get_mut();
+        // Our close frame is flushed; EOF tells the peer nothing else comes.
+        let _ = io.shutdown().await;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0u64;
+        while total < max_bytes {
+            match io.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
+        }
+        total
+    }
+}
+
 /// Converts an outbound frame to a tungstenite message without copying.
 pub fn to_message(frame: Frame) -> Message {
     if frame.is_binary() {
@@ -96,6 +141,17 @@ fn error_close(e: &WsError) -> Option<CloseCode> {
     }
 }
 
+/// How the reader stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadEnd {
+    /// The stream ended (EOF, reset), the close handshake completed, or the
+    /// wait for the peer's close reply ran out.
+    Done,
+    /// A frame could not be read: a close was requested, and the stream can
+    /// no longer be read as frames (what is left of the input is raw bytes).
+    Broken,
+}
+
 enum WriterEnd {
     /// Close frame sent (or attempted) with this code.
     Closed(u16),
@@ -106,7 +162,11 @@ enum WriterEnd {
 /// Runs a connection to its end. The handler is dropped when this returns.
 pub async fn drive<S, H>(ws: S, mut handler: H, limits: TransportLimits, metrics: &Metrics) -> Ended
 where
-    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Send + Unpin,
+    S: Stream<Item = Result<Message, WsError>>
+        + Sink<Message, Error = WsError>
+        + RawInput
+        + Send
+        + Unpin,
     H: Handler,
 {
     let outbox = handler.outbox().clone();
@@ -117,8 +177,9 @@ where
     let close_sent = std::sync::atomic::AtomicBool::new(false);
 
     let reader = async {
-        // Once the handler asks to close, data frames are ignored and reading
-        // continues only to receive the peer's close reply, until `deadline`.
+        // Once the handler asks to close, or our close frame is out, data
+        // frames are ignored and reading continues only to receive the peer's
+        // close reply (until `deadline` when the handler asked).
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
             let item = match deadline {
@@ -129,18 +190,21 @@ where
                 }
                 Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
                     Ok(item) => item,
-                    Err(_) => return false,
+                    Err(_) => return ReadEnd::Done,
                 },
             };
-            let Some(item) = item else { return false };
+            let Some(item) = item else {
+                return ReadEnd::Done;
+            };
             last_seen.store(now_micros(), Ordering::Relaxed);
+            let open = deadline.is_none() && !close_sent.load(Ordering::Acquire);
             let verdict = match item {
-                Ok(Message::Text(t)) if deadline.is_none() => {
+                Ok(Message::Text(t)) if open => {
                     metrics.messages_in.inc();
                     metrics.frame_size.observe(t.len() as f64);
                     handler.on_text(Bytes::from(t)).await
                 }
-                Ok(Message::Binary(b)) if deadline.is_none() => {
+                Ok(Message::Binary(b)) if open => {
                     metrics.messages_in.inc();
                     metrics.frame_size.observe(b.len() as f64);
                     handler.on_binary(b).await
@@ -163,7 +227,7 @@ where
                     peer_close.store(u64::from(code), Ordering::Relaxed);
                     if close_sent.load(Ordering::Acquire) {
                         // The reply to our close: the handshake is complete.
-                        return false;
+                        return ReadEnd::Done;
                     }
                     Ok(())
                 }
@@ -178,9 +242,9 @@ where
                         // Frames answered before the bad one still go out, then the
                         // close (bounded by `close_timeout`); the stream is unusable now.
                         outbox.close(code, true);
-                        return true;
+                        return ReadEnd::Broken;
                     }
-                    return false;
+                    return ReadEnd::Done;
                 }
             };
             if let Err(code) = verdict {
@@ -272,42 +336,52 @@ where
         }
     };
 
-    tokio::pin!(reader, writer);
     let peer_code = || match peer_close.load(Ordering::Relaxed) {
         0 => None,
         c => u16::try_from(c).ok(),
     };
-    tokio::select! {
-        wants_close = &mut reader => {
-            if let Some(code) = peer_code() {
-                return Ended::Closed(code);
-            }
-            if wants_close {
+    // `linger`: our close frame is out but the stream broke, so the rest of
+    // the input can only be read raw.
+    let (ended, linger) = {
+        tokio::pin!(reader, writer);
+        tokio::select! {
+            end = &mut reader => match (peer_code(), end) {
+                (Some(code), _) => (Ended::Closed(code), false),
                 // Reader hit a protocol error and asked for a close: let the writer send it.
-                return match tokio::time::timeout(limits.close_timeout, &mut writer).await {
-                    Ok(WriterEnd::Closed(c)) => Ended::Closed(c),
-                    _ => Ended::Dropped,
-                };
-            }
-            Ended::Dropped
-        }
-        end = &mut writer => match end {
-            WriterEnd::Closed(code) => {
-                // Wait (bounded) for the peer's close reply, reading to the end.
-                let r = tokio::time::timeout(limits.close_timeout, &mut reader).await;
-                tracing::debug!(code, reply = r.is_ok(), "close handshake");
-                Ended::Closed(code)
-            }
-            WriterEnd::Zombie => {
-                metrics.zombies.inc();
-                Ended::Zombie
-            }
-            WriterEnd::Failed => match peer_code() {
-                Some(c) => Ended::Closed(c),
-                None => Ended::Dropped,
+                (None, ReadEnd::Broken) => {
+                    match tokio::time::timeout(limits.close_timeout, &mut writer).await {
+                        Ok(WriterEnd::Closed(c)) => (Ended::Closed(c), true),
+                        _ => (Ended::Dropped, false),
+                    }
+                }
+                (None, ReadEnd::Done) => (Ended::Dropped, false),
             },
+            end = &mut writer => match end {
+                WriterEnd::Closed(code) => {
+                    // Wait (bounded) for the peer's close reply, reading to the end.
+                    let r = tokio::time::timeout(limits.close_timeout, &mut reader).await;
+                    tracing::debug!(code, reply = ?r, "close handshake");
+                    (Ended::Closed(code), r == Ok(ReadEnd::Broken))
+                }
+                WriterEnd::Zombie => {
+                    metrics.zombies.inc();
+                    (Ended::Zombie, false)
+                }
+                WriterEnd::Failed => match peer_code() {
+                    Some(c) => (Ended::Closed(c), false),
+                    None => (Ended::Dropped, false),
+                },
+            }
         }
+    };
+    if linger && let Ok(mut ws) = stream.reunite(sink) {
+        // Not dropped with input unread (a reset could cost the peer our
+        // close frame): EOF, or at most LINGER / LINGER_BYTES.
+        let bound = limits.close_timeout.min(LINGER);
+        let discarded = tokio::time::timeout(bound, ws.discard_input(LINGER_BYTES)).await;
+        tracing::debug!(?discarded, "input discarded after close");
     }
+    ended
 }
 
 /// Convenience for tests and the echo endpoint: the handler's outbox.
@@ -422,6 +496,46 @@ mod tests {
         assert_eq!(got[1], Message::text("b"));
         assert!(matches!(&got[2], Message::Close(Some(f)) if u16::from(f.code) == 1001));
         assert_eq!(run.await.expect("join"), Ended::Closed(1001));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_read_to_its_end_after_close_1009() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let config = WebSocketConfig::default()
+            .max_frame_size(Some(1024))
+            .max_message_size(Some(1024));
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, Some(config)).await;
+        let run = tokio::spawn(async move {
+            let m = Metrics::new();
+            drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
+        });
+        let (mut rx, mut tx) = tokio::io::split(b);
+        // A masked binary frame of 1 MiB (64-bit length, zero mask key): far
+        // more than the pipe holds, so it is written only if the server reads it.
+        let len: u64 = 1 << 20;
+        let write = tokio::spawn(async move {
+            let mut head = vec![0x82, 0xFF];
+            head.extend_from_slice(&len.to_be_bytes());
+            head.extend_from_slice(&[0; 4]);
+            tx.write_all(&head).await?;
+            tx.write_all(&vec![0u8; 1 << 20]).await?;
+            tx.shutdown().await
+        });
+        let mut close = [0u8; 4];
+        rx.read_exact(&mut close).await.expect("a close frame");
+        assert_eq!(close[0], 0x88, "{close:?}");
+        assert_eq!(u16::from_be_bytes([close[2], close[3]]), 1009);
+        write
+            .await
+            .expect("join")
+            .expect("the server read the whole frame after its close");
+        assert_eq!(run.await.expect("join"), Ended::Closed(1009));
+        let mut rest = Vec::new();
+        rx.read_to_end(&mut rest)
+            .await
+            .expect("EOF after the close frame");
     }
 
     #[tokio::test]
