@@ -375,8 +375,11 @@ async fn gateways_survive_a_redis_restart() {
 
     // HTTP publishes keep coming while Redis goes away and comes back.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Publishes accepted so far: the test waits on it, never on the clock.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let accepted_now = || accepted.load(std::sync::atomic::Ordering::Relaxed);
     let traffic = {
-        let (addr, stop) = (a.addr, stop.clone());
+        let (addr, stop, accepted) = (a.addr, stop.clone(), accepted.clone());
         tokio::spawn(async move {
             let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -393,12 +396,18 @@ async fn gateways_survive_a_redis_restart() {
                 )
                 .await;
                 *statuses.entry(st).or_default() += 1;
+                if st == 200 {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    until("traffic accepted", Duration::from_secs(10), async || {
+        accepted_now() >= 5
+    })
+    .await;
     redis.kill();
     until("a not ready", Duration::from_secs(10), async || {
         !ready(&a).await
@@ -420,7 +429,11 @@ async fn gateways_survive_a_redis_restart() {
     redis.restart();
     until("a ready", Duration::from_secs(15), async || ready(&a).await).await;
     until("b ready", Duration::from_secs(15), async || ready(&b).await).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = accepted_now();
+    until("traffic accepted again", Duration::from_secs(10), async || {
+        accepted_now() >= before + 5
+    })
+    .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = traffic.await.expect("traffic task");
     assert!(
@@ -505,7 +518,14 @@ async fn two_shards_spread_channels_and_fail_independently() {
     let mut sub = client(&b, "sub").await;
     sub.subscribe(1, &s1[0]).await;
     r2.kill();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Wait until the node has seen the shard go (a publish on it fails), then
+    // check it stays in rotation.
+    let mut probe = 300;
+    until("shard 2 seen down", Duration::from_secs(10), async || {
+        probe += 1;
+        publish(&mut p, probe, &s2[0], json!("probe")).await["code"] == "unavailable"
+    })
+    .await;
     assert!(
         ready(&a).await,
         "one shard down does not take the node out of rotation"
