@@ -246,15 +246,50 @@ impl Server {
 }
 
 /// TCP keepalive on an accepted socket (`limits.tcp_keepalive`, `"0s"` = off),
-/// so a peer that vanished without a FIN is found even when nothing is sent.
+/// so a peer that vanished without a FIN is found even when nothing is sent;
+/// and `TCP_USER_TIMEOUT` = `limits.idle_timeout`, so one found while data is
+/// in flight is too: sent data unacknowledged for that long aborts the
+/// connection. That is what expires an SSE stream (or a long-poll) to a peer
+/// that is gone: keepalive probes are not sent while data waits for an
+/// acknowledgement, and the stream's heartbeats keep data waiting.
 fn set_keepalive(stream: &tokio::net::TcpStream, limits: &switchyard_core::config::Limits) {
+    let sock = socket2::SockRef::from(stream);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(limits.idle_timeout)) {
+        tracing::debug!(error = %e, "setting TCP_USER_TIMEOUT failed");
+    }
     if limits.tcp_keepalive.is_zero() {
         return;
     }
     let ka = socket2::TcpKeepalive::new()
         .with_time(limits.tcp_keepalive)
         .with_interval(limits.tcp_keepalive_interval.max(Duration::from_secs(1)));
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+    if let Err(e) = sock.set_tcp_keepalive(&ka) {
         tracing::debug!(error = %e, "setting TCP keepalive failed");
+    }
+}
+
+#[cfg(test)]
+mod socket_tests {
+    use super::*;
+
+    /// An accepted socket carries keepalive and the user timeout from the limits.
+    #[tokio::test]
+    async fn accepted_sockets_get_keepalive_and_the_user_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let limits = switchyard_core::config::Limits {
+            idle_timeout: Duration::from_secs(7),
+            tcp_keepalive: Duration::from_secs(300),
+            ..Default::default()
+        };
+        set_keepalive(&stream, &limits);
+        let sock = socket2::SockRef::from(&stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(300));
+        #[cfg(target_os = "linux")]
+        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(Duration::from_secs(7)));
     }
 }
