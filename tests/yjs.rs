@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt as _, StreamExt as _};
 use switchyard_tests::redis::RedisServer;
-use switchyard_tests::{Gateway, repo_root, scratch_dir};
+use switchyard_tests::{Client, Gateway, repo_root, scratch_dir};
+use tokio_tungstenite::tungstenite::Message;
 
 const API_KEY: &str = "k";
 const JWT_SECRET: &str = "yjs-test-secret";
@@ -196,4 +198,55 @@ fn y_websocket_clients_on_two_nodes() {
         );
     }
     drop((a, b, redis));
+}
+
+/// A frame over `limits.max_message_bytes` closes the socket with 1009, and
+/// the client reads that close frame: the gateway keeps reading (and
+/// discarding) the rest of the frame after its close instead of dropping the
+/// socket with input unread, which makes the kernel reset the connection
+/// (the client then sees ECONNRESET, not the close code). A 10 MB frame,
+/// five times on `/yjs` and on `/ws`, each written while the client reads.
+#[tokio::test]
+async fn a_10_mb_frame_gets_close_1009_not_a_reset() {
+    let gw = Gateway::start("[tenants.t]\ndocuments = [\"yjs:*\"]\n");
+    let big = vec![7u8; 10 * 1024 * 1024];
+    for round in 0..5 {
+        for path in ["/yjs/t/too-big", "/ws/t"] {
+            let what = format!("{path}, round {round}");
+            let ws = Client::connect_raw(&gw.ws_url(path)).await;
+            let (mut tx, mut rx) = ws.split();
+            let frame = big.clone();
+            let send = tokio::spawn(async move { tx.send(Message::binary(frame)).await });
+            let read = async {
+                loop {
+                    match rx.next().await {
+                        Some(Ok(Message::Close(f))) => return Ok(f.map(|f| u16::from(f.code))),
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(format!("read failed: {e}")),
+                        None => return Err("ended without a close frame".to_owned()),
+                    }
+                }
+            };
+            let got = tokio::time::timeout(Duration::from_secs(20), read)
+                .await
+                .unwrap_or_else(|_| panic!("{what}: no close within 20 s"));
+            assert_eq!(got, Ok(Some(1009)), "{what}");
+            let sent = tokio::time::timeout(Duration::from_secs(20), send)
+                .await
+                .unwrap_or_else(|_| panic!("{what}: the 10 MB write did not finish"))
+                .expect("join");
+            // The gateway read the whole frame: the write was not cut by a reset.
+            assert!(sent.is_ok(), "{what}: write failed: {sent:?}");
+        }
+    }
+    let metrics = gw.get("/metrics").await.1;
+    assert_eq!(
+        switchyard_tests::metric_value(
+            &metrics,
+            "switchyard_messages_failed_total{reason=\"too_big\"}"
+        ),
+        Some(10.0),
+        "every frame counted as too big"
+    );
+    assert_eq!(gw.get("/healthz").await.0, 200);
 }
