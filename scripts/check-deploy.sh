@@ -8,11 +8,18 @@
 #     (kubernetes-validate --strict from PyPI ships them; pinned below);
 #   - `switchyard config check` on deploy/config/*.toml and on the ConfigMap's
 #     embedded switchyard.toml;
+#   - promtool (Debian package prometheus): `check config` on
+#     deploy/prometheus/prometheus.yml, `check rules` on alerts.yml, and
+#     `test rules` on alerts.test.yml (every alert fires on its condition);
+#   - the Grafana dashboard deploy/grafana/switchyard.json (JSON, unique panel
+#     ids, every query on the $datasource variable);
 #   - structural checks that tie them together (every endpoint of DESIGN §3 is
 #     proxied, upgrade headers, SSE unbuffered, long-poll timeout > the 30s wait,
 #     probes on /readyz and /healthz, grace period > preStop + drain).
-# tests/deploy.rs runs the nginx and HAProxy recipes in front of real gateways.
-# Installs nginx and haproxy (apt) and a venv with kubernetes-validate
+# tests/deploy.rs runs the nginx and HAProxy recipes in front of real gateways;
+# tests/monitoring.rs checks every metric of the alerts and the dashboard
+# against a real gateway's /metrics.
+# Installs nginx, haproxy and prometheus (promtool) (apt) and a venv with kubernetes-validate
 # (target/deploy-tools) when missing. Used by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,12 +29,13 @@ case "$TARGET" in /*) ;; *) TARGET="$PWD/$TARGET" ;; esac
 TOOLS="$TARGET/deploy-tools"
 say() { printf '  %s\n' "$*"; }
 
-echo "==> deploy recipes (nginx -t, haproxy -c, kubernetes schema, config check)"
+echo "==> deploy recipes (nginx -t, haproxy -c, kubernetes schema, config check, promtool, grafana)"
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
@@ -91,6 +99,42 @@ for cfg in deploy/config/*.toml "$work"/configmap-*.toml; do
   fi
   say "switchyard config check: ok ($(basename "$cfg"))"
 done
+# The annotated example the binary prints must pass its own check.
+if ! out=$("$BIN" config example | "$BIN" config check - 2>&1 >/dev/null); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+say "switchyard config example | switchyard config check -: ok"
+
+# Prometheus: the scrape config (it loads alerts.yml), the rules, and the
+# rules' unit tests, run on a copy without annotations (the tests pin
+# expressions, `for` and labels; `check rules` validates the templates).
+PROM=deploy/prometheus
+if ! out=$(promtool check config "$PROM/prometheus.yml" 2>&1); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+say "promtool check config: ok ($PROM/prometheus.yml)"
+if ! out=$(promtool check rules "$PROM/alerts.yml" 2>&1); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+say "promtool check rules: ok ($PROM/alerts.yml: $(grep -c -- '- alert:' "$PROM/alerts.yml") alerts)"
+mkdir -p "$work/prom"
+"$VENV/bin/python" - "$PROM/alerts.yml" "$work/prom/alerts.yml" <<'PY'
+import sys, yaml
+doc = yaml.safe_load(open(sys.argv[1]))
+for group in doc["groups"]:
+    for rule in group["rules"]:
+        rule.pop("annotations", None)
+yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
+PY
+cp "$PROM/alerts.test.yml" "$work/prom/"
+if ! out=$(promtool test rules "$work/prom/alerts.test.yml" 2>&1); then
+  printf '%s\n' "$out" >&2
+  exit 1
+fi
+say "promtool test rules: ok ($PROM/alerts.test.yml)"
 
 "$VENV/bin/python" - "$work" <<'PY'
 """Structural checks across the recipes (what `nginx -t` and the schemas cannot see)."""
@@ -292,6 +336,30 @@ for f in sorted(pathlib.Path("deploy/kubernetes").glob("*.yaml")):
             check(p in paths, f"{f}: ingress routes {p}")
         check(not paths & {"/metrics", "/admin", "/healthz", "/readyz"}, f"{f}: ingress exposes no operator endpoint")
 
+# ---- Grafana -----------------------------------------------------------------
+import json
+dash = json.loads(pathlib.Path("deploy/grafana/switchyard.json").read_text())
+variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+check(variables.get("datasource", {}).get("type") == "datasource", "grafana: a $datasource variable")
+def all_panels(ps):
+    for p in ps:
+        yield p
+        yield from all_panels(p.get("panels", []))
+panels = list(all_panels(dash["panels"]))
+ids = [p["id"] for p in panels]
+check(len(ids) == len(set(ids)), f"grafana: panel ids are unique ({ids})")
+for p in panels:
+    if p["type"] == "row":
+        continue
+    check(bool(p.get("targets")), f"grafana: panel {p['title']!r} has queries")
+    refs = [t.get("refId") for t in p.get("targets", [])]
+    check(len(refs) == len(set(refs)) and all(refs), f"grafana: panel {p['title']!r} refIds unique")
+    for t in p.get("targets", []):
+        check(t.get("datasource", {}).get("uid") == "${datasource}", f"grafana: {p['title']!r} queries $datasource")
+        check("switchyard_" in t.get("expr", ""), f"grafana: {p['title']!r} queries a switchyard metric")
+    g = p["gridPos"]
+    check(g["x"] + g["w"] <= 24, f"grafana: panel {p['title']!r} fits the 24-column grid")
+
 if failures:
     print("deploy recipes: FAILED", file=sys.stderr)
     for x in failures:
@@ -299,6 +367,6 @@ if failures:
     sys.exit(1)
 print("  structural checks: ok (nginx: every DESIGN §3 endpoint, upgrade/forwarded headers, SSE/long-poll "
       "timeouts, sticky map, edge option; haproxy: /readyz check, sticky cookie, timeouts; "
-      "kubernetes: probes, ports, grace vs drain)")
+      "kubernetes: probes, ports, grace vs drain; grafana: datasource, panel ids)")
 PY
 echo "deploy recipes: ok"
