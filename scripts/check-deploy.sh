@@ -19,7 +19,8 @@
 # tests/deploy.rs runs the nginx and HAProxy recipes in front of real gateways;
 # tests/monitoring.rs checks every metric of the alerts and the dashboard
 # against a real gateway's /metrics.
-# Installs nginx, haproxy and prometheus (promtool) (apt) and a venv with kubernetes-validate
+# Installs nginx and haproxy (apt), unpacks promtool from the Debian package
+# prometheus (not installed: that would start a Prometheus server) and a venv with kubernetes-validate
 # (target/deploy-tools) when missing. Used by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,13 +36,30 @@ need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
+
+# promtool: on PATH, else unpacked from the Debian package `prometheus` into
+# $TOOLS (installing the package would also start a Prometheus service).
+PROMTOOL=$(command -v promtool || true)
+if [ -z "$PROMTOOL" ]; then
+  PROMTOOL="$TOOLS/prometheus/usr/bin/promtool"
+  if [ ! -x "$PROMTOOL" ]; then
+    mkdir -p "$TOOLS/prometheus"
+    rm -f "$TOOLS"/prometheus_*.deb
+    if ! (cd "$TOOLS" && apt-get download prometheus >/dev/null 2>&1); then
+      SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+      $SUDO apt-get update -qq
+      (cd "$TOOLS" && apt-get download prometheus >/dev/null)
+    fi
+    dpkg-deb -x "$TOOLS"/prometheus_*.deb "$TOOLS/prometheus"
+    rm -f "$TOOLS"/prometheus_*.deb
+  fi
+fi
 
 VENV="$TOOLS/venv"
 if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KV_VERSION"; then
@@ -110,12 +128,12 @@ say "switchyard config example | switchyard config check -: ok"
 # rules' unit tests, run on a copy without annotations (the tests pin
 # expressions, `for` and labels; `check rules` validates the templates).
 PROM=deploy/prometheus
-if ! out=$(promtool check config "$PROM/prometheus.yml" 2>&1); then
+if ! out=$("$PROMTOOL" check config "$PROM/prometheus.yml" 2>&1); then
   printf '%s\n' "$out" >&2
   exit 1
 fi
 say "promtool check config: ok ($PROM/prometheus.yml)"
-if ! out=$(promtool check rules "$PROM/alerts.yml" 2>&1); then
+if ! out=$("$PROMTOOL" check rules "$PROM/alerts.yml" 2>&1); then
   printf '%s\n' "$out" >&2
   exit 1
 fi
@@ -130,7 +148,7 @@ for group in doc["groups"]:
 yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
 PY
 cp "$PROM/alerts.test.yml" "$work/prom/"
-if ! out=$(promtool test rules "$work/prom/alerts.test.yml" 2>&1); then
+if ! out=$("$PROMTOOL" test rules "$work/prom/alerts.test.yml" 2>&1); then
   printf '%s\n' "$out" >&2
   exit 1
 fi
