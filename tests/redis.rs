@@ -430,9 +430,11 @@ async fn gateways_survive_a_redis_restart() {
     until("a ready", Duration::from_secs(15), async || ready(&a).await).await;
     until("b ready", Duration::from_secs(15), async || ready(&b).await).await;
     let before = accepted_now();
-    until("traffic accepted again", Duration::from_secs(10), async || {
-        accepted_now() >= before + 5
-    })
+    until(
+        "traffic accepted again",
+        Duration::from_secs(10),
+        async || accepted_now() >= before + 5,
+    )
     .await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let statuses = traffic.await.expect("traffic task");
@@ -903,4 +905,67 @@ async fn a_channel_limit_holds_cluster_wide() {
     // Other channels are not limited.
     let r = publish(&mut pa, 999, "free:1", json!(1)).await;
     assert_eq!(r["type"], "ack", "{r}");
+}
+
+/// The same budget holds for a document channel: patches from writers on two
+/// nodes together stay within burst + rate·t, and a refused patch changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_limit_holds_cluster_wide_for_document_patches() {
+    let redis = RedisServer::start();
+    let limited = |node: &str| {
+        format!(
+            "{}\n[[tenants.default.channel_limits]]\nmatch = \"doc:lim*\"\nrate = 20\nburst = 20\n\
+             [limits]\npublish_rate = 100000\npublish_burst = 100000\n",
+            config(node, &[&redis], "30s")
+        )
+    };
+    let a = Gateway::start(&limited("node-a"));
+    let b = Gateway::start(&limited("node-b"));
+    for gw in [&a, &b] {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    let mut pa = client(&a, "pa").await;
+    let mut pb = client(&b, "pb").await;
+    for p in [&mut pa, &mut pb] {
+        p.subscribe_doc(1, "doc:lim", None).await;
+    }
+    let start = Instant::now();
+    let (mut ok, mut limited_replies) = (0u32, 0u32);
+    for i in 0..60u64 {
+        for (w, p) in [(&"a", &mut pa), (&"b", &mut pb)] {
+            // Distinct keys per writer: every accepted patch changes the document.
+            let delta = json!({ format!("{w}{i}"): i });
+            let (r, _) = p.patch_acked(100 + i, "doc:lim", &delta, "").await;
+            match (r["type"].as_str(), r["code"].as_str()) {
+                (Some("ack"), _) => ok += 1,
+                (Some("error"), Some("rate_limited")) => limited_replies += 1,
+                _ => panic!("unexpected {r}"),
+            }
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let allowed = 20.0 + 20.0 * elapsed;
+    assert!(ok >= 20, "the burst went through: {ok}");
+    assert!(
+        f64::from(ok) <= allowed + 1.0,
+        "{ok} patches accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
+    );
+    assert!(limited_replies > 0);
+    // One version per accepted patch, none for refused ones (node a may still
+    // be applying node b's last entries: wait for them, never past `ok`).
+    let mut n = 0;
+    until(
+        "every accepted patch on node a",
+        Duration::from_secs(10),
+        async || {
+            n += 1;
+            let mut reader = client(&a, &format!("reader{n}")).await;
+            let (sub, _) = reader.subscribe_doc(1, "doc:lim", None).await;
+            let v = sub["version"].as_u64().expect("version");
+            assert!(v <= u64::from(ok), "{v} versions for {ok} accepted patches");
+            v == u64::from(ok)
+        },
+    )
+    .await;
 }

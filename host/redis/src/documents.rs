@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use redis::Value;
-use switchyard_core::broker::BrokerError;
+use switchyard_core::broker::{BrokerError, ChannelLimit};
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::document::Documents;
 use switchyard_core::document::log::{Appended, DocumentLog, Entry, LogOptions, Stored, new_epoch};
@@ -177,6 +177,23 @@ impl DocumentLog for RedisDocumentLog {
             entries,
             msg_ids,
         })
+    }
+
+    async fn spend(
+        &self,
+        key: &ChannelKey,
+        limit: ChannelLimit,
+    ) -> Result<Option<u64>, BrokerError> {
+        let v = self
+            .run(key, &scripts::TAKE_TOKEN, |inv, k| {
+                inv.key(&k.limit).arg(limit.rate).arg(limit.burst);
+            })
+            .await?;
+        match uint(&v) {
+            Some(0) => Ok(None),
+            Some(ms) => Ok(Some(ms)),
+            None => Err(bad("token reply")),
+        }
     }
 
     async fn append(

@@ -55,6 +55,9 @@ pub struct DocKeys {
     pub ids: String,
     /// Pub/sub channel of appended entries.
     pub live: String,
+    /// The channel's shared budget (`channel_limits`): the same bucket as its
+    /// publishes ([`ChannelKeys::limit`]).
+    pub limit: String,
 }
 
 impl DocKeys {
@@ -66,6 +69,7 @@ impl DocKeys {
             log: format!("{tag}:doclog"),
             ids: format!("{tag}:docids"),
             live: format!("{tag}:doclive"),
+            limit: format!("{tag}:limit"),
         }
     }
 }

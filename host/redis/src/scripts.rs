@@ -4,6 +4,34 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
+/// Lua: takes one token from the token bucket hash `KEYS[$key]` (`tokens`,
+/// `ts`), given `now` (ms), `rate` (per second) and `burst` in scope; sets
+/// `retry` to the wait in ms when the bucket is empty, else to `nil`. The one
+/// copy of the bucket rule shared by publishes and document patches.
+macro_rules! take_token {
+    ($key:literal) => {
+        concat!(
+            "local b = redis.call('HMGET', KEYS[",
+            $key,
+            "], 'tokens', 'ts')\n",
+            "local tokens = tonumber(b[1]) or burst\n",
+            "local last = tonumber(b[2]) or now\n",
+            "tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)\n",
+            "local retry = nil\n",
+            "if tokens < 1 then\n",
+            "  retry = math.ceil((1 - tokens) * 1000 / rate)\n",
+            "else\n",
+            "  redis.call('HSET', KEYS[",
+            $key,
+            "], 'tokens', tostring(tokens - 1), 'ts', now)\n",
+            "  redis.call('PEXPIRE', KEYS[",
+            $key,
+            "], math.ceil(burst * 1000 / rate) + 1000)\n",
+            "end\n",
+        )
+    };
+}
+
 /// Publish: dedupe by msgId, next seq, XADD history, expiry, PUBLISH — atomically.
 ///
 /// KEYS: meta, stream, dedupe, limit (the channel's shared token bucket).
@@ -14,7 +42,8 @@ use redis::Script;
 /// the channel's limit has no token (nothing published).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SRC));
 
-const PUBLISH_SRC: &str = r#"
+const PUBLISH_SRC: &str = concat!(
+    r#"
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   epoch = ARGV[1]
@@ -33,15 +62,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rate = tonumber(ARGV[9] or '0')
 if rate > 0 then
   local burst = tonumber(ARGV[10])
-  local b = redis.call('HMGET', KEYS[4], 'tokens', 'ts')
-  local tokens = tonumber(b[1]) or burst
-  local last = tonumber(b[2]) or now
-  tokens = math.min(burst, tokens + math.max(0, now - last) * rate / 1000)
-  if tokens < 1 then
-    return {epoch, 0, 2, math.ceil((1 - tokens) * 1000 / rate)}
+"#,
+    take_token!(4),
+    r#"
+  if retry then
+    return {epoch, 0, 2, retry}
   end
-  redis.call('HSET', KEYS[4], 'tokens', tostring(tokens - 1), 'ts', now)
-  redis.call('PEXPIRE', KEYS[4], math.ceil(burst * 1000 / rate) + 1000)
 end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local ts = string.format('%d', now)
@@ -59,7 +85,25 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
 redis.call('PUBLISH', ARGV[8], string.format('%d', seq) .. '\n' .. epoch .. '\n' .. ts .. '\n' .. ARGV[2])
 return {epoch, seq, 0}
-"#;
+"#
+);
+
+/// A document patch's token from its channel's shared budget.
+///
+/// KEYS: limit. ARGV: rate, burst. Returns 0 when a token was taken, else the
+/// wait in ms.
+pub static TAKE_TOKEN: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_TOKEN_SRC));
+
+const TAKE_TOKEN_SRC: &str = concat!(
+    r#"local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+"#,
+    take_token!(1),
+    r#"return retry or 0
+"#
+);
 
 /// Recover: the channel's epoch and seq, plus the history after `since` if complete.
 ///
@@ -345,6 +389,7 @@ fn script_source(script: &Script) -> &'static str {
             (&*PRESENCE_TOUCH, PRESENCE_TOUCH_SRC),
             (&*DOC_LOAD, DOC_LOAD_SRC),
             (&*DOC_APPEND, DOC_APPEND_SRC),
+            (&*TAKE_TOKEN, TAKE_TOKEN_SRC),
             (&*DOC_READ_AFTER, DOC_READ_AFTER_SRC),
             (&*DOC_COMPACT, DOC_COMPACT_SRC),
             (&*DOC_RESEED, DOC_RESEED_SRC),

@@ -145,7 +145,7 @@ impl Broker for MemoryBroker {
                     seq: st.seq,
                     epoch: st.epoch.clone(),
                     duplicate: false,
-                    limited: Some(1000 / u64::from(limit.rate.max(1)) + 1),
+                    limited: Some(limit.retry_after_ms()),
                 });
             }
         } else {

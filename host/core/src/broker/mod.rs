@@ -41,6 +41,14 @@ pub struct ChannelLimit {
     pub burst: u32,
 }
 
+impl ChannelLimit {
+    /// The wait suggested to a writer refused by an empty bucket: one token's
+    /// refill time.
+    pub fn retry_after_ms(&self) -> u64 {
+        1000 / u64::from(self.rate.max(1)) + 1
+    }
+}
+
 /// Outcome of a publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {

@@ -22,7 +22,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 
-use crate::broker::BrokerError;
+use crate::backpressure::TokenBucket;
+use crate::broker::{BrokerError, ChannelLimit};
 use crate::channel::ChannelKey;
 use crate::dedupe::DedupeWindow;
 use crate::document::Documents;
@@ -97,6 +98,16 @@ pub enum Appended {
 pub trait DocumentLog: Send + Sync + 'static {
     /// The document's state, created (a new epoch, version 0) when absent.
     async fn load(&self, key: &ChannelKey, opts: &LogOptions) -> Result<Stored, BrokerError>;
+
+    /// Takes one token from the channel's shared budget (its
+    /// `channel_limits` entry), for every writer of the document together —
+    /// cluster-wide when the log is shared. `Some(retry_after_ms)` when the
+    /// bucket is empty (the patch must not be applied).
+    async fn spend(
+        &self,
+        key: &ChannelKey,
+        limit: ChannelLimit,
+    ) -> Result<Option<u64>, BrokerError>;
 
     /// Appends `entry` as version `entry.version` of `epoch` if the log's head
     /// is `entry.version - 1` and its `msg_id` is new.
@@ -220,7 +231,13 @@ struct MemDoc {
 #[derive(Debug, Default)]
 pub struct MemoryDocumentLog {
     docs: Mutex<HashMap<ChannelKey, MemDoc>>,
+    /// Shared budgets of limited document channels (full ones are forgotten
+    /// once there are many).
+    buckets: Mutex<HashMap<ChannelKey, (ChannelLimit, TokenBucket)>>,
 }
+
+/// Limited channels whose buckets are kept before full ones are swept.
+const MAX_IDLE_BUCKETS: usize = 4096;
 
 impl MemoryDocumentLog {
     /// An empty log.
@@ -259,6 +276,26 @@ impl DocumentLog for MemoryDocumentLog {
                 .collect(),
             msg_ids: d.recent_ids.iter().cloned().collect(),
         })
+    }
+
+    async fn spend(
+        &self,
+        key: &ChannelKey,
+        limit: ChannelLimit,
+    ) -> Result<Option<u64>, BrokerError> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock();
+        if buckets.len() >= MAX_IDLE_BUCKETS && !buckets.contains_key(key) {
+            buckets.retain(|_, (_, b)| !b.is_full(now));
+        }
+        let (l, b) = buckets
+            .entry(key.clone())
+            .or_insert_with(|| (limit, TokenBucket::new(limit.rate, limit.burst, now)));
+        if *l != limit {
+            *l = limit;
+            *b = TokenBucket::new(limit.rate, limit.burst, now);
+        }
+        Ok((!b.try_take(now, 1)).then(|| limit.retry_after_ms()))
     }
 
     async fn append(

@@ -69,6 +69,10 @@ pub enum DocError {
     /// The log cannot be reached, or too many documents are open.
     #[error("{0}")]
     Unavailable(String),
+    /// Over the channel's shared budget (`channel_limits`), spent by every
+    /// writer of the document together.
+    #[error("document patch rate exceeded: retry after {0} ms")]
+    Limited(u64),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -81,6 +85,7 @@ impl DocError {
             DocError::Invalid(_) => ErrorCode::Invalid,
             DocError::Conflict(_) => ErrorCode::Conflict,
             DocError::Unavailable(_) => ErrorCode::Unavailable,
+            DocError::Limited(_) => ErrorCode::RateLimited,
             DocError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -91,6 +96,7 @@ impl DocError {
             DocError::Invalid(_) => 400,
             DocError::Conflict(_) => 409,
             DocError::Unavailable(_) => 503,
+            DocError::Limited(_) => 429,
             DocError::Internal(_) => 500,
         }
     }
@@ -463,8 +469,10 @@ impl Documents {
     }
 
     /// Applies a patch by `client_id` (`""` = server side). Authorization and
-    /// rate limits are the caller's; this does dedupe, merge, size limits,
-    /// version assignment and broadcast.
+    /// per-connection rate limits are the caller's; this does the channel's
+    /// shared budget (`channel_limits`, spent before the merge so a refused
+    /// patch costs no merge), dedupe, merge, size limits, version assignment
+    /// and broadcast.
     pub async fn patch(
         &self,
         tenant: &Tenant,
@@ -478,6 +486,11 @@ impl Documents {
                 "patch larger than {} bytes (limits.max_message_bytes)",
                 self.max_patch_bytes
             )));
+        }
+        if let Some(limit) = tenant.publish_options(&key.channel).limit
+            && let Some(retry_after_ms) = self.log.spend(key, limit).await?
+        {
+            return Err(DocError::Limited(retry_after_ms));
         }
         let slot = self.slot(key)?;
         let mut guard = slot.lock().await;

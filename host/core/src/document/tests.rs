@@ -361,3 +361,60 @@ async fn idle_documents_leave_memory_and_reload() {
     n.documents.evict_idle(std::time::Duration::ZERO);
     assert_eq!(n.documents.open_count(), 1);
 }
+
+#[tokio::test]
+async fn a_channel_limit_is_shared_by_every_writer_of_a_document() {
+    let n = node(
+        "[[tenants.default.channel_limits]]\nmatch = \"doc:lim*\"\nrate = 1\nburst = 3\n\
+         [limits]\npublish_rate = 100000\npublish_burst = 100000\n",
+    );
+    let mut a = open(&n, "a");
+    let mut b = open(&n, "b");
+    subscribe(&mut a, 1, "doc:lim", None).await;
+    subscribe(&mut b, 1, "doc:lim", None).await;
+    let mut outcomes = Vec::new();
+    for i in 0..6u64 {
+        let s = if i % 2 == 0 { &mut a } else { &mut b };
+        s.handle_binary(&patch_frame(
+            10 + i,
+            "doc:lim",
+            &format!(r#"{{"k{i}":{i}}}"#),
+            "",
+        ))
+        .await
+        .expect("patch");
+        let f = drain(s);
+        let reply = f.iter().find_map(|g| match g {
+            Got::Json(v) if v["id"] == 10 + i => Some(v.clone()),
+            _ => None,
+        });
+        let reply = reply.expect("a reply");
+        outcomes.push(match reply["type"].as_str() {
+            Some("ack") => "ok".to_owned(),
+            _ => reply["code"].as_str().unwrap_or("?").to_owned(),
+        });
+    }
+    assert_eq!(
+        outcomes,
+        [
+            "ok",
+            "ok",
+            "ok",
+            "rate_limited",
+            "rate_limited",
+            "rate_limited"
+        ],
+        "a burst of 3 for both writers together"
+    );
+    drain(&a);
+    let mut c = open(&n, "c");
+    let f = subscribe(&mut c, 1, "doc:lim", None).await;
+    assert_eq!(json(&f[0])["version"], 3, "refused patches changed nothing");
+    assert_eq!(delta_json(patch(&f[1])), json!({"k0":0,"k1":1,"k2":2}));
+    // Another document is not limited.
+    subscribe(&mut a, 2, "doc:free", None).await;
+    a.handle_binary(&patch_frame(50, "doc:free", r#"{"x":1}"#, ""))
+        .await
+        .expect("patch");
+    assert_eq!(the_json(&drain(&a))["type"], "ack");
+}
