@@ -146,13 +146,19 @@ for group in doc["groups"]:
     for rule in group["rules"]:
         rule.pop("annotations", None)
 yaml.safe_dump(doc, open(sys.argv[2], "w"), sort_keys=False)
+# every alert has a unit test that expects it to fire
+names = {r["alert"] for g in doc["groups"] for r in g["rules"] if "alert" in r}
+tests = yaml.safe_load(open(sys.argv[1].replace("alerts.yml", "alerts.test.yml")))
+firing = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
+if names - firing:
+    sys.exit(f"alerts without a test that makes them fire in alerts.test.yml: {sorted(names - firing)}")
 PY
 cp "$PROM/alerts.test.yml" "$work/prom/"
 if ! out=$("$PROMTOOL" test rules "$work/prom/alerts.test.yml" 2>&1); then
   printf '%s\n' "$out" >&2
   exit 1
 fi
-say "promtool test rules: ok ($PROM/alerts.test.yml)"
+say "promtool test rules: ok ($PROM/alerts.test.yml: every alert fires in a test)"
 
 "$VENV/bin/python" - "$work" <<'PY'
 """Structural checks across the recipes (what `nginx -t` and the schemas cannot see)."""

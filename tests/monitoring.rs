@@ -189,8 +189,9 @@ fn split_matchers(body: &str) -> Vec<String> {
     out
 }
 
-/// Every metric use in alerts.yml and the Grafana dashboard.
-fn referenced() -> Vec<Use> {
+/// Every PromQL expression of alerts.yml and the Grafana dashboard, with
+/// where it is (`alert <name>` / `panel "<title>"`).
+fn expressions() -> Vec<(String, String)> {
     let root = repo_root();
     let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml"))
         .expect("deploy/prometheus/alerts.yml");
@@ -206,10 +207,68 @@ fn referenced() -> Vec<Use> {
     let mut d = Vec::new();
     dashboard_exprs(&dash, "dashboard", &mut d);
     exprs.extend(d.into_iter().map(|(p, e)| (format!("panel {p:?}"), e)));
-    exprs.iter().flat_map(|(at, e)| uses(e, at)).collect()
+    exprs
+}
+
+/// Every metric use in alerts.yml and the Grafana dashboard.
+fn referenced() -> Vec<Use> {
+    expressions()
+        .iter()
+        .flat_map(|(at, e)| uses(e, at))
+        .collect()
+}
+
+/// The labels of every `by (…)` clause of an expression (outside strings).
+fn grouping_labels(expr: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let chars: Vec<char> = expr.chars().collect();
+    let mut in_string: Option<char> = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if let Some(q) = in_string {
+            if c == '\\' {
+                i += 1;
+            } else if c == q {
+                in_string = None;
+            }
+            i += 1;
+            continue;
+        }
+        if c == '"' || c == '\'' || c == '`' {
+            in_string = Some(c);
+        } else if c == 'b'
+            && chars.get(i + 1) == Some(&'y')
+            && (i == 0 || !ident_char(chars[i - 1]))
+            && !chars.get(i + 2).is_some_and(|c| ident_char(*c))
+        {
+            let mut k = i + 2;
+            while k < chars.len() && chars[k].is_whitespace() {
+                k += 1;
+            }
+            if chars.get(k) == Some(&'(') {
+                let close = (k..chars.len())
+                    .find(|&n| chars[n] == ')')
+                    .unwrap_or(chars.len());
+                let body: String = chars[k + 1..close].iter().collect();
+                out.extend(
+                    body.split(',')
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(str::to_owned),
+                );
+                i = close;
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 // ---- what a gateway exposes -------------------------------------------------
+
+/// Labels Prometheus adds at scrape time or by relabelling (prometheus.yml).
+const TARGET_LABELS: [&str; 3] = ["job", "instance", "node"];
 
 /// A parsed Prometheus text exposition.
 #[derive(Debug, Default)]
@@ -279,8 +338,6 @@ impl Exposition {
 
     /// Why `u` does not resolve, or `None` when it does.
     fn problem(&self, u: &Use) -> Option<String> {
-        // Labels Prometheus adds at scrape time or by relabelling.
-        const TARGET_LABELS: [&str; 3] = ["job", "instance", "node"];
         let Some((family, kind)) = self.family_of(&u.series) else {
             let near: Vec<&String> = self
                 .types
@@ -306,6 +363,26 @@ impl Exposition {
             .collect();
         (!missing.is_empty())
             .then(|| format!("{}: no label {missing:?} on it (it has {seen:?})", u.series))
+    }
+}
+
+impl Exposition {
+    /// `by (…)` labels of `expr` that no series it uses carries.
+    fn grouping_problems(&self, expr: &str, at: &str) -> Vec<String> {
+        let series: Vec<Use> = uses(expr, at);
+        grouping_labels(expr)
+            .into_iter()
+            .filter(|l| !TARGET_LABELS.contains(&l.as_str()))
+            .filter(|l| {
+                !series
+                    .iter()
+                    .any(|u| self.samples.get(&u.series).is_some_and(|s| s.contains(l)))
+            })
+            .map(|l| {
+                let names: Vec<&str> = series.iter().map(|u| u.series.as_str()).collect();
+                format!("by ({l}): none of {names:?} has that label ({at})")
+            })
+            .collect()
     }
 }
 
@@ -353,6 +430,37 @@ fn the_resolver_tells_real_series_from_near_misses() {
     ] {
         let got = check(bad);
         assert!(got.iter().any(Option::is_some), "{bad} resolved: {got:?}");
+    }
+    // `by (…)` labels must be on a series of the expression.
+    for (expr, problems) in [
+        (
+            "sum by (code) (rate(switchyard_connections_closed_total[5m]))",
+            0,
+        ),
+        (
+            "sum by (instance, code) (rate(switchyard_connections_closed_total[5m]))",
+            0,
+        ),
+        (
+            "histogram_quantile(0.99, sum by (le) (rate(switchyard_publish_to_deliver_seconds_bucket[5m])))",
+            0,
+        ),
+        (
+            "sum by (tenant) (rate(switchyard_connections_closed_total[5m]))",
+            1,
+        ),
+        ("sum by (le, code) (switchyard_connections_active)", 2),
+        (
+            "sum(rate(switchyard_messages_in_total{job=\"by (x)\"}[5m]))",
+            0,
+        ),
+    ] {
+        assert_eq!(
+            e.grouping_problems(expr, "t").len(),
+            problems,
+            "{expr}: {:?}",
+            e.grouping_problems(expr, "t")
+        );
     }
     // The parsers see through multi-line blocks, quotes and nested selectors.
     let exprs = alert_exprs(
@@ -436,6 +544,7 @@ async fn refused_with_origin(gw: &Gateway, origin: &str) -> Option<u16> {
 async fn every_metric_in_the_alerts_and_the_dashboard_is_served() {
     let used = referenced();
     assert!(used.len() > 20, "parsed uses: {used:?}");
+    let exprs = expressions();
 
     let redis = RedisServer::start();
     let plugins = scratch_dir("monitoring-plugins");
@@ -488,10 +597,13 @@ async fn every_metric_in_the_alerts_and_the_dashboard_is_served() {
         let (status, text) = gw.get("/metrics").await;
         assert_eq!(status, 200);
         let e = Exposition::parse(&text);
-        let problems: BTreeSet<String> = used
+        let mut problems: BTreeSet<String> = used
             .iter()
             .filter_map(|u| e.problem(u).map(|p| format!("{} ({})", p, u.at)))
             .collect();
+        for (at, expr) in &exprs {
+            problems.extend(e.grouping_problems(expr, at));
+        }
         if problems.is_empty() {
             break;
         }
