@@ -61,7 +61,7 @@ impl<B: RoleInstance> Caller<B> {
         f: impl FnOnce(&mut Store<PluginState>, &B) -> Result<R, CallError>,
         denied: impl FnOnce(&R) -> bool,
     ) -> Result<R, CallError> {
-        if !self.breaker.allows(std::time::Instant::now()) {
+        if !self.breaker.is_closed() && !self.breaker.allows(std::time::Instant::now()) {
             self.metrics.count(Outcome::CoolingDown);
             return Err(CallError::Unavailable(format!(
                 "{} plugin {} is cooling down after repeated crashes",
@@ -98,10 +98,9 @@ impl<B: RoleInstance> Caller<B> {
             Err(_) => Outcome::Error,
         };
         self.metrics.count(outcome);
-        let now = std::time::Instant::now();
         match outcome {
             // `failure` counts the crash; true when this one opened the breaker.
-            Outcome::Timeout | Outcome::Trap if self.breaker.failure(now) => {
+            Outcome::Timeout | Outcome::Trap if self.breaker.failure(std::time::Instant::now()) => {
                 tracing::error!(
                     plugin = &*self.plugin,
                     tenant = &*self.tenant,
@@ -110,7 +109,9 @@ impl<B: RoleInstance> Caller<B> {
                     "plugin keeps crashing: out of service for a cool-down, on_error decides meanwhile"
                 );
             }
-            Outcome::Ok | Outcome::Denied => self.breaker.success(now),
+            Outcome::Ok | Outcome::Denied if !self.breaker.is_closed() => {
+                self.breaker.success(std::time::Instant::now());
+            }
             _ => {}
         }
         if let Err(e) = r {
