@@ -6,7 +6,8 @@
 //! batch, so a busy socket gets one flush for many messages.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -77,6 +78,10 @@ struct State {
     /// Of the queued frames, replies and their bytes.
     replies: usize,
     reply_bytes: usize,
+    /// Frames handed to the transport so far (messages out).
+    taken: u64,
+    /// The close frame's reason when the closer gave one ([`Outbox::close_with_reason`]).
+    reason: Option<Arc<str>>,
 }
 
 /// Bounded outbound queue of one connection.
@@ -89,6 +94,8 @@ pub struct Outbox {
     capacity: usize,
     max_bytes: usize,
     overflows: AtomicU32,
+    /// Inbound frames the session handled (messages in).
+    received: AtomicU64,
 }
 
 impl Outbox {
@@ -107,6 +114,7 @@ impl Outbox {
             capacity: capacity.max(1),
             max_bytes: max_bytes.max(1),
             overflows: AtomicU32::new(0),
+            received: AtomicU64::new(0),
         }
     }
 
@@ -192,13 +200,28 @@ impl Outbox {
     /// Requests a close. The first request wins, except that an immediate close
     /// overrides a pending flushing one. A non-flushing close drops the queue.
     pub fn close(&self, code: CloseCode, flush: bool) {
+        self.close_inner(code, flush, None);
+    }
+
+    /// Like [`Outbox::close`], with the reason the close frame carries instead
+    /// of the code's own ([`Outbox::close_reason`]).
+    pub fn close_with_reason(&self, code: CloseCode, flush: bool, reason: &str) {
+        self.close_inner(code, flush, Some(Arc::from(reason)));
+    }
+
+    fn close_inner(&self, code: CloseCode, flush: bool, reason: Option<Arc<str>>) {
         let mut st = self.state.lock();
         match st.close {
             Some(CloseRequest { flush: false, .. }) => return,
             Some(CloseRequest { flush: true, .. }) if flush => return,
             _ => {}
         }
+        // Re-requesting the same code (a flushing close made immediate) keeps its reason.
+        let same = st.close.is_some_and(|c| c.code == code);
         st.close = Some(CloseRequest { code, flush });
+        if reason.is_some() || !same {
+            st.reason = reason;
+        }
         if !flush {
             st.frames = VecDeque::new();
             st.bytes = 0;
@@ -237,6 +260,7 @@ impl Outbox {
     pub fn take(&self, out: &mut VecDeque<Outgoing>) -> Option<CloseRequest> {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.frames, out);
+        st.taken += out.len() as u64;
         st.bytes = 0;
         st.replies = 0;
         st.reply_bytes = 0;
@@ -245,6 +269,7 @@ impl Outbox {
         }
         match st.close {
             Some(c) if !c.flush => {
+                st.taken -= out.len() as u64;
                 out.clear();
                 Some(c)
             }
@@ -261,6 +286,26 @@ impl Outbox {
     /// Times this queue overflowed (0 or 1 in practice).
     pub fn overflows(&self) -> u32 {
         self.overflows.load(Ordering::Relaxed)
+    }
+
+    /// The reason given with the close request, if any.
+    pub fn close_reason(&self) -> Option<Arc<str>> {
+        self.state.lock().reason.clone()
+    }
+
+    /// Counts one inbound frame handled for this connection.
+    pub fn note_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Inbound frames counted by [`Outbox::note_received`].
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Frames handed to the transport by [`Outbox::take`] so far.
+    pub fn sent(&self) -> u64 {
+        self.state.lock().taken
     }
 
     /// Frames currently queued.
@@ -352,6 +397,27 @@ mod tests {
 
     fn f(s: &'static str) -> Outgoing {
         Outgoing::frame(Frame::from_static(s))
+    }
+
+    #[test]
+    fn counts_frames_and_keeps_the_closers_reason() {
+        let o = Outbox::new(8);
+        o.push(f("a")).expect("a");
+        o.push_frame(Frame::from_static("b")).expect("b");
+        o.note_received();
+        let mut out = VecDeque::new();
+        assert_eq!(o.take(&mut out), None);
+        assert_eq!((o.sent(), o.received()), (2, 1));
+        o.close_with_reason(CloseCode::Application(4100), false, "moved");
+        // A later close does not replace the first one or its reason.
+        o.close(CloseCode::GoingAway, false);
+        out.clear();
+        let c = o.take(&mut out).expect("close");
+        assert_eq!(c.code.code(), 4100);
+        assert_eq!(o.close_reason().as_deref(), Some("moved"));
+        assert_eq!(CloseCode::from_code(4100), Some(CloseCode::Application(4100)));
+        assert_eq!(CloseCode::from_code(4003), Some(CloseCode::Forbidden));
+        assert_eq!(CloseCode::from_code(3000), None);
     }
 
     #[test]

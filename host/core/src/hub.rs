@@ -265,6 +265,22 @@ impl Hub {
         self.channels.iter().map(|e| e.key().clone()).collect()
     }
 
+    /// Calls `f(channel, session)` for every local subscription, channel by
+    /// channel (each channel's lock held only while it is walked). For the
+    /// admin API: never on the message path.
+    pub fn for_each_subscription(&self, mut f: impl FnMut(&ChannelKey, SessionId)) {
+        let entries: Vec<(ChannelKey, Arc<Mutex<ChannelSubs>>)> = self
+            .channels
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (key, entry) in entries {
+            for s in &entry.lock().subs {
+                f(&key, s.session);
+            }
+        }
+    }
+
     /// Who is subscribed to `key` on this node.
     pub fn local_presence(&self, key: &ChannelKey) -> Vec<PresenceEntry> {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {

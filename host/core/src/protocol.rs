@@ -349,12 +349,29 @@ pub enum CloseCode {
     SlowConsumer = 4008,
     /// 4029: rate limited.
     RateLimited = 4029,
+    /// Any other application code (4000–4999), e.g. an operator's close
+    /// through `POST /admin/connections/{session}/close`.
+    Application(u16) = 4999,
 }
 
 impl CloseCode {
     /// Numeric code.
     pub fn code(self) -> u16 {
-        self as u16
+        match self {
+            CloseCode::Normal => 1000,
+            CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
+            CloseCode::Policy => 1008,
+            CloseCode::TooBig => 1009,
+            CloseCode::Internal => 1011,
+            CloseCode::TryLater => 1013,
+            CloseCode::Unauthorized => 4001,
+            CloseCode::Forbidden => 4003,
+            CloseCode::SlowConsumer => 4008,
+            CloseCode::RateLimited => 4029,
+            CloseCode::Application(c) => c,
+        }
     }
 
     /// A short reason sent in the close frame.
@@ -372,10 +389,11 @@ impl CloseCode {
             CloseCode::Forbidden => "forbidden",
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::RateLimited => "rate limited",
+            CloseCode::Application(_) => "closed by the server",
         }
     }
 
-    /// From a numeric code, when it is one of ours.
+    /// From a numeric code, when it is one of ours or an application code (4000–4999).
     pub fn from_code(code: u16) -> Option<Self> {
         Some(match code {
             1000 => CloseCode::Normal,
@@ -390,6 +408,7 @@ impl CloseCode {
             4003 => CloseCode::Forbidden,
             4008 => CloseCode::SlowConsumer,
             4029 => CloseCode::RateLimited,
+            4000..=4999 => CloseCode::Application(code),
             _ => return None,
         })
     }

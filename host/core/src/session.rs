@@ -170,6 +170,11 @@ impl Session {
         &self.client
     }
 
+    /// Principal id (empty = anonymous).
+    pub fn principal_id(&self) -> &Arc<str> {
+        &self.principal_id
+    }
+
     /// Channels currently subscribed.
     pub fn subscriptions(&self) -> usize {
         self.subs.len()
@@ -209,6 +214,7 @@ impl Session {
 
     /// Handles one text frame.
     pub async fn handle_text(&mut self, text: &str) -> Result<(), CloseCode> {
+        self.outbox.note_received();
         let cmd = match protocol::parse_command(text) {
             Ok(c) => c,
             Err(e) => {
@@ -261,6 +267,7 @@ impl Session {
 
     /// Handles one binary frame: a `StatePatch` for a document channel.
     pub async fn handle_binary(&mut self, data: &[u8]) -> Result<(), CloseCode> {
+        self.outbox.note_received();
         let patch = match frame::decode_client(data) {
             Ok(p) => p,
             Err(e) => {

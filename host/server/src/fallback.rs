@@ -61,11 +61,12 @@ pub(crate) struct Fallback {
     closed: parking_lot::Mutex<Option<CloseRequest>>,
 }
 
-fn close_frame(c: CloseRequest) -> String {
+fn close_frame(c: CloseRequest, outbox: &Outbox) -> String {
+    let reason = outbox.close_reason();
+    let reason = serde_json::Value::from(reason.as_deref().unwrap_or(c.code.reason()));
     format!(
-        "{{\"type\":\"close\",\"code\":{},\"reason\":\"{}\"}}",
-        c.code.code(),
-        c.code.reason()
+        "{{\"type\":\"close\",\"code\":{},\"reason\":{reason}}}",
+        c.code.code()
     )
 }
 
@@ -92,6 +93,9 @@ fn open(
     )
     .text_only();
     let name = session.name().to_owned();
+    let listed = server
+        .registry
+        .register(&session, transport, admitted.remote);
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
     let handle = Arc::new(Fallback {
         csrf,
@@ -133,6 +137,7 @@ fn open(
             }
         }
         session.close().await;
+        drop(listed);
         node.metrics.closed(
             h.closed
                 .lock()
@@ -280,7 +285,7 @@ pub async fn sse(
                 if let Some(c) = close {
                     *st.handle.closed.lock() = Some(c);
                     out.extend_from_slice(b"event: close\n");
-                    sse_event(&mut out, close_frame(c).as_bytes());
+                    sse_event(&mut out, close_frame(c, &st.handle.outbox).as_bytes());
                     st.done = true;
                 }
                 if !out.is_empty() {
@@ -356,7 +361,7 @@ async fn collect(handle: &Fallback, wait: Duration) -> String {
                 if out.len() > 1 {
                     out.push(',');
                 }
-                out.push_str(&close_frame(c));
+                out.push_str(&close_frame(c, &handle.outbox));
                 handle.outbox.close(c.code, false);
             }
             out.push(']');
@@ -406,7 +411,7 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
                 return with_type(
                     StatusCode::GONE,
                     "application/json",
-                    format!("[{}]", close_frame(c)),
+                    format!("[{}]", close_frame(c, &handle.outbox)),
                 );
             }
             let wait = handshake::query_param(req.uri().query().unwrap_or(""), "wait")

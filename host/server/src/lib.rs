@@ -1,6 +1,7 @@
 //! Switchyard's HTTP side: the hyper server, WebSocket upgrade and transport,
 //! the HTTP API, metrics, health, admin and graceful drain.
 
+pub mod admin;
 pub mod api;
 pub mod client_ip;
 pub mod cors;
@@ -53,6 +54,10 @@ pub struct Server {
     pub(crate) per_ip: client_ip::PerIp,
     /// `server.trusted_proxies`, parsed.
     pub(crate) proxies: Vec<client_ip::Cidr>,
+    /// Every session on this node, for `/admin/connections` and `/admin/stats`.
+    pub(crate) registry: Arc<admin::Registry>,
+    /// Signalled by `POST /admin/drain` ([`Server::drain_requested`]).
+    drain_request: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Server {
@@ -102,6 +107,8 @@ impl Server {
             fallbacks: dashmap::DashMap::new(),
             stop,
             tls,
+            registry: Arc::new(admin::Registry::default()),
+            drain_request: tokio::sync::Notify::new(),
         })
     }
 
@@ -219,6 +226,19 @@ impl Server {
         self.open_connections()
     }
 
+    /// Asks the process to drain as on SIGTERM (`POST /admin/drain`): readiness
+    /// fails at once; whoever awaits [`Server::drain_requested`] runs [`Server::drain`].
+    pub fn request_drain(&self) {
+        self.node.start_drain();
+        self.drain_request.notify_one();
+    }
+
+    /// Returns once [`Server::request_drain`] was called (a call made before
+    /// anyone waited is kept).
+    pub async fn drain_requested(&self) {
+        self.drain_request.notified().await;
+    }
+
     pub(crate) fn conn_opened(&self) -> usize {
         self.open.fetch_add(1, Ordering::AcqRel) + 1
     }
@@ -290,6 +310,9 @@ mod socket_tests {
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(300));
         #[cfg(target_os = "linux")]
-        assert_eq!(sock.tcp_user_timeout().unwrap(), Some(Duration::from_secs(7)));
+        assert_eq!(
+            sock.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(7))
+        );
     }
 }

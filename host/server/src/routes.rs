@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::Server;
-use crate::response::{Resp, json_error, json_ok, text};
+use crate::response::{Resp, json_error, text};
 use crate::{api, cors, fallback, upgrade};
 
 /// Dispatches one request (fallback paths get CORS headers for their origin).
@@ -128,34 +128,12 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
                 _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             }
         }
-        (&Method::GET, "/admin/plugins") => admin_plugins(server, &req),
+        (_, p) if p == "/admin" || p.starts_with("/admin/") => {
+            crate::admin::handle(server, req, remote).await
+        }
         (_, "/api/publish" | "/api/send" | "/healthz" | "/readyz" | "/metrics") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
         _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
     }
-}
-
-fn admin_plugins(server: &Arc<Server>, req: &Request<Incoming>) -> Resp {
-    let token = &server.node().config.admin.token;
-    if token.is_empty() {
-        return text(
-            StatusCode::NOT_FOUND,
-            "admin API is off ([admin] token is empty)\n",
-        );
-    }
-    let given = crate::handshake::bearer_token(req.headers(), "").unwrap_or_default();
-    let ok = given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |a, (x, y)| a | (x ^ y))
-            == 0;
-    if !ok {
-        return json_error(StatusCode::UNAUTHORIZED, "unauthorized", "bad admin token");
-    }
-    let plugins = server
-        .admin()
-        .map_or_else(|| serde_json::Value::Array(Vec::new()), |a| a.plugins());
-    json_ok(StatusCode::OK, &serde_json::json!({ "plugins": plugins }))
 }

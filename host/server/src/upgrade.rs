@@ -27,6 +27,8 @@ pub(crate) struct Admitted {
     pub traceparent: String,
     /// The client's real address (see [`crate::client_ip`]).
     pub ip: std::net::IpAddr,
+    /// The address as the auth policy and `/admin/connections` show it.
+    pub remote: String,
     /// Its connection slot: keep it for the connection's life.
     pub slot: crate::client_ip::IpSlot,
 }
@@ -73,6 +75,11 @@ pub(crate) fn admit<B>(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let remote_addr = if ip == remote.ip() {
+        remote.to_string()
+    } else {
+        ip.to_string()
+    };
     let connect = Arc::new(ConnectRequest {
         tenant: tenant.id.to_string(),
         path: req.uri().path().to_owned(),
@@ -81,11 +88,7 @@ pub(crate) fn admit<B>(
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
             .collect(),
-        remote_addr: if ip == remote.ip() {
-            remote.to_string()
-        } else {
-            ip.to_string()
-        },
+        remote_addr: remote_addr.clone(),
         client_id: client_id.clone(),
         token: handshake::bearer_token(headers, query),
     });
@@ -102,6 +105,7 @@ pub(crate) fn admit<B>(
         principal,
         traceparent,
         ip,
+        remote: remote_addr,
         slot,
     })
 }
@@ -205,6 +209,7 @@ pub async fn session(
         principal,
         traceparent,
         ip,
+        remote: remote_addr,
         slot,
     } = match admit(server, &req, remote, path_tenant.as_deref()) {
         Ok(a) => a,
@@ -246,6 +251,7 @@ pub async fn session(
                 .inc();
             let _slot = slot; // this address's connection slot, held until the end
             let session = Session::open(node, tenant, Arc::from(client_id.as_str()), principal);
+            let _listed = server.registry.register(&session, "websocket", remote_addr);
             tracing::debug!(session = session.name(), "connected");
             let (ended, session) = drive_owned(ws, session, limits, &metrics).await;
             session.close().await;
@@ -327,6 +333,7 @@ pub async fn yjs(
                 Arc::from(admitted.client_id.as_str()),
                 admitted.principal,
             );
+            let _listed = server.registry.register(&session, "yjs", admitted.remote);
             let handler = crate::yjs::YjsSession::new(session, &room);
             let (ended, mut handler) = drive_owned(ws, handler, limits, &metrics).await;
             handler.leave().await;

@@ -120,10 +120,10 @@ pub fn to_message(frame: Frame) -> Message {
     }
 }
 
-fn close_message(code: u16, reason: &'static str) -> Message {
+fn close_message(code: u16, reason: &str) -> Message {
     Message::Close(Some(CloseFrame {
         code: WsCloseCode::from(code),
-        reason: Utf8Bytes::from_static(reason),
+        reason: Utf8Bytes::from(reason),
     }))
 }
 
@@ -327,7 +327,9 @@ where
                 }
                 if let Some(CloseRequest { code, .. }) = close {
                     close_sent.store(true, Ordering::Release);
-                    let send = sink.send(close_message(code.code(), code.reason()));
+                    let reason = outbox.close_reason();
+                    let reason = reason.as_deref().unwrap_or(code.reason());
+                    let send = sink.send(close_message(code.code(), reason));
                     let sent = tokio::time::timeout(limits.close_timeout, send).await;
                     tracing::debug!(code = code.code(), sent = ?sent.as_ref().map(|r| r.is_ok()), "close frame");
                     return WriterEnd::Closed(code.code());

@@ -144,6 +144,7 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            () = server.drain_requested() => break, // POST /admin/drain
             _ = hup.recv() => {
                 reload(&node, &plugins, config_path.as_deref()).await;
                 reload_tls(&server);
