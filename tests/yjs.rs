@@ -3,8 +3,9 @@
 //! real redis-server, with the first-party `yjs-merge` plugin as the merge
 //! policy: initial sync, concurrent edits from six clients converging,
 //! offline edits, awareness across nodes (and its removal when a client
-//! leaves), a late joiner after everyone left, an idle client kept alive past
-//! 60 s, refused clients (`jwt-auth`: permission denied, close 4001, no data),
+//! leaves), the room's current awareness sent to a joiner at once (from its
+//! own node and the other), a late joiner after everyone left, an idle
+//! client kept alive past 60 s, refused clients (`jwt-auth`: permission denied, close 4001, no data),
 //! hostile input over a raw socket (random bytes, truncated updates, a 10 MB
 //! update refused by `limits.max_message_bytes`, close 1009), and the same
 //! document read over protocol v1 (`GET /api/documents/yjs:<room>`).
@@ -34,6 +35,7 @@ const SCENARIOS: &[&str] = &[
     "2. concurrent edits",
     "3. offline edits",
     "4. awareness across nodes",
+    "4b. a joiner gets the room's current awareness at once",
     "5. a late joiner",
     "6. an idle client",
     "7. refused clients",

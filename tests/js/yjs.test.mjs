@@ -29,6 +29,12 @@ const JWT_AUDIENCE = required('JWT_AUDIENCE');
 process.setMaxListeners(64);
 /** Longest wait for any one expected event. */
 const WAIT = 20_000;
+/**
+ * Longest a joiner may wait for the room's current awareness: well under the
+ * 15 s after which y-protocols clients renew their states (so a joiner that
+ * only learned states from renewals would miss it).
+ */
+const JOIN_AWARENESS_WAIT = 5_000;
 
 function required(name) {
   const v = process.env[name];
@@ -207,6 +213,21 @@ function raw(url) {
 }
 
 const rawMessage = (ws, check, what) => until(ws, 'message', () => ws.got.find(check), what);
+
+/** The client ids with a state (not null) in an awareness update. */
+function awarenessIds(update) {
+  const d = decoding.createDecoder(update);
+  const ids = [];
+  for (let n = decoding.readVarUint(d); n > 0; n--) {
+    const id = decoding.readVarUint(d);
+    decoding.readVarUint(d);
+    if (JSON.parse(decoding.readVarString(d)) !== null) ids.push(id);
+  }
+  return ids;
+}
+
+/** The client ids of every awareness message a raw socket got from index `from` on. */
+const rawAwarenessIds = (ws, from = 0) => new Set(ws.got.slice(from).filter((m) => m.type === MSG_AWARENESS).flatMap((m) => awarenessIds(m.payload)));
 const rawClose = (ws, what) => until(ws, 'close', () => ws.closed, what).then(() => ws.closed);
 
 /** A deterministic PRNG (mulberry32): the hostile inputs are the same every run. */
@@ -352,15 +373,13 @@ describe('y-websocket clients on two gateways', { concurrency: 2 }, () => {
       const idB = b.doc.clientID;
       await until(a.awareness, 'change', () => a.awareness.getStates().get(idB)?.user?.name === 'bob', "a sees b's state");
 
-      // A client joining later learns the states already there, but only from
-      // the others' renewals (y-protocols renews a local state every 15 s,
-      // checked every 3 s): the gateway does not send a joiner the room's
-      // current awareness states, as the y-websocket reference server does.
+      // A client joining later gets the states already there at once (node-b's
+      // own and node-a's answer to its query), not at the others' next renewal.
       const c = client(B, name);
       const t0 = Date.now();
-      await synced(c);
-      await until(c.awareness, 'change', () => c.awareness.getStates().get(idA)?.user?.name === 'alice', "late joiner c sees a's state", 30_000);
-      console.log(`# awareness: a late joiner saw an existing state after ${Date.now() - t0} ms`);
+      const has = () => c.awareness.getStates().get(idA)?.user?.name === 'alice' && c.awareness.getStates().get(idB)?.user?.name === 'bob';
+      await until(c.awareness, 'change', has, "late joiner c sees a's and b's states", JOIN_AWARENESS_WAIT);
+      console.log(`# awareness: a late joiner saw the existing states after ${Date.now() - t0} ms`);
 
       const removed = until(b.awareness, 'change', ({ removed }) => removed.includes(idA), "b sees a's state removed");
       destroy(a);
@@ -369,6 +388,63 @@ describe('y-websocket clients on two gateways', { concurrency: 2 }, () => {
       await until(c.awareness, 'change', () => !c.awareness.getStates().has(idA), "c sees a's state removed");
       assert.equal(b.wsconnected, true);
       [b, c].forEach(destroy);
+    });
+
+    test('4b. a joiner gets the room\'s current awareness at once, from its own node and the other', async () => {
+      const name = room('join-awareness');
+      const a = client(A, name);
+      await synced(a);
+      a.awareness.setLocalStateField('user', { name: 'alice' });
+      const idA = a.doc.clientID;
+      // a's edit goes out after its awareness update on the same socket: once
+      // node-a applied the edit, it has handled the awareness update too.
+      a.doc.getText('t').insert(0, 'a');
+      await poll(async () => {
+        const t = await v1Text(A, name);
+        return { ok: t === 'a', value: t };
+      }, "node-a applied a's edit");
+
+      // The first client of the room on node-b: only node-a knows a's state.
+      const b = client(B, name);
+      const t0 = Date.now();
+      await until(b.awareness, 'change', () => b.awareness.getStates().get(idA)?.user?.name === 'alice', "b (node-b) sees a's state on joining", JOIN_AWARENESS_WAIT);
+      const tookB = Date.now() - t0;
+      b.awareness.setLocalStateField('user', { name: 'bob' });
+      const idB = b.doc.clientID;
+      await until(a.awareness, 'change', () => a.awareness.getStates().get(idB)?.user?.name === 'bob', "a sees b's state");
+
+      // A joiner on node-a: a's state from its own node, b's from node-b.
+      const c = client(A, name);
+      const t1 = Date.now();
+      const both = (p) => p.awareness.getStates().get(idA)?.user?.name === 'alice' && p.awareness.getStates().get(idB)?.user?.name === 'bob';
+      await until(c.awareness, 'change', () => both(c), "c (node-a) sees a's and b's states on joining", JOIN_AWARENESS_WAIT);
+      console.log(`# join-awareness: joiners saw the room's states after ${tookB} ms (other node) and ${Date.now() - t1} ms (both nodes)`);
+
+      // query-awareness (raw y-protocols client on node-b) gets the same, after joining too.
+      const ws = raw(`${yjsUrl(B, 't')}/${name}`);
+      await ws.opened;
+      ws.send(encodeMsg((e) => {
+        encoding.writeVarUint(e, MSG_SYNC);
+        syncProtocol.writeSyncStep1(e, new Y.Doc());
+      }));
+      const hasBoth = (from) => () => {
+        const ids = rawAwarenessIds(ws, from);
+        return ids.has(idA) && ids.has(idB);
+      };
+      await until(ws, 'message', hasBoth(0), 'the raw client gets both states on joining', JOIN_AWARENESS_WAIT);
+      const before = ws.got.length;
+      ws.send(Uint8Array.from([MSG_QUERY_AWARENESS]));
+      await until(ws, 'message', hasBoth(before), 'query-awareness is answered with both states', JOIN_AWARENESS_WAIT);
+      ws.close();
+
+      // A state that left is not replayed to a later joiner.
+      const removed = until(c.awareness, 'change', () => !c.awareness.getStates().has(idA), "c sees a's state removed");
+      destroy(a);
+      await removed;
+      const d = client(B, name);
+      await until(d.awareness, 'change', () => d.awareness.getStates().get(idB)?.user?.name === 'bob', "d sees b's state", JOIN_AWARENESS_WAIT);
+      assert.equal(d.awareness.getStates().has(idA), false, 'the state of a client that left is not replayed');
+      [b, c, d].forEach(destroy);
     });
 
     test('5. a late joiner after everyone left gets the full document', async () => {

@@ -13,7 +13,21 @@
 //! | sync step 1 (state vector) | first time: `subscribe` to `yjs:{room}` with the state vector (the `DIFF` goes out as step 2), then the server's own step 1; later: step 2 with the diff |
 //! | sync step 2 / update | a binary `PATCH` on `yjs:{room}` |
 //! | awareness update | `publish` (base64) on `yjs-awareness:{room}`, fanned out to the room on every node; the connection's awareness clients are removed (state `null`) when it closes |
-//! | query awareness | the awareness states this connection has seen |
+//! | query awareness | the room's current awareness, as on joining (below) |
+//!
+//! **The room's current awareness for a joiner.** Every node keeps, per room,
+//! the last accepted awareness state of each client its own y-websocket
+//! connections announced ([`Room`], bounded: [`KEEP_STATE_MAX_BYTES`] per
+//! state, [`KEEP_CONN_MAX_BYTES`] per connection, [`KEEP_ROOM_MAX_BYTES`] per
+//! room; states not renewed for [`KEEP_FRESH`] are not replayed; a
+//! connection's states leave with it). A joiner gets its own node's states
+//! at once, and publishes a query `{"query":"<id>","node":"<node>"}` on
+//! `yjs-awareness:{room}`; on every other node watching the room the first
+//! local connection to see it answers for the whole node, once, with
+//! `{"answer":"<id>","update":"<base64>"}` (in updates of about
+//! [`ANSWER_CHUNK_BYTES`]), which only the asking connection writes to its
+//! socket. So a join costs one publish per node of the room, not one per
+//! client, and no node holds more than its own clients' states.
 //!
 //! Outbound, `PATCH` frames become sync updates, `SNAPSHOT`/`DIFF` frames sync
 //! step 2, awareness messages awareness updates; a refused subscribe or patch
@@ -22,8 +36,9 @@
 //! y-websocket clients close a socket that stayed silent for 30 s and do not
 //! see pings.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, LazyLock, Weak};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -32,8 +47,11 @@ use parking_lot::Mutex;
 use prost::Message as _;
 use switchyard_core::backpressure::Outbox;
 use switchyard_core::document::frame::{self, Kind, StatePatch};
+use switchyard_core::hub::SessionId;
+use switchyard_core::node::Node;
 use switchyard_core::protocol::{CloseCode, Frame};
 use switchyard_core::session::{Handler, Session, WireFormat};
+use switchyard_core::tenant::Tenant;
 
 /// y-protocols message types.
 const MSG_SYNC: u64 = 0;
@@ -47,6 +65,23 @@ const SYNC_UPDATE: u64 = 2;
 
 /// Most awareness clients one connection may announce (bounds its removal list).
 const MAX_AWARENESS_CLIENTS: usize = 64;
+/// A larger awareness state is relayed but not kept for joiners.
+pub const KEEP_STATE_MAX_BYTES: usize = 16 * 1024;
+/// Most awareness state bytes kept per connection.
+pub const KEEP_CONN_MAX_BYTES: usize = 64 * 1024;
+/// Most awareness state bytes kept per room on one node.
+pub const KEEP_ROOM_MAX_BYTES: usize = 1024 * 1024;
+/// A kept state not renewed for this long is not replayed: y-protocols
+/// clients renew theirs every 15 s and drop others' after 30 s of silence.
+pub const KEEP_FRESH: Duration = Duration::from_secs(30);
+/// An answer is sent as awareness updates of about this many state bytes.
+pub const ANSWER_CHUNK_BYTES: usize = 32 * 1024;
+/// Queries a node remembers having answered, per room (one answer per node).
+const ANSWERED_QUERIES: usize = 256;
+/// A connection's own recent queries, whose answers it writes to its socket.
+const PENDING_QUERIES: usize = 4;
+/// Awareness publishes of a connection waiting for their ack (then kept).
+const UNACKED_PUBLISHES: usize = 16;
 
 /// The document channel of a room.
 pub fn doc_channel(room: &str) -> String {
@@ -155,34 +190,354 @@ fn awareness_update(entries: &[(u64, u64, &[u8])]) -> Vec<u8> {
     out
 }
 
-/// Outbound translation (runs on the connection's writer).
-pub struct YjsWire {
-    awareness_channel: String,
-    /// Latest awareness entry per client seen on this connection (for query-awareness).
-    seen: Mutex<HashMap<u64, (u64, Vec<u8>)>>,
+/// An awareness entry owned: `(client id, clock, state JSON)`.
+type Entry = (u64, u64, Vec<u8>);
+
+/// One kept awareness state.
+#[derive(Debug)]
+struct Kept {
+    clock: u64,
+    state: Vec<u8>,
+    at: Instant,
 }
 
-impl YjsWire {
-    fn remember(&self, update: &[u8]) {
-        if let Some(entries) = awareness_entries(update) {
-            let mut seen = self.seen.lock();
-            for (id, clock, state) in entries {
-                if state == b"null" {
-                    seen.remove(&id);
-                } else if seen.len() < MAX_AWARENESS_CLIENTS * 16 || seen.contains_key(&id) {
-                    seen.insert(id, (clock, state.to_vec()));
+/// `(node id, tenant id, room)`.
+type RoomKey = (Arc<str>, Arc<str>, String);
+
+/// Every room with a y-websocket connection on this process, by node (a
+/// process normally runs one node; tests may run several).
+static ROOMS: LazyLock<Mutex<HashMap<RoomKey, Weak<Room>>>> = LazyLock::new(Default::default);
+
+/// The awareness of one room's clients as announced by this node's
+/// connections: what this node tells a joiner.
+#[derive(Debug)]
+pub struct Room {
+    key: RoomKey,
+    state: Mutex<RoomState>,
+}
+
+#[derive(Debug, Default)]
+struct RoomState {
+    /// Per connection, its clients' last accepted states.
+    conns: HashMap<SessionId, HashMap<u64, Kept>>,
+    /// State bytes kept, all connections together.
+    bytes: usize,
+    /// Queries this node answered (most recent last).
+    answered: VecDeque<String>,
+}
+
+impl Room {
+    /// The room `room` of `tenant` on node `node`, shared by its connections there.
+    pub fn get(node: &str, tenant: &str, room: &str) -> Arc<Room> {
+        let key: RoomKey = (Arc::from(node), Arc::from(tenant), room.to_owned());
+        let mut rooms = ROOMS.lock();
+        if let Some(r) = rooms.get(&key).and_then(Weak::upgrade) {
+            return r;
+        }
+        let r = Arc::new(Room {
+            key: key.clone(),
+            state: Mutex::new(RoomState::default()),
+        });
+        rooms.insert(key, Arc::downgrade(&r));
+        r
+    }
+
+    /// Removals apply at once: forgetting a state is always safe.
+    fn forget_removed(&self, conn: SessionId, entries: &[(u64, u64, &[u8])]) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        if let Some(kept) = st.conns.get_mut(&conn) {
+            for (id, _, state) in entries {
+                if *state == b"null"
+                    && let Some(k) = kept.remove(id)
+                {
+                    st.bytes -= k.state.len();
                 }
             }
         }
     }
 
-    fn known_awareness(&self) -> Vec<u8> {
-        let seen = self.seen.lock();
-        let entries: Vec<(u64, u64, &[u8])> = seen
-            .iter()
-            .map(|(id, (clock, state))| (*id, *clock, state.as_slice()))
-            .collect();
-        awareness_update(&entries)
+    /// A removal relayed to the room (a client left, on any node): no
+    /// connection here keeps that client's state (y-websocket clients echo
+    /// the states they learn, so others' connections may hold a copy).
+    fn forget_left(&self, entries: &[(u64, u64, &[u8])]) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for (id, clock, state) in entries {
+            if *state != b"null" {
+                continue;
+            }
+            for kept in st.conns.values_mut() {
+                if kept.get(id).is_some_and(|k| k.clock <= *clock)
+                    && let Some(k) = kept.remove(id)
+                {
+                    st.bytes -= k.state.len();
+                }
+            }
+        }
+    }
+
+    /// Keeps the states of an accepted awareness update of `conn`, within the bounds.
+    fn keep(&self, conn: SessionId, entries: Vec<Entry>, now: Instant) {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let kept = st.conns.entry(conn).or_default();
+        for (id, clock, state) in entries {
+            if let Some(old) = kept.get(&id) {
+                if old.clock > clock {
+                    continue;
+                }
+                st.bytes -= old.state.len();
+                kept.remove(&id);
+            }
+            if state == b"null" || state.len() > KEEP_STATE_MAX_BYTES {
+                continue;
+            }
+            let conn_bytes: usize = kept.values().map(|k| k.state.len()).sum();
+            if kept.len() >= MAX_AWARENESS_CLIENTS
+                || conn_bytes + state.len() > KEEP_CONN_MAX_BYTES
+                || st.bytes + state.len() > KEEP_ROOM_MAX_BYTES
+            {
+                continue;
+            }
+            st.bytes += state.len();
+            kept.insert(
+                id,
+                Kept {
+                    clock,
+                    state,
+                    at: now,
+                },
+            );
+        }
+    }
+
+    /// Forgets everything `conn` announced.
+    fn forget(&self, conn: SessionId) {
+        let mut st = self.state.lock();
+        if let Some(kept) = st.conns.remove(&conn) {
+            st.bytes -= kept.values().map(|k| k.state.len()).sum::<usize>();
+        }
+    }
+
+    /// The fresh states kept, newest clock per client, as awareness updates
+    /// of about [`ANSWER_CHUNK_BYTES`] each (none when nothing is kept).
+    fn updates(&self, now: Instant) -> Vec<Vec<u8>> {
+        let st = self.state.lock();
+        st.updates(now)
+    }
+
+    /// Like [`Room::updates`], once per `query` (empty when already answered).
+    fn answer_once(&self, query: &str, now: Instant) -> Vec<Vec<u8>> {
+        let mut st = self.state.lock();
+        if st.answered.iter().any(|q| q == query) {
+            return Vec::new();
+        }
+        if st.answered.len() >= ANSWERED_QUERIES {
+            st.answered.pop_front();
+        }
+        st.answered.push_back(query.to_owned());
+        st.updates(now)
+    }
+}
+
+impl RoomState {
+    fn updates(&self, now: Instant) -> Vec<Vec<u8>> {
+        let mut newest: HashMap<u64, (u64, &[u8])> = HashMap::new();
+        for kept in self.conns.values() {
+            for (id, k) in kept {
+                if now.saturating_duration_since(k.at) > KEEP_FRESH {
+                    continue;
+                }
+                let e = newest.entry(*id).or_insert((k.clock, &k.state));
+                if k.clock > e.0 {
+                    *e = (k.clock, &k.state);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let mut chunk: Vec<(u64, u64, &[u8])> = Vec::new();
+        let mut bytes = 0;
+        for (id, (clock, state)) in newest {
+            chunk.push((id, clock, state));
+            bytes += state.len();
+            if bytes >= ANSWER_CHUNK_BYTES {
+                out.push(awareness_update(&chunk));
+                chunk.clear();
+                bytes = 0;
+            }
+        }
+        if !chunk.is_empty() {
+            out.push(awareness_update(&chunk));
+        }
+        out
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        let mut rooms = ROOMS.lock();
+        // A new Room may already have replaced this one under the same key.
+        if rooms.get(&self.key).is_some_and(|w| w.strong_count() == 0) {
+            rooms.remove(&self.key);
+        }
+    }
+}
+
+/// A connection's place in its [`Room`]: its states leave with it.
+#[derive(Debug)]
+struct Member {
+    room: Arc<Room>,
+    conn: SessionId,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.room.forget(self.conn);
+    }
+}
+
+/// Where a node's answers to other nodes' queries are published.
+struct Answerer {
+    node: Arc<Node>,
+    tenant: Arc<Tenant>,
+}
+
+/// What a `yjs-awareness:{room}` message carries.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum AwarenessData {
+    /// An awareness update, base64 (y-websocket clients and v1 clients publish these).
+    Update(String),
+    /// A node's answer to a query: written only by the connection that asked.
+    Answer { answer: String, update: String },
+    /// A joiner's query: every other node answers with its clients' states.
+    Query { query: String, node: String },
+}
+
+/// Outbound translation (runs on the connection's writer).
+pub struct YjsWire {
+    awareness_channel: String,
+    /// This node: its own queries were answered locally.
+    node_id: Arc<str>,
+    room: Arc<Room>,
+    conn: SessionId,
+    /// `None` in unit tests: queries are not answered.
+    answerer: Option<Answerer>,
+    /// This connection's recent queries.
+    pending: Mutex<VecDeque<String>>,
+    /// This connection's awareness publishes by command id, kept once acked.
+    unacked: Mutex<VecDeque<(u64, Vec<Entry>)>>,
+}
+
+impl YjsWire {
+    fn new(
+        awareness_channel: String,
+        node_id: Arc<str>,
+        room: Arc<Room>,
+        conn: SessionId,
+        answerer: Option<Answerer>,
+    ) -> Self {
+        Self {
+            awareness_channel,
+            node_id,
+            room,
+            conn,
+            answerer,
+            pending: Mutex::new(VecDeque::new()),
+            unacked: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Answers to `query` will be written to this connection's socket.
+    fn expect_answers(&self, query: String) {
+        let mut p = self.pending.lock();
+        if p.len() >= PENDING_QUERIES {
+            p.pop_front();
+        }
+        p.push_back(query);
+    }
+
+    /// The states of awareness publish `id` are kept once it is acked.
+    fn keep_when_acked(&self, id: u64, entries: Vec<Entry>) {
+        let mut u = self.unacked.lock();
+        if u.len() >= UNACKED_PUBLISHES {
+            u.pop_front();
+        }
+        u.push_back((id, entries));
+    }
+
+    /// The reply to command `id`: an acked awareness publish is kept.
+    fn replied(&self, id: u64, accepted: bool) {
+        let entries = {
+            let mut u = self.unacked.lock();
+            let Some(i) = u.iter().position(|(c, _)| *c == id) else {
+                return;
+            };
+            u.remove(i).map(|(_, e)| e)
+        };
+        if accepted && let Some(entries) = entries {
+            self.room.keep(self.conn, entries, Instant::now());
+        }
+    }
+
+    /// Another node's joiner asked: answer for this node, once per query.
+    fn answer(&self, query: String) {
+        let Some(a) = &self.answerer else { return };
+        let updates = self.room.answer_once(&query, Instant::now());
+        if updates.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (node, tenant) = (a.node.clone(), a.tenant.clone());
+        let channel = self.awareness_channel.clone();
+        rt.spawn(async move {
+            let key =
+                switchyard_core::channel::ChannelKey::new(tenant.id.clone(), channel.as_str());
+            let opts = tenant.publish_options(&channel);
+            for update in updates {
+                let data = serde_json::json!({"answer": query, "update": BASE64.encode(&update)});
+                let Ok(raw) = serde_json::value::RawValue::from_string(data.to_string()) else {
+                    return;
+                };
+                if let Err(e) = node.broker.publish(&key, Arc::from(raw), None, &opts).await {
+                    tracing::debug!(error = %e, "awareness answer not published");
+                    return;
+                }
+            }
+        });
+    }
+
+    fn awareness_message(&self, data: &serde_json::value::RawValue) -> Option<Frame> {
+        match serde_json::from_str::<AwarenessData>(data.get()).ok()? {
+            AwarenessData::Update(b64) => {
+                let update = BASE64.decode(b64.as_bytes()).ok()?;
+                // Published by anyone who may publish to the channel (a v1
+                // client too): only well-formed updates reach y-websocket clients.
+                let entries = awareness_entries(&update)?;
+                if entries.iter().any(|(_, _, s)| *s == b"null") {
+                    // Before any later query on the channel is answered.
+                    self.room.forget_left(&entries);
+                }
+                Some(message(MSG_AWARENESS, None, &update))
+            }
+            AwarenessData::Answer { answer, update } => {
+                if !self.pending.lock().contains(&answer) {
+                    return None;
+                }
+                let update = BASE64.decode(update.as_bytes()).ok()?;
+                awareness_entries(&update)?;
+                Some(message(MSG_AWARENESS, None, &update))
+            }
+            AwarenessData::Query { query, node } => {
+                if *node != *self.node_id {
+                    self.answer(query);
+                }
+                None
+            }
+        }
     }
 }
 
@@ -207,20 +562,20 @@ impl WireFormat for YjsWire {
         struct V1<'a> {
             #[serde(rename = "type")]
             kind: &'a str,
+            id: Option<u64>,
             channel: Option<String>,
-            data: Option<String>,
+            #[serde(borrow)]
+            data: Option<&'a serde_json::value::RawValue>,
             code: Option<String>,
             message: Option<String>,
         }
         let v: V1<'_> = serde_json::from_str(frame.as_str()).ok()?;
+        if let Some(id) = v.id {
+            self.replied(id, v.kind == "ack");
+        }
         match v.kind {
             "message" if v.channel.as_deref() == Some(self.awareness_channel.as_str()) => {
-                let update = BASE64.decode(v.data?.as_bytes()).ok()?;
-                // Published by anyone who may publish to the channel (a v1
-                // client too): only well-formed updates reach y-websocket clients.
-                awareness_entries(&update)?;
-                self.remember(&update);
-                Some(message(MSG_AWARENESS, None, &update))
+                self.awareness_message(v.data?)
             }
             "error" => match v.code.as_deref() {
                 Some("forbidden" | "unauthorized") => Some(permission_denied(
@@ -287,6 +642,8 @@ pub struct YjsSession {
     awareness: String,
     /// Awareness clients this connection announced, with their last clock.
     clients: HashMap<u64, u64>,
+    /// Its states kept in the room (for joiners).
+    member: Member,
     synced: bool,
     next_id: u64,
 }
@@ -303,15 +660,26 @@ impl YjsSession {
     /// Wraps an open session for `room`.
     pub fn new(session: Session, room: &str) -> Self {
         let awareness = awareness_channel(room);
+        let node = session.node().clone();
+        let shared = Room::get(&node.id, &session.tenant().id, room);
+        let conn = session.id();
+        let wire = YjsWire::new(
+            awareness.clone(),
+            node.id.clone(),
+            shared.clone(),
+            conn,
+            Some(Answerer {
+                node,
+                tenant: session.tenant().clone(),
+            }),
+        );
         Self {
             session,
-            wire: Arc::new(YjsWire {
-                awareness_channel: awareness.clone(),
-                seen: Mutex::new(HashMap::new()),
-            }),
+            wire: Arc::new(wire),
             doc: doc_channel(room),
             awareness,
             clients: HashMap::new(),
+            member: Member { room: shared, conn },
             synced: false,
             next_id: 1,
         }
@@ -365,7 +733,29 @@ impl YjsSession {
             .flatten()
             .unwrap_or_else(|| vec![0]);
         self.push(message(MSG_SYNC, Some(SYNC_STEP1), &sv));
-        Ok(())
+        self.room_awareness().await
+    }
+
+    /// Sends the room's current awareness: this node's kept states at once,
+    /// and a query the other nodes answer (see the module docs).
+    async fn room_awareness(&mut self) -> Result<(), CloseCode> {
+        for update in self.member.room.updates(Instant::now()) {
+            self.push(message(MSG_AWARENESS, None, &update));
+        }
+        let node = self.session.node().clone();
+        if node.broker.kind() == "memory" {
+            // One node: nobody else to ask.
+            return Ok(());
+        }
+        let n = self.id();
+        let query = format!("{}.{n}", self.session.name());
+        self.wire.expect_answers(query.clone());
+        let id = self.id();
+        self.command(serde_json::json!({
+            "type": "publish", "id": id, "channel": self.awareness,
+            "data": {"query": query, "node": &*node.id},
+        }))
+        .await
     }
 
     async fn sync(&mut self, r: &mut lib0::Reader<'_>) -> Result<(), CloseCode> {
@@ -428,10 +818,17 @@ impl YjsSession {
                 self.clients.insert(*id, *clock);
             }
         }
+        self.member.room.forget_removed(self.member.conn, &entries);
+        let owned: Vec<Entry> = entries
+            .iter()
+            .map(|(id, clock, state)| (*id, *clock, state.to_vec()))
+            .collect();
         if !self.synced {
             self.join(None).await?;
         }
         let id = self.id();
+        // Kept for joiners only once the publish is accepted (authorized, in rate).
+        self.wire.keep_when_acked(id, owned);
         self.command(serde_json::json!({
             "type": "publish", "id": id, "channel": self.awareness, "data": BASE64.encode(update),
         }))
@@ -446,6 +843,7 @@ impl YjsSession {
 
     /// Announces that this connection's awareness clients left.
     pub async fn leave(&mut self) {
+        self.member.room.forget(self.member.conn);
         if self.clients.is_empty() || !self.session.is_subscribed(&self.awareness) {
             return;
         }
@@ -477,10 +875,9 @@ impl Handler for YjsSession {
         match r.var() {
             Some(MSG_SYNC) => self.sync(&mut r).await,
             Some(MSG_AWARENESS) => self.awareness_in(&mut r).await,
-            Some(MSG_QUERY_AWARENESS) => {
-                self.push(message(MSG_AWARENESS, None, &self.wire.known_awareness()));
-                Ok(())
-            }
+            // Joining sends the room's awareness anyway.
+            Some(MSG_QUERY_AWARENESS) if !self.synced => self.join(None).await,
+            Some(MSG_QUERY_AWARENESS) => self.room_awareness().await,
             Some(MSG_AUTH) => Ok(()),
             _ => self.bad("unknown message type"),
         }
@@ -522,10 +919,14 @@ mod tests {
 
     #[test]
     fn frames_become_y_websocket_messages() {
-        let wire = YjsWire {
-            awareness_channel: "yjs-awareness:r".into(),
-            seen: Mutex::new(HashMap::new()),
-        };
+        let room = Room::get("frames-node", "t", "r");
+        let wire = YjsWire::new(
+            "yjs-awareness:r".into(),
+            Arc::from("frames-node"),
+            room.clone(),
+            1,
+            None,
+        );
         let patch = frame::encode(&StatePatch {
             version: 3,
             delta: Bytes::from_static(&[1, 2, 3]),
@@ -553,7 +954,7 @@ mod tests {
         ));
         let out = wire.outgoing(msg).expect("sent");
         assert_eq!(out.bytes()[0], MSG_AWARENESS as u8);
-        assert_eq!(wire.known_awareness(), aw, "remembered for query-awareness");
+        assert!(room.updates(Instant::now()).is_empty(), "relayed, not kept");
         let not_json = awareness_update(&[(6, 1, b"not json{")]);
         let msg = Frame::from_string(format!(
             r#"{{"type":"message","channel":"yjs-awareness:r","seq":2,"epoch":"e","data":"{}"}}"#,
@@ -563,7 +964,33 @@ mod tests {
             wire.outgoing(msg).is_none(),
             "a state that is not JSON is not relayed"
         );
-        assert_eq!(wire.known_awareness(), aw, "nor remembered");
+        // This connection's own publish is kept once acked, not when refused.
+        wire.keep_when_acked(7, vec![(5, 1, b"{}".to_vec())]);
+        wire.keep_when_acked(8, vec![(9, 1, b"{}".to_vec())]);
+        let ack = Frame::from_string(r#"{"type":"ack","id":7,"seq":3}"#.into());
+        assert!(wire.outgoing(ack).is_none());
+        let refused = Frame::from_string(
+            r#"{"type":"error","id":8,"code":"rate_limited","message":"x"}"#.into(),
+        );
+        assert!(wire.outgoing(refused).is_none());
+        assert_eq!(room.updates(Instant::now()), vec![aw.clone()]);
+        // Answers reach only the connection that asked.
+        let answer = Frame::from_string(format!(
+            r#"{{"type":"message","channel":"yjs-awareness:r","seq":3,"epoch":"e","data":{{"answer":"q1","update":"{}"}}}}"#,
+            BASE64.encode(&aw)
+        ));
+        assert!(wire.outgoing(answer.clone()).is_none(), "not asked");
+        wire.expect_answers("q1".into());
+        let out = wire.outgoing(answer).expect("asked");
+        assert_eq!(
+            &out.bytes()[..],
+            &message(MSG_AWARENESS, None, &aw).bytes()[..]
+        );
+        // A query is answered by the other nodes, never written to a socket.
+        let query = Frame::from_string(
+            r#"{"type":"message","channel":"yjs-awareness:r","seq":4,"epoch":"e","data":{"query":"q2","node":"elsewhere"}}"#.into(),
+        );
+        assert!(wire.outgoing(query).is_none());
         let denied = Frame::from_string(
             r#"{"type":"error","id":2,"code":"forbidden","message":"no"}"#.into(),
         );
@@ -577,5 +1004,94 @@ mod tests {
         }
         let passthrough = message(MSG_SYNC, Some(SYNC_STEP1), &[0]);
         assert_eq!(wire.outgoing(passthrough.clone()), Some(passthrough));
+    }
+
+    #[test]
+    fn a_room_keeps_bounded_fresh_states_per_connection() {
+        let room = Room::get("bounds-node", "t", "r");
+        let t0 = Instant::now();
+        let states = |room: &Room, now| -> Vec<(u64, u64, Vec<u8>)> {
+            let mut all: Vec<_> = room
+                .updates(now)
+                .iter()
+                .flat_map(|u| {
+                    awareness_entries(u)
+                        .expect("well-formed")
+                        .into_iter()
+                        .map(|(i, c, s)| (i, c, s.to_vec()))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            all.sort();
+            all
+        };
+        room.keep(1, vec![(10, 2, b"{\"a\":1}".to_vec())], t0);
+        // An older clock does not replace a newer state; the newest across connections wins.
+        room.keep(1, vec![(10, 1, b"{\"a\":0}".to_vec())], t0);
+        room.keep(2, vec![(10, 3, b"{\"a\":3}".to_vec())], t0);
+        room.keep(2, vec![(11, 1, vec![b'1'; KEEP_STATE_MAX_BYTES + 1])], t0);
+        assert_eq!(states(&room, t0), vec![(10, 3, b"{\"a\":3}".to_vec())]);
+        // A removal forgets; a connection's states leave with it.
+        room.forget_removed(2, &[(10, 4, &b"null"[..])]);
+        assert_eq!(states(&room, t0), vec![(10, 2, b"{\"a\":1}".to_vec())]);
+        room.keep(2, vec![(10, 3, b"{\"a\":3}".to_vec())], t0);
+        room.forget_left(&[(10, 2, &b"null"[..])]);
+        assert_eq!(
+            states(&room, t0).len(),
+            1,
+            "a removal older than the state is not applied"
+        );
+        room.forget_left(&[(10, 3, &b"null"[..])]);
+        assert!(
+            states(&room, t0).is_empty(),
+            "every connection's copy is gone"
+        );
+        room.forget(1);
+        room.forget(2);
+        assert!(states(&room, t0).is_empty());
+        assert_eq!(room.state.lock().bytes, 0);
+        // Per connection: at most MAX_AWARENESS_CLIENTS clients and KEEP_CONN_MAX_BYTES.
+        let many = (0..200u64).map(|i| (i, 1, b"{}".to_vec())).collect();
+        room.keep(3, many, t0);
+        assert_eq!(states(&room, t0).len(), MAX_AWARENESS_CLIENTS);
+        room.forget(3);
+        let big = vec![b'1'; KEEP_STATE_MAX_BYTES];
+        room.keep(4, (0..10u64).map(|i| (i, 1, big.clone())).collect(), t0);
+        assert_eq!(states(&room, t0).len(), KEEP_CONN_MAX_BYTES / big.len());
+        // Per room: at most KEEP_ROOM_MAX_BYTES over all connections.
+        for conn in 5..100 {
+            room.keep(
+                conn,
+                (0..4u64).map(|i| (conn * 10 + i, 1, big.clone())).collect(),
+                t0,
+            );
+        }
+        let st = room.state.lock().bytes;
+        assert!(st <= KEEP_ROOM_MAX_BYTES, "{st}");
+        assert!(st + big.len() > KEEP_ROOM_MAX_BYTES, "filled: {st}");
+        // Answers come in chunks of about ANSWER_CHUNK_BYTES; stale states are not replayed.
+        let updates = room.updates(t0);
+        assert!(
+            updates.len() >= KEEP_ROOM_MAX_BYTES / ANSWER_CHUNK_BYTES,
+            "{}",
+            updates.len()
+        );
+        assert!(
+            updates
+                .iter()
+                .all(|u| u.len() <= ANSWER_CHUNK_BYTES + big.len() + 64)
+        );
+        assert!(
+            room.updates(t0 + KEEP_FRESH + Duration::from_secs(1))
+                .is_empty()
+        );
+        // A node answers a query once, whichever of its connections sees it first.
+        assert!(!room.answer_once("q", t0).is_empty());
+        assert!(room.answer_once("q", t0).is_empty());
+        // The registry holds a room while a connection does.
+        let again = Room::get("bounds-node", "t", "r");
+        assert!(Arc::ptr_eq(&room, &again));
+        drop((room, again));
+        assert!(!ROOMS.lock().keys().any(|k| &*k.0 == "bounds-node"));
     }
 }
