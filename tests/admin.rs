@@ -1,15 +1,19 @@
 //! The admin API (`/admin/connections`, `/admin/connections/{session}/close`,
-//! `/admin/drain`, `/admin/stats`) on the real binary: WebSocket, SSE,
-//! long-poll and Yjs sessions listed and filtered, closed with an operator's
-//! code, the node drained as on SIGTERM, stats that follow real traffic.
+//! `/admin/drain`, `/admin/stats`) and the live dashboard (`GET /admin/`) on
+//! the real binary: WebSocket, SSE, long-poll and Yjs sessions listed and
+//! filtered, closed with an operator's code, the node drained as on SIGTERM,
+//! stats that follow real traffic, and the dashboard in headless Chromium
+//! (Debian `chromium` + npm `playwright-core`, as `tests/browser.rs`) showing
+//! the live numbers, with a screenshot under `target/`.
 
 use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_tests::{Client, Gateway, WAIT, http, repo_root, scratch_dir};
+use switchyard_tests::{Client, Gateway, WAIT, http, repo_root, scratch_dir, target_dir};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -410,9 +414,28 @@ async fn every_admin_route_needs_the_token_and_is_off_without_one() {
         admin(&gw, "GET", "/admin/nope", Some(TOKEN), None).await.0,
         404
     );
-    // With `[admin] token` empty the whole admin API is off (404).
+    // The page itself loads without the token.
+    let (status, head, body) =
+        switchyard_tests::http_full(gw.addr, "GET", "/admin/", &[], None).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-security-policy"),
+        "{head}"
+    );
+    assert!(body.contains("/admin/dashboard.js"), "{body}");
+    let (status, js) = gw.get("/admin/dashboard.js").await;
+    assert_eq!(status, 200);
+    assert!(js.contains("sessionStorage"));
+
+    // With `[admin] token` empty the whole admin API is off (404), page included.
     let off = Gateway::start("");
-    for path in ["/admin/connections", "/admin/stats"] {
+    for path in ["/admin/", "/admin/connections", "/admin/stats"] {
         let (status, v) = admin(&off, "GET", path, Some(TOKEN), None).await;
         assert_eq!((status, &v["error"]), (404, &json!("admin_off")), "{path}");
     }
@@ -586,4 +609,60 @@ async fn stats_follow_the_traffic() {
         v["tenants"]["default"]["messages_in"].as_u64().unwrap_or(0) > 10,
         "closed connections' messages still count: {v:#}"
     );
+}
+
+#[test]
+fn dashboard_in_chromium_shows_live_numbers() {
+    let chromium = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        chromium.exists(),
+        "{} is missing: install Debian's `chromium` (scripts/test.sh does)",
+        chromium.display()
+    );
+    let js = repo_root().join("tests/js");
+    assert!(
+        js.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "tests/js/node_modules is missing: run `npm ci` in tests/js (scripts/test.sh does)"
+    );
+    let plugins = plugin_dir(&["token-bucket"]);
+    let gw = Gateway::start(&traffic_config(&plugins));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = rt.block_on(traffic(&gw, &stop));
+    let screenshot = target_dir().join("admin-dashboard.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = Command::new(std::env::var("NODE").unwrap_or_else(|_| "node".to_owned()))
+        .arg("admin.test.mjs")
+        .current_dir(&js)
+        .env("GATEWAY_URL", gw.http_url(""))
+        .env("ADMIN_TOKEN", TOKEN)
+        .env("EXPECT_CONNECTIONS", "3")
+        .env("SCREENSHOT", &screenshot)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .expect("run node admin.test.mjs");
+    stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            t.abort();
+        }
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("PASS dashboard-live"),
+        "admin.test.mjs failed ({}):\n{stdout}\n{stderr}\n---- gateway ----\n{}",
+        out.status,
+        gw.logs()
+    );
+    assert!(
+        screenshot.exists(),
+        "no screenshot at {}",
+        screenshot.display()
+    );
+    println!("dashboard screenshot: {}", screenshot.display());
+    print!("{stdout}");
 }

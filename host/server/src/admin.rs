@@ -1,7 +1,7 @@
-//! The admin API (`/admin/*`).
+//! The admin API (`/admin/*`) and the live dashboard (`GET /admin/`).
 //!
-//! Everything needs `Authorization: Bearer <[admin] token>`; an empty token
-//! turns the whole of `/admin` off (404).
+//! Everything but the dashboard's static files needs `Authorization: Bearer
+//! <[admin] token>`; an empty token turns the whole of `/admin` off (404).
 //!
 //! - `GET /admin/plugins`: the plugin runtime's status ([`crate::AdminSource`]).
 //! - `GET /admin/connections?tenant=&channel=&client=&limit=`: the sessions of
@@ -36,7 +36,12 @@ use switchyard_core::protocol::CloseCode;
 use switchyard_core::session::{Handler, Session};
 
 use crate::Server;
-use crate::response::{Resp, json_error, json_ok};
+use crate::response::{Resp, json_error, json_ok, with_type};
+
+/// The dashboard page and its script and style, served from the binary.
+const PAGE_HTML: &str = include_str!("admin/dashboard.html");
+const PAGE_JS: &str = include_str!("admin/dashboard.js");
+const PAGE_CSS: &str = include_str!("admin/dashboard.css");
 
 /// Default and largest `limit` of `/admin/connections`.
 const DEFAULT_LIMIT: usize = 100;
@@ -211,6 +216,31 @@ pub(crate) async fn handle(
     }
 }
 
+fn asset(content_type: &'static str, body: &'static str) -> Resp {
+    let mut r = with_type(
+        StatusCode::OK,
+        content_type,
+        Bytes::from_static(body.as_bytes()),
+    );
+    let h = r.headers_mut();
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        "content-security-policy",
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    r
+}
+
 async fn route(
     server: &Arc<Server>,
     req: Request<Incoming>,
@@ -221,6 +251,19 @@ async fn route(
     }
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    // The dashboard's files load without the token; every data call needs it.
+    let page = match path.as_str() {
+        "/admin" | "/admin/" | "/admin/index.html" => Some(("text/html; charset=utf-8", PAGE_HTML)),
+        "/admin/dashboard.js" => Some(("text/javascript; charset=utf-8", PAGE_JS)),
+        "/admin/dashboard.css" => Some(("text/css; charset=utf-8", PAGE_CSS)),
+        _ => None,
+    };
+    if let Some((content_type, body)) = page {
+        return match method {
+            Method::GET | Method::HEAD => Ok(asset(content_type, body)),
+            _ => Err(AdminError::MethodNotAllowed("GET")),
+        };
+    }
     authorize(server, req.headers())?;
     let who = crate::client_ip::real_ip(remote.ip(), req.headers(), &server.proxies);
     match (method, path.as_str()) {
