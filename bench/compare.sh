@@ -10,6 +10,9 @@
 #                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node]
 #                         [--out DIR] [--no-doc] [--no-build] [--idle-conns N]
 #        bench/compare.sh --report-only DIR [--no-doc]   (table from DIR/results.jsonl again)
+# Before each run the script waits (up to QUIET_WAIT=120 s) for both cores to
+# be < QUIET_PCT=5 % busy, and each row reports the CPU other processes used
+# while it measured ("other CPU", ⚠ = noisy).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,7 +43,7 @@ while [[ $# -gt 0 ]]; do
     --idle-conns) IDLE_CONNS=$2; shift ;;
     --no-build) NO_BUILD=1 ;;
     --report-only) REPORT_ONLY=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -57,6 +60,10 @@ BIN=$ROOT/target/release
 SERVER_CPU=0
 CLIENT_CPU=1
 if [[ $(nproc) -lt 2 ]]; then CLIENT_CPU=0; fi
+
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+NOISY_RUNS=0
 
 say() { printf '\n== %s\n' "$*" >&2; }
 has_case() { [[ ",$CASES," == *",$1,"* ]]; }
@@ -227,10 +234,18 @@ up() {
 
 down() { cleanup; }
 
-# client ARGS... : the load tool pinned to the client core
+# client ARGS... : the load tool pinned to the client core; the servers'
+# CPU (and Redis') is theirs, the rest of the machine's is "other CPU".
 client() {
-  taskset -c "$CLIENT_CPU" "$BIN/switchyard-bench" --warmup "$WARMUP" --json "$RESULTS" "$@" 2>>"$LOGS/client.log" \
+  local watch=() pid
+  for pid in "${PIDS[@]:-}" $REDIS_PID; do [[ -n $pid ]] && watch+=(--watch-pid "$pid"); done
+  taskset -c "$CLIENT_CPU" "$BIN/switchyard-bench" --warmup "$WARMUP" --json "$RESULTS" "${watch[@]}" "$@" 2>>"$LOGS/client.log" \
     | tee -a "$OUT/table.txt"
+}
+
+# quiet : before a server starts, wait (bounded) until both cores are idle.
+quiet() {
+  if ! wait_quiet; then NOISY_RUNS=$((NOISY_RUNS + 1)); fi
 }
 
 # A row that could not run (e.g. plugins not built yet).
@@ -255,6 +270,7 @@ run_case() {
         [[ $round == 1 ]] && not_available "$case" "$label" "$scenario" "plugins not built (target/plugins/{jwt-auth,token-bucket,namespace-router}.wasm)"
         continue
       fi
+      quiet
       if ! up "$server"; then
         not_available "$case" "$label" "$scenario" "server did not start"; down; continue
       fi
@@ -324,6 +340,7 @@ if has_case cross-node; then
       for server in socketio-redis switchyard-redis; do
         urls=()
         ok=1
+        quiet
         for node in a b c; do
           if ! up "$server" redis; then ok=0; break; fi
           urls+=("$URL_BASE/ws")
@@ -350,7 +367,7 @@ CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 PREAMBLE="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'): \
 $(nproc) cores ($CPU), Linux $(uname -r), $(free -g | awk '/Mem:/{print $2}') GiB; \
 server pinned to core $SERVER_CPU, client to core $CLIENT_CPU; $DURATION measured after $WARMUP warm-up per run, \
-$REPEAT round(s), median shown; load average ${LOAD_START:+at start $LOAD_START, }at the end $LOAD (load from other processes on this machine during the run perturbs the figures). Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
+$REPEAT round(s), median shown (range = min–max over the rounds); each run started once both cores were < ${QUIET_PCT}% busy (waiting up to ${QUIET_WAIT}s; $NOISY_RUNS run(s) started on a busy machine); \"other CPU\" = CPU used by processes other than the servers and the client during the measuring window, in % of one core, ⚠ above 10% (such a figure is not a result); load average ${LOAD_START:+at start $LOAD_START, }at the end $LOAD. Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
 socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version'), \
 redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2). \
 Command: \`bench/compare.sh$( [[ $QUICK == 1 ]] && echo ' --quick' || true)\`."

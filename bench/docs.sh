@@ -174,10 +174,14 @@ up() { # plugin(0|1): starts a fresh gateway on core 0; sets PID, URL
   return 1
 }
 
-# client ARGS... : the load tool on the client core, with a hard stop
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+
+# client ARGS... : the load tool on the client core, with a hard stop; the
+# gateway's CPU is the run's own, the rest is "other CPU" (⚠ = noisy).
 client() {
   timeout --signal=INT --kill-after=5 45 \
-    taskset -c "$CLIENT_CPU" "$BIN/switchyard-bench" --warmup "$WARMUP" --json "$RESULTS" "$@" \
+    taskset -c "$CLIENT_CPU" "$BIN/switchyard-bench" --warmup "$WARMUP" --json "$RESULTS" --watch-pid "$PID" "$@" \
     2>>"$LOGS/client.log" | tee -a "$OUT/table.txt"
 }
 
@@ -193,6 +197,7 @@ run() {
     not_available "$scenario" "$case" "$server" "target/plugins/lww-merge.wasm missing (scripts/build-plugins.sh)"
     return 0
   fi
+  wait_quiet || true
   if ! up "$plugin"; then not_available "$scenario" "$case" "$server" "gateway did not start"; return 0; fi
   local args=() a
   for a in "$@"; do a=${a//\{URL\}/$URL}; a=${a//\{PID\}/$PID}; args+=("$a"); done

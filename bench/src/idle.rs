@@ -57,6 +57,9 @@ pub async fn run(args: IdleArgs, common: &Common) -> Result<RunResult> {
     let proto = args.proto;
     let rss_before = args.server_pid.and_then(rss_kib);
     let start = Instant::now();
+    let mut pids = common.watch_pids.clone();
+    pids.extend(args.server_pid);
+    let window = crate::load::Window::start(&pids);
     let (conns, handshakes) = connect_many(
         &common.label(),
         connections,
@@ -72,6 +75,7 @@ pub async fn run(args: IdleArgs, common: &Common) -> Result<RunResult> {
     )
     .await?;
     let open_secs = start.elapsed().as_secs_f64();
+    crate::load::record(window.finish());
     let opened = conns.len() as u64;
     let counters = Arc::new(Counters::default());
     let mut tasks = JoinSet::new();

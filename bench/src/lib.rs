@@ -9,6 +9,7 @@ pub mod fanout;
 pub mod http;
 pub mod idle;
 pub mod jwt;
+pub mod load;
 pub mod proto;
 pub mod report;
 pub mod run;

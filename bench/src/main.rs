@@ -76,6 +76,7 @@ fn main() -> Result<()> {
     let mut result = result?;
     result.ref_server = cli.common.ref_server.clone();
     result.target = cli.common.target.clone();
+    result.other_cpu_pct = switchyard_bench::load::take();
     emit(&result, cli.common.json.as_deref())
 }
 

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::load::NOISY_PCT;
 use crate::stats::{RunResult, fmt_us};
 
 const START: &str = "<!-- bench:start -->";
@@ -113,6 +114,28 @@ fn group(results: &[RunResult]) -> Vec<(String, Vec<ServerRuns>)> {
     cases
 }
 
+/// The spread of `key` over the runs, `min–max`, when there are several.
+fn range(runs: &[RunResult], key: impl Fn(&RunResult) -> f64) -> String {
+    if runs.len() < 2 {
+        return String::new();
+    }
+    let (lo, hi) = runs
+        .iter()
+        .map(key)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    format!("{lo:.0}–{hi:.0}")
+}
+
+/// The most other processes used during any of the runs, marked ⚠ above
+/// [`NOISY_PCT`] (the figure is not trustworthy then).
+fn other_cpu(runs: &[RunResult]) -> String {
+    match runs.iter().filter_map(|r| r.other_cpu_pct).reduce(f64::max) {
+        Some(v) if v > NOISY_PCT => format!("⚠ {v:.0}%"),
+        Some(v) => format!("{v:.0}%"),
+        None => String::new(),
+    }
+}
+
 fn median(runs: &[RunResult]) -> &RunResult {
     let mut order: Vec<usize> = (0..runs.len()).collect();
     let key = |r: &RunResult| match r.scenario.as_str() {
@@ -157,18 +180,18 @@ pub fn render(results: &[RunResult]) -> String {
         } else if first.scenario == "docs-memory" {
             render_docs_memory(&mut md, &servers);
         } else if first.scenario == "idle" {
-            md.push_str("| server | connections | RSS before | RSS after | RSS / connection | handshakes/s | handshake p50 | handshake p99 | closed |\n");
-            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            md.push_str("| server | connections | RSS before | RSS after | RSS / connection | handshakes/s | handshake p50 | handshake p99 | closed | other CPU |\n");
+            md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
             for (server, runs) in &servers {
                 let r = median(runs);
                 if r.note.starts_with("n/a") {
-                    let _ = writeln!(md, "| {server} | {} | | | | | | | |", r.note);
+                    let _ = writeln!(md, "| {server} | {} | | | | | | | | |", r.note);
                     continue;
                 }
                 let hs = r.handshake.unwrap_or_default();
                 let _ = writeln!(
                     md,
-                    "| {server} | {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+                    "| {server} | {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
                     r.connections,
                     kib(r.rss_before_kib),
                     kib(r.rss_after_kib),
@@ -179,6 +202,7 @@ pub fn render(results: &[RunResult]) -> String {
                     fmt_us(hs.p50_us),
                     fmt_us(hs.p99_us),
                     r.closed,
+                    other_cpu(runs),
                 );
             }
         } else {
@@ -198,18 +222,22 @@ pub fn render(results: &[RunResult]) -> String {
             };
             let _ = writeln!(
                 md,
-                "| server | {unit} |{ratio_head} p50 | p95 | p99 | max | sent/s | errors | closed | runs | note |"
+                "| server | {unit} |{ratio_head} p50 | p95 | p99 | max | sent/s | errors | closed | runs | range | other CPU | note |"
             );
             let _ = writeln!(
                 md,
-                "|---|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|---|",
+                "|---|---:|{}---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
                 if ref_rate.is_some() { "---:|" } else { "" }
             );
             for (server, runs) in &servers {
                 let r = median(runs);
                 if r.note.starts_with("n/a") {
                     let pad = if ref_rate.is_some() { " |" } else { "" };
-                    let _ = writeln!(md, "| {server} | n/a |{pad} | | | | | | | | {} |", r.note);
+                    let _ = writeln!(
+                        md,
+                        "| {server} | n/a |{pad} | | | | | | | | | | {} |",
+                        r.note
+                    );
                     continue;
                 }
                 let ratio = match ref_rate {
@@ -218,7 +246,7 @@ pub fn render(results: &[RunResult]) -> String {
                 };
                 let _ = writeln!(
                     md,
-                    "| {server} | **{:.0}** |{ratio} {} | {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                    "| {server} | **{:.0}** |{ratio} {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                     r.rate_per_s,
                     fmt_us(r.latency.p50_us),
                     fmt_us(r.latency.p95_us),
@@ -228,6 +256,8 @@ pub fn render(results: &[RunResult]) -> String {
                     r.errors,
                     r.closed,
                     runs.len(),
+                    range(runs, |r| r.rate_per_s),
+                    other_cpu(runs),
                     r.note,
                 );
             }

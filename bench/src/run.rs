@@ -50,6 +50,10 @@ pub struct Common {
     /// Target of this case, as text for the report.
     #[arg(long, default_value = "", global = true)]
     pub target: String,
+    /// A server process (repeatable): its CPU time counts as the run's own
+    /// when measuring how busy the rest of the machine was ([`crate::load`]).
+    #[arg(long = "watch-pid", global = true)]
+    pub watch_pids: Vec<u32>,
     /// Claims of that JWT (JSON object); `exp` is added when missing.
     #[arg(
         long,
@@ -188,9 +192,11 @@ pub async fn timed_phases(
     tokio::time::sleep(common.warmup).await;
     phase.set(Phase::MEASURE);
     let start = Instant::now();
+    let window = crate::load::Window::start(&common.watch_pids);
     tokio::time::sleep(common.duration).await;
     phase.set(Phase::STOP);
     let measured = start.elapsed();
+    crate::load::record(window.finish());
     ticker.abort();
     measured
 }

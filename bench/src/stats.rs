@@ -175,6 +175,10 @@ pub struct RunResult {
     pub bytes_per_doc: Option<f64>,
     /// Free-form notes (e.g. loss, target rate).
     pub note: String,
+    /// CPU other processes used while this run measured, % of one core
+    /// ([`crate::load`]); above [`crate::load::NOISY_PCT`] the run is noisy.
+    #[serde(default)]
+    pub other_cpu_pct: Option<f64>,
     /// Server the report computes ratios against, for this case.
     #[serde(default)]
     pub ref_server: String,
@@ -200,6 +204,9 @@ impl RunResult {
         );
         if let Some(per) = self.rss_per_conn_kib {
             s.push_str(&format!(" rss/conn={per:.1}KiB"));
+        }
+        if let Some(o) = self.other_cpu_pct {
+            s.push_str(&format!(" other_cpu={o:.0}%"));
         }
         if let (Some(d), Some(l)) = (self.delivered_per_s, self.delivery) {
             s.push_str(&format!(
