@@ -27,7 +27,10 @@
 //! `{"answer":"<id>","update":"<base64>"}` (in updates of about
 //! [`ANSWER_CHUNK_BYTES`]), which only the asking connection writes to its
 //! socket. So a join costs one publish per node of the room, not one per
-//! client, and no node holds more than its own clients' states.
+//! client, and no node holds more than its own clients' states. A node
+//! answers at most [`ANSWER_BURST`] queries per room at once and
+//! [`ANSWER_RATE`] per second; a connection's query-awareness is served at
+//! most once per [`QUERY_INTERVAL`].
 //!
 //! Outbound, `PATCH` frames become sync updates, `SNAPSHOT`/`DIFF` frames sync
 //! step 2, awareness messages awareness updates; a refused subscribe or patch
@@ -78,6 +81,13 @@ pub const KEEP_FRESH: Duration = Duration::from_secs(30);
 pub const ANSWER_CHUNK_BYTES: usize = 32 * 1024;
 /// Queries a node remembers having answered, per room (one answer per node).
 const ANSWERED_QUERIES: usize = 256;
+/// Queries a node answers per room: per second, and at once. Beyond them a
+/// joiner learns the states from their renewals, as without answers.
+pub const ANSWER_RATE: u32 = 20;
+/// See [`ANSWER_RATE`].
+pub const ANSWER_BURST: u32 = 100;
+/// A connection's query-awareness messages are served at most this often.
+pub const QUERY_INTERVAL: Duration = Duration::from_secs(1);
 /// A connection's own recent queries, whose answers it writes to its socket.
 const PENDING_QUERIES: usize = 4;
 /// Awareness publishes of a connection waiting for their ack (then kept).
@@ -224,6 +234,8 @@ struct RoomState {
     bytes: usize,
     /// Queries this node answered (most recent last).
     answered: VecDeque<String>,
+    /// The budget of answers ([`ANSWER_RATE`]), made at the first query.
+    answers: Option<switchyard_core::backpressure::TokenBucket>,
 }
 
 impl Room {
@@ -331,6 +343,12 @@ impl Room {
     fn answer_once(&self, query: &str, now: Instant) -> Vec<Vec<u8>> {
         let mut st = self.state.lock();
         if st.answered.iter().any(|q| q == query) {
+            return Vec::new();
+        }
+        let budget = st.answers.get_or_insert_with(|| {
+            switchyard_core::backpressure::TokenBucket::new(ANSWER_RATE, ANSWER_BURST, now)
+        });
+        if !budget.try_take(now, 1) {
             return Vec::new();
         }
         if st.answered.len() >= ANSWERED_QUERIES {
@@ -644,6 +662,8 @@ pub struct YjsSession {
     clients: HashMap<u64, u64>,
     /// Its states kept in the room (for joiners).
     member: Member,
+    /// When its last query-awareness was served.
+    last_query: Option<Instant>,
     synced: bool,
     next_id: u64,
 }
@@ -680,6 +700,7 @@ impl YjsSession {
             awareness,
             clients: HashMap::new(),
             member: Member { room: shared, conn },
+            last_query: None,
             synced: false,
             next_id: 1,
         }
@@ -877,7 +898,18 @@ impl Handler for YjsSession {
             Some(MSG_AWARENESS) => self.awareness_in(&mut r).await,
             // Joining sends the room's awareness anyway.
             Some(MSG_QUERY_AWARENESS) if !self.synced => self.join(None).await,
-            Some(MSG_QUERY_AWARENESS) => self.room_awareness().await,
+            Some(MSG_QUERY_AWARENESS) => {
+                let now = Instant::now();
+                if self
+                    .last_query
+                    .is_some_and(|t| now.duration_since(t) < QUERY_INTERVAL)
+                {
+                    self.session.node().metrics.failed("yjs_query_ignored");
+                    return Ok(());
+                }
+                self.last_query = Some(now);
+                self.room_awareness().await
+            }
             Some(MSG_AUTH) => Ok(()),
             _ => self.bad("unknown message type"),
         }
@@ -1088,6 +1120,16 @@ mod tests {
         // A node answers a query once, whichever of its connections sees it first.
         assert!(!room.answer_once("q", t0).is_empty());
         assert!(room.answer_once("q", t0).is_empty());
+        // At most ANSWER_BURST answers at once, then ANSWER_RATE per second.
+        let answered = (0..2 * ANSWER_BURST)
+            .filter(|i| !room.answer_once(&format!("burst-{i}"), t0).is_empty())
+            .count();
+        assert_eq!(answered, ANSWER_BURST as usize - 1);
+        assert!(
+            !room
+                .answer_once("later", t0 + Duration::from_secs(1))
+                .is_empty()
+        );
         // The registry holds a room while a connection does.
         let again = Room::get("bounds-node", "t", "r");
         assert!(Arc::ptr_eq(&room, &again));
