@@ -415,7 +415,10 @@ mod tests {
         let c = o.take(&mut out).expect("close");
         assert_eq!(c.code.code(), 4100);
         assert_eq!(o.close_reason().as_deref(), Some("moved"));
-        assert_eq!(CloseCode::from_code(4100), Some(CloseCode::Application(4100)));
+        assert_eq!(
+            CloseCode::from_code(4100),
+            Some(CloseCode::Application(4100))
+        );
         assert_eq!(CloseCode::from_code(4003), Some(CloseCode::Forbidden));
         assert_eq!(CloseCode::from_code(3000), None);
     }
