@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Yjs benchmark (issue 10): one room, E editors (50), the same Node client
-# (bench/yjs/load.mjs: npm yjs + y-websocket WebsocketProvider) against
+# Yjs benchmark (issue 10): one room, E editors (50), the same client against
+# every server, either
+#   rust (default) target/release/yjs-load (bench/src/bin/yjs_load.rs): 50 yrs
+#                 documents speaking the y-websocket protocol on one thread, cheap
+#                 enough that the server is the limit on a 2-core machine
+#   node          bench/yjs/load.mjs: npm yjs + y-websocket WebsocketProvider (one
+#                 Node event loop: it saturates its core before any server does)
+# (same workload, same JSON line, same delivery and convergence checks) against
 #   switchyard    target/release/switchyard, GET /yjs/default/{room}, document
 #                 channel yjs:{room} merged by the yjs-merge plugin, memory broker
 #   y-websocket   the reference server (npm @y/websocket-server, its bin unmodified)
@@ -20,10 +26,16 @@
 # bench/results/yjs-latest.{jsonl,md,txt}.
 #
 # Usage: bench/yjs.sh [--quick] [--duration 10s] [--warmup 2s] [--repeat 1]
-#                     [--editors 50] [--window 1] [--rate 100]
+#                     [--editors 50] [--window 1] [--rate 100] [--client rust|node]
 #                     [--cases closed,rate,merge] [--servers switchyard,y-websocket,hocuspocus]
-#                     [--out DIR] [--no-build] [--doc]
+#                     [--out DIR] [--no-build] [--doc] [--wait-quiet SECS]
 #   --quick  3 s runs after 1 s warm-up, 1000 merge updates; results stay in OUT
+#   --client rust (default) or node: the load client (see above)
+#   --wait-quiet SECS  after the build, wait (up to SECS) until both cores are
+#            idle (< 5 % busy over 2 s, bench/lib.sh); none within SECS: exit 5, no run.
+#            Before every run the script also waits up to RUN_QUIET_WAIT (30) s for
+#            idle cores, and each row reports the CPU other processes used while it
+#            measured ("other CPU", ⚠ above 10 %).
 #   --doc    also write the table into docs/benchmarks.md between
 #            <!-- bench:yjs:start --> and <!-- bench:yjs:end -->
 set -euo pipefail
@@ -44,6 +56,10 @@ QUICK=0
 UPDATE_DOC=0
 NO_BUILD=0
 CASES="closed,rate,merge"
+CLIENT=rust
+WAIT_QUIET=0
+RUN_QUIET_WAIT=${RUN_QUIET_WAIT:-30}
+NOISY_WAITS=0
 SERVERS="switchyard,y-websocket,hocuspocus"
 OUT=""
 while [[ $# -gt 0 ]]; do
@@ -60,7 +76,9 @@ while [[ $# -gt 0 ]]; do
     --out) OUT=$2; shift ;;
     --no-build) NO_BUILD=1 ;;
     --doc) UPDATE_DOC=1 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --client) CLIENT=$2; shift ;;
+    --wait-quiet) WAIT_QUIET=$2; shift ;;
+    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -72,6 +90,7 @@ secs() { # 10s / 500ms -> seconds (decimal)
     *) echo "$1" ;;
   esac
 }
+case $CLIENT in rust|node) ;; *) echo "--client rust|node" >&2; exit 2 ;; esac
 DUR_S=$(secs "$DURATION")
 WARM_S=$(secs "$WARMUP")
 if ! awk -v d="$DUR_S" -v w="$WARM_S" 'BEGIN { exit !(d > 0 && w >= 0 && d + w <= 15) }'; then
@@ -114,6 +133,7 @@ if [[ -f $YJS_WASM ]]; then cp "$YJS_WASM" "$OUT/plugins/"; WITH_PLUGIN=1; fi
 MERGE_DIR=$ROOT/bench/yjs/merge-cost
 if [[ $NO_BUILD == 0 ]]; then
   cargo build --release -p switchyard >&2
+  if [[ $CLIENT == rust ]]; then cargo build --release -p switchyard-bench --bin yjs-load >&2; fi
   if has_case merge; then
     # Its own workspace; the lock starts as the gateway's (same wasmtime, same host crates).
     [[ -f $MERGE_DIR/Cargo.lock ]] || cp "$ROOT/Cargo.lock" "$MERGE_DIR/Cargo.lock"
@@ -121,13 +141,19 @@ if [[ $NO_BUILD == 0 ]]; then
   fi
 fi
 # Snapshot the binaries: the shared target dir may be rebuilt during the run.
-for b in switchyard yjs-merge-cost; do
+for b in switchyard yjs-merge-cost yjs-load; do
   if [[ -x target/release/$b ]]; then cp "target/release/$b" "$OUT/bin/"; fi
 done
 BIN=$OUT/bin
 NODE_VERSION=$(node --version)
 pkg_version() { node -p "require('$JS/node_modules/$1/package.json').version" 2>/dev/null || echo '?'; }
-VERSIONS="yjs $(pkg_version yjs), y-websocket $(pkg_version y-websocket), @y/websocket-server $(pkg_version @y/websocket-server), @hocuspocus/server $(pkg_version @hocuspocus/server), ws $(pkg_version ws), Node $NODE_VERSION"
+if [[ $CLIENT == rust ]]; then
+  if [[ ! -x $OUT/bin/yjs-load ]]; then echo "target/release/yjs-load missing (run without --no-build)" >&2; exit 1; fi
+  CLIENT_TEXT="client yjs-load (Rust, yrs $(grep -m1 -A1 '^name = "yrs"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p'), one thread)"
+else
+  CLIENT_TEXT="client load.mjs (Node)"
+fi
+VERSIONS="$CLIENT_TEXT; yjs $(pkg_version yjs), y-websocket $(pkg_version y-websocket), @y/websocket-server $(pkg_version @y/websocket-server), @hocuspocus/server $(pkg_version @hocuspocus/server), ws $(pkg_version ws), Node $NODE_VERSION"
 
 # ---------------------------------------------------------------- servers
 PID=""
@@ -230,12 +256,16 @@ room_run() { # case server round CLIENT-ARGS...
     not_available yjs-room "$case" "$server" "target/plugins/yjs-merge.wasm missing (scripts/build-plugins.sh)"
     return 0
   fi
+  # Bounded: a machine that stays busy still gets its run, marked by the "other CPU" column.
+  if ! wait_quiet "$RUN_QUIET_WAIT"; then NOISY_WAITS=$((NOISY_WAITS + 1)); fi
   if ! up "$server"; then not_available yjs-room "$case" "$server" "server did not start"; return 0; fi
   echo "-- $case $server round $round (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
   local rc=0 lines
   lines=$(wc -l <"$RESULTS")
+  local client=(node "$JS/load.mjs")
+  if [[ $CLIENT == rust ]]; then client=("$BIN/yjs-load"); fi
   timeout --signal=INT --kill-after=5 45 \
-    taskset -c "$CLIENT_CPU" node "$JS/load.mjs" --kind "$server" --url "$URL" \
+    taskset -c "$CLIENT_CPU" "${client[@]}" --kind "$server" --url "$URL" \
       --room "bench-$case-$round" --server "$server" --case "$case" --server-pid "$PID" \
       -n "$EDITORS" --warmup "$WARMUP" --duration "$DURATION" --json "$RESULTS" "$@" \
       2>>"$LOGS/client.log" | tee -a "$OUT/table.txt" >&2 || rc=$?
@@ -259,9 +289,22 @@ room_run() { # case server round CLIENT-ARGS...
   stop_server
 }
 
+# ---------------------------------------------------------------- quiet?
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+if [[ $WAIT_QUIET != 0 ]]; then
+  say "waiting up to ${WAIT_QUIET}s for idle cores (< ${QUIET_PCT} % busy each over 2 s)"
+  if ! wait_quiet "$WAIT_QUIET"; then
+    echo "no quiet window within ${WAIT_QUIET}s: not running, nothing written" >&2; exit 5
+  fi
+  echo "   $(date -u +%H:%M:%S) quiet: $QUIET_LAST" >&2
+fi
+sample_cores
+QUIET_BEFORE=$QUIET_LAST
+
 # ---------------------------------------------------------------- cases
 # After the build: its load is not the benchmark's.
-echo "load before: $(uptime)" | tee "$OUT/load.txt" >&2
+echo "load before: $(uptime); cores busy over 2 s: $QUIET_BEFORE" | tee "$OUT/load.txt" >&2
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 N=${#SERVER_LIST[@]}
 for round in $(seq 1 "$REPEAT"); do
@@ -299,14 +342,19 @@ fi
 
 # ---------------------------------------------------------------- report
 say "report"
-echo "load after: $(uptime)" | tee -a "$OUT/load.txt" >&2
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
+sample_cores
+QUIET_AFTER=$QUIET_LAST
+echo "load after: $(uptime); cores busy over 2 s: $QUIET_AFTER" | tee -a "$OUT/load.txt" >&2
 CPU=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
-PREAMBLE="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'): \
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
+# The gateway is built from the working tree: say so when host/ has uncommitted changes.
+if [[ -n $(git status --porcelain -- host 2>/dev/null) ]]; then COMMIT="$COMMIT (gateway built from a working tree with uncommitted changes in host/)"; fi
+PREAMBLE="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT: \
 $(nproc) cores ($CPU), Linux $(uname -r); server pinned to core $SERVER_CPU, client to core $CLIENT_CPU; \
 $DURATION measured after $WARMUP warm-up per run, $REPEAT round(s), median shown; \
 $EDITORS editors in one room, window $WINDOW, fixed rate $RATE/s; $VERSIONS; \
-load average at start $LOAD_START, at the end $LOAD. \
+load average at start $LOAD_START, at the end $LOAD; cores busy (2 s, /proc/stat) just before the runs $QUIET_BEFORE, just after $QUIET_AFTER; $NOISY_WAITS run(s) started without a quiet machine (${RUN_QUIET_WAIT} s wait). \
 Command: \`bench/yjs.sh${ARGS_TEXT:+ $ARGS_TEXT}\`."
 echo "$PREAMBLE" >"$OUT/preamble.txt"
 report_args=("$RESULTS" --preamble "$PREAMBLE")

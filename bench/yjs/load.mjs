@@ -218,6 +218,15 @@ function procCpu(pid) {
     return null;
   }
 }
+// Busy seconds over every core (/proc/stat "cpu" line: all but idle and iowait).
+function machineBusy() {
+  try {
+    const v = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1, 9).map(Number);
+    return (v.reduce((a, b) => a + b, 0) - v[3] - v[4]) / CLK_TCK;
+  } catch {
+    return null;
+  }
+}
 function procRssKib(pid) {
   try {
     const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -332,6 +341,7 @@ async function waitFor(check, ms) {
 function result(extra) {
   const line = {
     scenario: 'yjs-room',
+    client: 'node',
     case: opts.case,
     server: opts.server,
     kind: opts.kind,
@@ -362,11 +372,12 @@ async function main() {
   const start = now();
   warmEnd = start + opts.warmup * 1000;
   tEnd = warmEnd + opts.duration * 1000;
-  let cpu0 = null, srv0 = null, elu0 = null, winStart = null;
+  let cpu0 = null, srv0 = null, elu0 = null, winStart = null, mach0 = null;
   const atWindow = setTimeout(() => {
     cpu0 = process.cpuUsage();
     elu0 = performance.eventLoopUtilization();
     srv0 = opts.serverPid ? procCpu(opts.serverPid) : null;
+    mach0 = machineBusy();
     winStart = now();
   }, Math.max(0, warmEnd - now()));
 
@@ -402,6 +413,7 @@ async function main() {
   const cpu = cpu0 ? process.cpuUsage(cpu0) : null;
   const elu = elu0 ? performance.eventLoopUtilization(elu0) : null;
   const srv1 = opts.serverPid ? procCpu(opts.serverPid) : null;
+  const mach1 = machineBusy();
   phase = 'drain';
   await waitFor(() => inflightTotal === 0, opts.drain * 1000);
   const undelivered = inflightTotal;
@@ -415,6 +427,9 @@ async function main() {
   const serverSysS = srv0 && srv1 ? srv1.sys - srv0.sys : null;
   const serverCpuS = serverUserS != null ? serverUserS + serverSysS : null;
   const ups = deliveredInWindow / opts.duration;
+  // Other processes' CPU during the window (% of one core): machine busy minus client and server.
+  const otherCpu = mach0 != null && mach1 != null && cpu
+    ? Math.max(0, (100 * ((mach1 - mach0) - (cpu.user + cpu.system) / 1e6 - (serverCpuS ?? 0))) / windowS) : null;
   result({
     duration_s: windowS,
     warmup_s: opts.warmup,
@@ -428,6 +443,7 @@ async function main() {
     skipped,
     client_cpu_pct: cpu ? (100 * (cpu.user + cpu.system)) / 1e6 / windowS : null,
     client_elu: elu ? elu.utilization : null,
+    other_cpu_pct: otherCpu,
     server_cpu_pct: serverCpuS != null ? (100 * serverCpuS) / windowS : null,
     server_cpu_user_pct: serverUserS != null ? (100 * serverUserS) / windowS : null,
     server_cpu_us_per_update: serverCpuS != null && deliveredInWindow > 0 ? (serverCpuS * 1e6) / deliveredInWindow : null,

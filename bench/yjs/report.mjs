@@ -53,12 +53,12 @@ for (const c of cases) {
   const ref = pick.get('hocuspocus');
   const first = inCase.find((r) => r.note && !r.note.startsWith('n/a'));
   out.push(`**${c}** — ${first ? first.note : ''}${first?.target ? `; target: ${first.target}` : ''}`, '');
-  out.push('| server | updates/s (at all editors) | deliveries/s | latency p50 | p99 | max | at-all p99 | ÷ Hocuspocus (updates/s) | client CPU / event loop | server CPU (user) | server CPU µs/update (user) | → updates/s one core could take | server RSS | checks |');
-  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  out.push('| server | updates/s (at all editors) | deliveries/s | latency p50 | p99 | max | at-all p99 | ÷ Hocuspocus (updates/s) | client CPU / busy (event loop or runtime) | other CPU | server CPU (user) | server CPU µs/update (user) | → updates/s one core could take | server RSS | checks |');
+  out.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of servers) {
     const r = pick.get(s);
     if (!r || r.updates_per_s == null) {
-      out.push(`| ${s} | ${r?.note ?? 'n/a'} ||||||||||||| `);
+      out.push(`| ${s} | ${r?.note ?? 'n/a'} |||||||||||||| `);
       continue;
     }
     const ratio = ref?.updates_per_s ? r.updates_per_s / ref.updates_per_s : null;
@@ -68,7 +68,7 @@ for (const c of cases) {
       r.closes ? `${r.closes} closes ${JSON.stringify(r.close_codes)}` : null,
       r.skipped ? `${r.skipped} skipped` : null,
     ].filter(Boolean).join(', ');
-    out.push(`| ${s} | ${f0(r.updates_per_s)} | ${f0(r.deliveries_per_s)} | ${ms(r.latency?.p50_us)} | ${ms(r.latency?.p99_us)} | ${ms(r.latency?.max_us)} | ${ms(r.latency_all?.p99_us)} | ${ratio == null ? '' : `${f2(ratio)}×`} | ${pct(r.client_cpu_pct)} / ${r.client_elu == null ? 'n/a' : pct(100 * r.client_elu)} | ${pct(r.server_cpu_pct)} (${pct(r.server_cpu_user_pct)}) | ${f0(r.server_cpu_us_per_update)} (${f0(r.server_user_us_per_update)}) | ${r.server_cpu_us_per_update ? f0(1e6 / r.server_cpu_us_per_update) : 'n/a'} | ${r.server_rss_kib == null ? 'n/a' : `${(r.server_rss_kib / 1024).toFixed(0)} MiB`} | ${checks} |`);
+    out.push(`| ${s} | ${f0(r.updates_per_s)} | ${f0(r.deliveries_per_s)} | ${ms(r.latency?.p50_us)} | ${ms(r.latency?.p99_us)} | ${ms(r.latency?.max_us)} | ${ms(r.latency_all?.p99_us)} | ${ratio == null ? '' : `${f2(ratio)}×`} | ${pct(r.client_cpu_pct)} / ${r.client_elu == null ? 'n/a' : pct(100 * r.client_elu)} | ${r.other_cpu_pct == null ? 'n/a' : `${pct(r.other_cpu_pct)}${r.other_cpu_pct > 10 ? ' ⚠' : ''}`} | ${pct(r.server_cpu_pct)} (${pct(r.server_cpu_user_pct)}) | ${f0(r.server_cpu_us_per_update)} (${f0(r.server_user_us_per_update)}) | ${r.server_cpu_us_per_update ? f0(1e6 / r.server_cpu_us_per_update) : 'n/a'} | ${r.server_rss_kib == null ? 'n/a' : `${(r.server_rss_kib / 1024).toFixed(0)} MiB`} | ${checks} |`);
   }
   out.push('');
   const sy = pick.get('switchyard');
@@ -81,7 +81,7 @@ for (const c of cases) {
     const bound = [sy, ref].some((r) => (r.client_elu ?? 0) > 0.9 && (r.server_cpu_pct ?? 100) < 90);
     verdicts.push(`- ${c}: Switchyard ${f2(ratio)}× Hocuspocus updates/s (target ≥ 2×), p99 ${ms(sy.latency?.p99_us)} vs ${ms(ref.latency?.p99_us)}` +
       (cpuRatio ? `; Hocuspocus spends ${f1(cpuRatio)}× Switchyard's server CPU per update (${userRatio ? f1(userRatio) : 'n/a'}× in user space)` : '') +
-      (bound ? '; **client-bound** (the client\'s event loop is saturated while the server core is not): the updates/s ratio measures the client, the server CPU per update compares the servers' : ''));
+      (bound ? '; **client-bound** (the client is busy > 90 % of the time while the server core is not saturated): the updates/s ratio measures the client, the server CPU per update compares the servers' : ''));
   }
 }
 if (verdicts.length) out.push(...verdicts, '');
