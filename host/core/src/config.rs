@@ -479,6 +479,18 @@ pub struct PolicyConfig {
     /// Memory cap override (bytes).
     #[serde(default)]
     pub memory_limit: Option<usize>,
+    /// A second plugin of the same role run on the same inputs off the hot
+    /// path; its decisions are compared with the serving one's and never
+    /// take effect.
+    #[serde(default)]
+    pub shadow: Option<String>,
+    /// Share of calls the shadow also gets, 0.0-1.0.
+    #[serde(default = "default_shadow_sample")]
+    pub shadow_sample: f64,
+}
+
+fn default_shadow_sample() -> f64 {
+    1.0
 }
 
 fn default_on_error() -> OnError {
@@ -596,6 +608,25 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "tenants.{id}: tenant ids are 1-64 characters of [A-Za-z0-9_-]"
                 )));
+            }
+            let p = &t.policies;
+            for (role, policy) in [
+                ("auth", &p.auth),
+                ("router", &p.router),
+                ("rate_limit", &p.rate_limit),
+                ("merge", &p.merge),
+            ] {
+                let Some(policy) = policy else { continue };
+                if !(0.0..=1.0).contains(&policy.shadow_sample) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenants.{id}.policies.{role}.shadow_sample must be between 0.0 and 1.0"
+                    )));
+                }
+                if policy.shadow.as_deref() == Some(policy.plugin.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "tenants.{id}.policies.{role}.shadow names the serving plugin itself"
+                    )));
+                }
             }
             for (i, l) in t.channel_limits.iter().enumerate() {
                 if l.rate == 0 || l.burst == Some(0) || l.pattern.is_empty() {

@@ -54,6 +54,19 @@ pub(crate) struct Caller<B> {
     pub placement: Placement,
 }
 
+/// The `switchyard.outcome` of a plugin span: the call metric's outcome label.
+fn outcome_name(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Ok => "ok",
+        Outcome::Denied => "denied",
+        Outcome::Error => "error",
+        Outcome::Timeout => "timeout",
+        Outcome::Trap => "trap",
+        Outcome::CoolingDown => "cooling_down",
+        Outcome::Busy => "busy",
+    }
+}
+
 impl<B: RoleInstance> Caller<B> {
     /// Runs one call, timing and counting it; `denied` tells whether an answer is a refusal.
     fn run<R>(
@@ -61,8 +74,18 @@ impl<B: RoleInstance> Caller<B> {
         f: impl FnOnce(&mut Store<PluginState>, &B) -> Result<R, CallError>,
         denied: impl FnOnce(&R) -> bool,
     ) -> Result<R, CallError> {
+        // One relaxed load when tracing is off.
+        let span = if switchyard_core::telemetry::enabled() {
+            switchyard_core::telemetry::plugin_span(self.role, &self.plugin, &self.tenant)
+        } else {
+            None
+        };
         if !self.breaker.is_closed() && !self.breaker.allows(std::time::Instant::now()) {
             self.metrics.count(Outcome::CoolingDown);
+            crate::shadow::note_failure();
+            if let Some(s) = span {
+                s.outcome(outcome_name(Outcome::CoolingDown));
+            }
             return Err(CallError::Unavailable(format!(
                 "{} plugin {} is cooling down after repeated crashes",
                 self.role, self.plugin
@@ -70,7 +93,10 @@ impl<B: RoleInstance> Caller<B> {
         }
         let start = Instant::now();
         let r = self.placed(|| self.pool.call(f));
-        self.record(start, &r, denied);
+        let outcome = self.record(start, &r, denied);
+        if let Some(s) = span {
+            s.outcome(outcome_name(outcome));
+        }
         r
     }
 
@@ -87,7 +113,12 @@ impl<B: RoleInstance> Caller<B> {
 
     /// Times with the TSC (`quanta`): two `clock_gettime` calls were a sixth of
     /// the host's share of a small call.
-    fn record<R>(&self, start: Instant, r: &Result<R, CallError>, denied: impl FnOnce(&R) -> bool) {
+    fn record<R>(
+        &self,
+        start: Instant,
+        r: &Result<R, CallError>,
+        denied: impl FnOnce(&R) -> bool,
+    ) -> Outcome {
         self.metrics.duration.observe(start.elapsed().as_secs_f64());
         let outcome = match r {
             Ok(v) if denied(v) => Outcome::Denied,
@@ -114,6 +145,9 @@ impl<B: RoleInstance> Caller<B> {
             }
             _ => {}
         }
+        if !matches!(outcome, Outcome::Ok | Outcome::Denied) {
+            crate::shadow::note_failure();
+        }
         if let Err(e) = r {
             tracing::warn!(
                 plugin = &*self.plugin,
@@ -123,6 +157,7 @@ impl<B: RoleInstance> Caller<B> {
                 "plugin call failed: {e}"
             );
         }
+        outcome
     }
 
     fn failed(&self, e: &CallError) -> Denial {

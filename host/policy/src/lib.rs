@@ -21,6 +21,7 @@ mod metrics;
 mod pool;
 mod registry;
 mod role;
+pub mod shadow;
 mod watch;
 
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub use adapters::{
 pub use engine::{EPOCH_TICK, LoadError, MAX_PLUGIN_BYTES, POOL_INSTANCES};
 pub use metrics::{CallLabels, PluginLabel, RoleLabels};
 pub use pool::CallError;
-pub use registry::Status;
+pub use registry::{PromoteError, Status};
 pub use role::Role;
 
 /// Loads plugins from `plugins.dir`, applies tenant policy mappings and keeps them fresh.
@@ -100,5 +101,18 @@ impl PluginHost {
     /// serving), `removed`, or `missing` (mapped but no such file).
     pub fn status_json(&self) -> serde_json::Value {
         self.registry.status_json()
+    }
+
+    /// `GET /admin/shadow` body: `{"shadows":[{"tenant","role","plugin","shadow",
+    /// "sample","calls","same","differ","errors","dropped","last_differences"}],
+    /// "promoted":[{"tenant","role","plugin","instead_of"}]}`.
+    pub fn shadow_json(&self) -> serde_json::Value {
+        self.registry.shadow_json()
+    }
+
+    /// `POST /admin/shadow/promote`: makes `tenant`'s shadow for `role` the
+    /// serving plugin (returns its name); no connection is dropped.
+    pub fn promote(&self, tenant: &str, role: &str) -> Result<String, PromoteError> {
+        self.registry.promote(tenant, role)
     }
 }

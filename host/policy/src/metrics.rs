@@ -1,7 +1,8 @@
 //! Plugin metric families, registered into the node's registry:
 //! `switchyard_plugin_calls_total{plugin,role,outcome}`,
 //! `switchyard_plugin_call_duration_seconds{plugin,role}`,
-//! `switchyard_plugin_load_failures_total{plugin}`.
+//! `switchyard_plugin_load_failures_total{plugin}`,
+//! `switchyard_plugin_shadow_total{tenant,role,plugin,verdict}`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +33,19 @@ pub struct RoleLabels {
     pub role: &'static str,
 }
 
+/// Labels of `plugin_shadow_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    /// Tenant.
+    pub tenant: String,
+    /// Role.
+    pub role: &'static str,
+    /// The shadow plugin.
+    pub plugin: String,
+    /// `same`, `differ`, `error`, or `dropped` (queue full: not run).
+    pub verdict: &'static str,
+}
+
 /// Labels of `plugin_load_failures_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PluginLabel {
@@ -52,6 +66,7 @@ pub(crate) struct PluginMetrics {
     calls: Family<CallLabels, Counter>,
     duration: HistogramFamily,
     load_failures: Family<PluginLabel, Counter>,
+    shadow: Family<ShadowLabels, Counter>,
 }
 
 /// What happened to one call.
@@ -103,7 +118,13 @@ impl PluginMetrics {
             calls: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             load_failures: Family::default(),
+            shadow: Family::default(),
         };
+        metrics.register(
+            "switchyard_plugin_shadow",
+            "Shadow plugin calls by tenant, role, shadow plugin and verdict (same, differ, error, dropped)",
+            m.shadow.clone(),
+        );
         metrics.register(
             "switchyard_plugin_calls",
             "Plugin calls by plugin, role and outcome (ok, denied, error, timeout, trap, cooling_down, busy)",
@@ -120,6 +141,31 @@ impl PluginMetrics {
             m.load_failures.clone(),
         );
         m
+    }
+
+    /// The shadow counters of `plugin` shadowing `tenant`'s `role`.
+    pub(crate) fn shadow_counters(
+        &self,
+        tenant: &str,
+        role: Role,
+        plugin: &str,
+    ) -> crate::shadow::ShadowCounters {
+        let c = |verdict| {
+            self.shadow
+                .get_or_create(&ShadowLabels {
+                    tenant: tenant.to_owned(),
+                    role: role.as_str(),
+                    plugin: plugin.to_owned(),
+                    verdict,
+                })
+                .clone()
+        };
+        crate::shadow::ShadowCounters {
+            same: c("same"),
+            differ: c("differ"),
+            error: c("error"),
+            dropped: c("dropped"),
+        }
     }
 
     /// Counters for `plugin` in `role`.

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 use switchyard_core::Node;
 use switchyard_core::config::{OnError, PluginsConfig, PolicyConfig};
-use switchyard_core::policy::{BuiltIn, PolicySet};
+use switchyard_core::policy::{AuthPolicy, BuiltIn, PolicySet, RateLimitPolicy, RouterPolicy};
 use switchyard_core::tenant::Tenant;
 
 use crate::adapters::{Caller, Unavailable, WasmAuth, WasmMerge, WasmRateLimit, WasmRouter};
@@ -25,6 +25,9 @@ use crate::kv::KvStore;
 use crate::metrics::PluginMetrics;
 use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
 use crate::role::Role;
+use crate::shadow::{
+    Lane, ShadowPolicy, ShadowStats, ShadowedAuth, ShadowedRateLimit, ShadowedRouter,
+};
 
 /// Largest memory cap a policy may ask for (32-bit linear memory).
 const MAX_MEMORY_LIMIT: usize = 4 << 30;
@@ -64,6 +67,7 @@ struct PluginEntry {
 
 /// What a tenant's role is bound to.
 #[derive(Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // a few per tenant, built on reload only
 enum Binding {
     BuiltIn,
     Plugin {
@@ -71,10 +75,38 @@ enum Binding {
         policy: PolicyConfig,
         limits: Limits,
         kv_max: usize,
+        /// The loaded shadow plugin (`shadow = …`), if any.
+        shadow: Option<ShadowBinding>,
     },
     Refuse {
         reason: String,
     },
+}
+
+/// Why a promotion was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteError {
+    /// Unknown role name (HTTP 400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such tenant, or no shadow running for that role (HTTP 404).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// A shadow plugin a binding runs beside the serving one ([`crate::shadow`]).
+#[derive(Debug, Clone, PartialEq)]
+struct ShadowBinding {
+    plugin: String,
+    hash: ContentHash,
+}
+
+/// `POST /admin/shadow/promote`: the tenant role whose config maps `plugin`
+/// with `shadow` serves the shadow instead, until that mapping changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Promotion {
+    plugin: String,
+    shadow: String,
 }
 
 struct TenantInstall {
@@ -100,6 +132,10 @@ struct State {
     budgets: HashMap<String, Arc<TenantBudget>>,
     /// The breaker of each tenant's plugin-served role, for the listing.
     breakers: HashMap<(String, Role), Arc<Breaker>>,
+    /// Shadowed tenant roles, for `GET /admin/shadow`.
+    shadows: HashMap<(String, Role), Arc<ShadowStats>>,
+    /// Promoted shadows.
+    promoted: HashMap<(String, Role), Promotion>,
 }
 
 /// Shared by the `PluginHost`, its watcher and its reload path.
@@ -142,6 +178,8 @@ impl Registry {
                 issues: Vec::new(),
                 budgets: HashMap::new(),
                 breakers: HashMap::new(),
+                shadows: HashMap::new(),
+                promoted: HashMap::new(),
             }),
             scan_lock: tokio::sync::Mutex::new(()),
         }
@@ -292,6 +330,10 @@ impl Registry {
         }
         st.installed
             .retain(|id, _| tenants.iter().any(|t| &*t.id == id.as_str()));
+        let live = |id: &str| tenants.iter().any(|t| &*t.id == id);
+        st.shadows.retain(|(id, _), _| live(id));
+        st.promoted.retain(|(id, _), _| live(id));
+        st.breakers.retain(|(id, _), _| live(id));
         for i in &st.issues {
             tracing::warn!(
                 tenant = %i.tenant,
@@ -313,6 +355,17 @@ impl Registry {
         ];
         let bindings: [Binding; 4] =
             std::array::from_fn(|i| self.binding(st, &tenant.id, Role::ALL[i], mappings[i]));
+        for (b, role) in bindings.iter().zip(Role::ALL) {
+            if !matches!(
+                b,
+                Binding::Plugin {
+                    shadow: Some(_),
+                    ..
+                }
+            ) {
+                st.shadows.remove(&(tenant.id.to_string(), role));
+            }
+        }
         let old = st.installed.remove(&*tenant.id);
         if let Some(o) = old.as_ref().filter(|o| o.bindings == bindings) {
             let set = o.set.clone();
@@ -335,21 +388,36 @@ impl Registry {
                             .for_call(mappings[0].map_or("", |p| p.plugin.as_str()), Role::Auth),
                     }),
                     Binding::Plugin { .. } => {
-                        Arc::new(WasmAuth(self.caller(st, tenant, Role::Auth, &bindings[0])))
+                        let serving: Arc<dyn AuthPolicy> =
+                            Arc::new(WasmAuth(self.caller(st, tenant, Role::Auth, &bindings[0])));
+                        match self.shadow_lane(st, tenant, Role::Auth, &bindings[0]) {
+                            Some(lane) => Arc::new(ShadowedAuth { serving, lane }),
+                            None => serving,
+                        }
                     }
                 },
             },
             router: match (reuse(1), &bindings[1]) {
                 (Some(s), _) => s.router.clone(),
                 (None, b @ Binding::Plugin { .. }) => {
-                    Arc::new(WasmRouter(self.caller(st, tenant, Role::Router, b)))
+                    let serving: Arc<dyn RouterPolicy> =
+                        Arc::new(WasmRouter(self.caller(st, tenant, Role::Router, b)));
+                    match self.shadow_lane(st, tenant, Role::Router, b) {
+                        Some(lane) => Arc::new(ShadowedRouter { serving, lane }),
+                        None => serving,
+                    }
                 }
                 (None, _) => builtin.clone(),
             },
             rate_limit: match (reuse(2), &bindings[2]) {
                 (Some(s), _) => s.rate_limit.clone(),
                 (None, b @ Binding::Plugin { .. }) => {
-                    Arc::new(WasmRateLimit(self.caller(st, tenant, Role::RateLimit, b)))
+                    let serving: Arc<dyn RateLimitPolicy> =
+                        Arc::new(WasmRateLimit(self.caller(st, tenant, Role::RateLimit, b)));
+                    match self.shadow_lane(st, tenant, Role::RateLimit, b) {
+                        Some(lane) => Arc::new(ShadowedRateLimit { serving, lane }),
+                        None => serving,
+                    }
                 }
                 (None, _) => builtin.clone(),
             },
@@ -374,7 +442,27 @@ impl Registry {
         policy: Option<&PolicyConfig>,
     ) -> Binding {
         let Some(policy) = policy else {
+            st.promoted.remove(&(tenant.to_owned(), role));
             return Binding::BuiltIn;
+        };
+        let promoted;
+        let policy = match st.promoted.get(&(tenant.to_owned(), role)) {
+            Some(p)
+                if p.plugin == policy.plugin && policy.shadow.as_deref() == Some(&*p.shadow) =>
+            {
+                promoted = PolicyConfig {
+                    plugin: p.shadow.clone(),
+                    shadow: None,
+                    ..policy.clone()
+                };
+                &promoted
+            }
+            Some(_) => {
+                // The mapping changed since the promotion: the config rules again.
+                st.promoted.remove(&(tenant.to_owned(), role));
+                policy
+            }
+            None => policy,
         };
         let entry = st.plugins.get(&policy.plugin);
         let problem = match entry.and_then(|e| e.serving.as_ref()) {
@@ -389,11 +477,14 @@ impl Registry {
                         .unwrap_or(st.defaults.memory_limit)
                         .min(MAX_MEMORY_LIMIT),
                 };
+                let hash = c.hash;
+                let shadow = self.shadow_binding(st, tenant, role, policy);
                 return Binding::Plugin {
-                    hash: c.hash,
+                    hash,
                     policy: policy.clone(),
                     limits,
                     kv_max: st.defaults.kv_max_entries,
+                    shadow,
                 };
             }
             Some(c) => format!(
@@ -428,6 +519,94 @@ impl Registry {
         }
     }
 
+    /// The shadow of `policy`, when one is mapped and can run (else a
+    /// mapping issue says why not; serving is unaffected).
+    fn shadow_binding(
+        &self,
+        st: &mut State,
+        tenant: &str,
+        role: Role,
+        policy: &PolicyConfig,
+    ) -> Option<ShadowBinding> {
+        let name = policy.shadow.as_ref()?;
+        let problem = match st.plugins.get(name).and_then(|e| e.serving.as_ref()) {
+            _ if role == Role::Merge => {
+                "merge documents are not shadowed (their state lives in the serving plugin)"
+                    .to_owned()
+            }
+            Some(c) if c.role == role => {
+                return Some(ShadowBinding {
+                    plugin: name.clone(),
+                    hash: c.hash,
+                });
+            }
+            Some(c) => format!(
+                "shadow plugin {name} implements the {} role, not {role}",
+                c.role
+            ),
+            None => format!("shadow plugin {name} is not loaded"),
+        };
+        st.issues.push(MappingIssue {
+            tenant: tenant.to_owned(),
+            role,
+            plugin: name.clone(),
+            message: format!("{problem}; no shadow runs"),
+        });
+        None
+    }
+
+    /// Starts the shadow lane of a binding that has a shadow: the shadow
+    /// plugin's adapter on its own thread, and its stats in the listing.
+    fn shadow_lane(
+        &self,
+        st: &mut State,
+        tenant: &Tenant,
+        role: Role,
+        binding: &Binding,
+    ) -> Option<Lane> {
+        let Binding::Plugin {
+            policy,
+            limits,
+            kv_max,
+            shadow: Some(sb),
+            ..
+        } = binding
+        else {
+            return None;
+        };
+        let (l, k) = (*limits, *kv_max);
+        let target = match role {
+            Role::Auth => ShadowPolicy::Auth(Arc::new(WasmAuth(
+                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
+            ))),
+            Role::Router => ShadowPolicy::Router(Arc::new(WasmRouter(
+                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
+            ))),
+            Role::RateLimit => ShadowPolicy::RateLimit(Arc::new(WasmRateLimit(
+                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
+            ))),
+            Role::Merge => return None,
+        };
+        let stats = Arc::new(ShadowStats::new(
+            &tenant.id,
+            role.as_str(),
+            &policy.plugin,
+            &sb.plugin,
+            policy.shadow_sample,
+            self.metrics.shadow_counters(&tenant.id, role, &sb.plugin),
+        ));
+        match Lane::start(target, stats.clone()) {
+            Ok(lane) => {
+                st.shadows.insert((tenant.id.to_string(), role), stats);
+                Some(lane)
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %tenant.id, %role, shadow = %sb.plugin, error = %e, "cannot start the shadow thread; no shadow runs");
+                None
+            }
+        }
+    }
+
     fn caller<B: RoleInstance>(
         &self,
         st: &mut State,
@@ -444,21 +623,50 @@ impl Registry {
         else {
             unreachable!("caller() is only built for plugin bindings")
         };
+        self.build_caller(
+            st,
+            tenant,
+            role,
+            &policy.plugin,
+            policy,
+            *limits,
+            *kv_max,
+            true,
+        )
+    }
+
+    /// A caller of `plugin` for `tenant` in `role`, with `policy`'s config and
+    /// failure decision; `serving` callers are listed (breaker) in
+    /// `/admin/plugins`, shadow ones decide `deny` on failure and are not.
+    #[allow(clippy::too_many_arguments)]
+    fn build_caller<B: RoleInstance>(
+        &self,
+        st: &mut State,
+        tenant: &Tenant,
+        role: Role,
+        plugin_name: &str,
+        policy: &PolicyConfig,
+        limits: Limits,
+        kv_max: usize,
+        serving: bool,
+    ) -> Caller<B> {
         let compiled = st
             .plugins
-            .get(&policy.plugin)
+            .get(plugin_name)
             .and_then(|e| e.serving.clone())
             .expect("binding() checked the plugin is serving");
         let kv = st
             .kv
-            .entry((policy.plugin.clone(), tenant.id.to_string()))
-            .or_insert_with(|| Arc::new(KvStore::new(*kv_max)))
+            .entry((plugin_name.to_owned(), tenant.id.to_string()))
+            .or_insert_with(|| Arc::new(KvStore::new(kv_max)))
             .clone();
         let budget = budget_for(st, &tenant.id);
         let breaker = Arc::new(Breaker::default());
-        st.breakers
-            .insert((tenant.id.to_string(), role), breaker.clone());
-        let plugin: Arc<str> = Arc::from(policy.plugin.as_str());
+        if serving {
+            st.breakers
+                .insert((tenant.id.to_string(), role), breaker.clone());
+        }
+        let plugin: Arc<str> = Arc::from(plugin_name);
         let scope = Arc::new(Scope {
             plugin: plugin.clone(),
             tenant: tenant.id.clone(),
@@ -466,10 +674,14 @@ impl Registry {
             kv,
         });
         Caller {
-            pool: InstancePool::new(compiled, scope, *limits, budget.clone()),
+            pool: InstancePool::new(compiled, scope, limits, budget.clone()),
             placement: Placement::new(budget),
-            on_error: policy.on_error,
-            metrics: self.metrics.for_call(&policy.plugin, role),
+            on_error: if serving {
+                policy.on_error
+            } else {
+                OnError::Deny
+            },
+            metrics: self.metrics.for_call(plugin_name, role),
             plugin,
             tenant: tenant.id.clone(),
             role: role.as_str(),
@@ -521,6 +733,64 @@ impl Registry {
             }
         }?;
         Ok(start.elapsed())
+    }
+
+    /// `GET /admin/shadow` body.
+    pub(crate) fn shadow_json(&self) -> serde_json::Value {
+        let st = self.state.lock();
+        let mut shadows: Vec<_> = st.shadows.values().map(|s| s.json()).collect();
+        shadows.sort_by(|a, b| {
+            (a["tenant"].as_str(), a["role"].as_str())
+                .cmp(&(b["tenant"].as_str(), b["role"].as_str()))
+        });
+        let mut promoted: Vec<_> = st
+            .promoted
+            .iter()
+            .map(|((t, r), p)| json!({"tenant": t, "role": r.as_str(), "plugin": p.shadow, "instead_of": p.plugin}))
+            .collect();
+        promoted.sort_by_key(|v| v.to_string());
+        json!({"shadows": shadows, "promoted": promoted})
+    }
+
+    /// `POST /admin/shadow/promote`: `tenant`'s `role` serves its shadow from
+    /// now on (until its mapping in the config changes); the policy set is
+    /// swapped atomically, connections stay.
+    pub(crate) fn promote(&self, tenant: &str, role: &str) -> Result<String, PromoteError> {
+        let role = Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == role)
+            .ok_or_else(|| PromoteError::BadRequest(format!("unknown role {role:?}")))?;
+        {
+            let mut st = self.state.lock();
+            let inst = st
+                .installed
+                .get(tenant)
+                .ok_or_else(|| PromoteError::NotFound(format!("no tenant {tenant:?}")))?;
+            let idx = Role::ALL.iter().position(|r| *r == role).expect("a role");
+            let Binding::Plugin {
+                policy,
+                shadow: Some(sb),
+                ..
+            } = &inst.bindings[idx]
+            else {
+                return Err(PromoteError::NotFound(format!(
+                    "tenant {tenant} has no running shadow for {role}"
+                )));
+            };
+            let promotion = Promotion {
+                plugin: policy.plugin.clone(),
+                shadow: sb.plugin.clone(),
+            };
+            tracing::info!(tenant, %role, from = %promotion.plugin, to = %promotion.shadow, "shadow promoted to serving");
+            st.promoted.insert((tenant.to_owned(), role), promotion);
+        }
+        self.install();
+        let st = self.state.lock();
+        Ok(st
+            .promoted
+            .get(&(tenant.to_owned(), role))
+            .map(|p| p.shadow.clone())
+            .unwrap_or_default())
     }
 
     /// `GET /admin/plugins` body.

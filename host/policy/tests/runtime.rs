@@ -707,3 +707,118 @@ async fn a_tenant_is_held_to_its_instance_budget() {
         .expect("tenant a listed");
     assert_eq!(a_entry["tenant_instances"]["max"], 2, "{used}");
 }
+
+/// Waits (bounded) until the shadow listing entry of `tenant` says `calls`.
+async fn shadow_entry(env: &Env, tenant: &str, calls: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = env.host.shadow_json();
+        let e = v["shadows"]
+            .as_array()
+            .and_then(|a| a.iter().find(|e| e["tenant"] == tenant).cloned());
+        if let Some(e) = e.filter(|e| e["calls"] == calls) {
+            return e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shadow never reached {calls} calls: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// v1 serves, v2 shadows: every decision is v1's, the shadow's are compared
+/// (exact counts at sample 1.0), the differing inputs are listed, and a
+/// promotion makes v2 serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_is_compared_never_served_and_can_be_promoted() {
+    let env = Env::start(
+        "[tenants.default.policies.router]\nplugin = \"v1\"\nshadow = \"v2\"\n",
+        &[("router-v1", "v1"), ("router-v2", "v2")],
+        false,
+    )
+    .await;
+    let p = env.policies("default");
+    // room:* differ (v1 vs v2 payloads); drop:* and deny are the same.
+    for i in 0..10 {
+        let r = route(&p, &format!("room:{i}"), "{\"x\":1}");
+        assert_eq!(routed_version(&r), Some(1), "v1 decides");
+    }
+    for _ in 0..5 {
+        assert!(matches!(route(&p, "drop:x", "1"), Ok(Route::To(t)) if t.is_empty()));
+        assert!(matches!(route(&p, "deny", "1"), Err(Denial::Forbidden(_))));
+    }
+    let e = shadow_entry(&env, "default", 20).await;
+    assert_eq!(
+        (&e["same"], &e["differ"], &e["errors"], &e["dropped"]),
+        (&json(10), &json(10), &json(0), &json(0)),
+        "{e}"
+    );
+    assert_eq!(
+        (&e["plugin"], &e["shadow"], &e["role"]),
+        (&json("v1"), &json("v2"), &json("router"))
+    );
+    let d = &e["last_differences"][0];
+    assert_eq!(d["input"]["channel"], "room:0", "{d}");
+    assert_eq!(d["input"]["principal"]["claims"], "[redacted]", "{d}");
+    assert!(d["serving"].to_string().contains("\\\"v\\\":1"), "{d}");
+    assert!(d["shadow"].to_string().contains("\\\"v\\\":2"), "{d}");
+    let metrics = env.node.metrics.encode();
+    assert!(
+        metrics.contains(
+            "switchyard_plugin_shadow_total{tenant=\"default\",role=\"router\",plugin=\"v2\",verdict=\"differ\"} 10"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        env.host.promote("default", "auth").is_err(),
+        "no shadow for auth"
+    );
+    assert!(env.host.promote("nope", "router").is_err());
+    assert_eq!(
+        env.host.promote("default", "router").expect("promote"),
+        "v2"
+    );
+    let p = env.policies("default");
+    assert_eq!(
+        routed_version(&route(&p, "room:1", "1")),
+        Some(2),
+        "v2 serves"
+    );
+    let v = env.host.shadow_json();
+    assert_eq!(v["promoted"][0]["plugin"], "v2", "{v}");
+    assert_eq!(
+        v["shadows"].as_array().map(Vec::len),
+        Some(0),
+        "no shadow runs after promotion: {v}"
+    );
+}
+
+/// A shadow that loops or traps never affects the serving calls: they answer
+/// at once while the shadow burns its deadline on its own thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_never_touches_the_serving_calls() {
+    let env = Env::start(
+        "[tenants.default.policies.router]\nplugin = \"v1\"\nshadow = \"bad\"\ncall_timeout = \"300ms\"\n",
+        &[("router-v1", "v1"), ("misbehave", "bad")],
+        false,
+    )
+    .await;
+    let p = env.policies("default");
+    for ch in ["t:loop", "t:trap", "t:loop"] {
+        assert_eq!(
+            routed_version(&route(&p, ch, "1")),
+            Some(1),
+            "v1 decides {ch}"
+        );
+    }
+    // All three serving calls were answered while the first shadow call
+    // still spins (300 ms each): the serving path never waited for it.
+    let e = shadow_entry(&env, "default", 3).await;
+    assert_eq!(e["errors"], 3, "{e}");
+    assert_eq!(env.metric("v1", "router", "ok"), 3);
+}
+
+fn json<T: Into<serde_json::Value>>(v: T) -> serde_json::Value {
+    v.into()
+}
