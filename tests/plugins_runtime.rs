@@ -390,11 +390,15 @@ async fn a_slow_tenant_plugin_does_not_stall_other_tenants() {
     for _ in 0..3 {
         slow.push(Client::connect(&gw.ws_url("/ws/a")).await);
     }
-    // One slow call (5 ms, inline) teaches the gateway that a's router is slow.
-    slow[0]
-        .send_json(json!({"type":"publish","id":1,"channel":"t:slow:5","data":1}))
-        .await;
-    assert_eq!(slow[0].recv_type("ack").await["id"], 1);
+    // Two slow calls (20 ms each, inline) teach the gateway that a's router
+    // is slow: the first is long on the wall clock, the second's CPU time
+    // confirms it.
+    for id in 1..=2 {
+        slow[0]
+            .send_json(json!({"type":"publish","id":id,"channel":"t:slow:20","data":1}))
+            .await;
+        assert_eq!(slow[0].recv_type("ack").await["id"], id);
+    }
     for (i, c) in slow.iter_mut().enumerate() {
         c.send_json(json!({"type":"publish","id":10 + i,"channel":"t:slow:6000","data":1}))
             .await;
@@ -416,7 +420,7 @@ async fn a_slow_tenant_plugin_does_not_stall_other_tenants() {
     let ok = gw.get("/metrics").await.1;
     assert!(
         !ok.contains(
-            "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"ok\"} 3"
+            "switchyard_plugin_calls_total{plugin=\"misbehave\",role=\"router\",outcome=\"ok\"} 4"
         ),
         "tenant b was served only after a's slow calls had finished:\n{ok}"
     );

@@ -4,9 +4,11 @@
 //! Rules (each has a named test below):
 //! - **Fast calls run inline** on the connection's task: a call is a few
 //!   microseconds, and handing it to another thread costs ~12 µs.
-//! - **Slow callers run off the event loop.** A call that took at least
-//!   [`SLOW_CALL`] marks its caller (tenant + role + plugin) slow for
-//!   [`SLOW_FOR`], renewed by every further slow call. A slow caller's calls
+//! - **Slow callers run off the event loop.** A caller (tenant + role +
+//!   plugin) whose calls burn at least [`SLOW_CALL`] of CPU is slow for
+//!   [`SLOW_FOR`], renewed by every further slow call (CPU time, checked once
+//!   a call was long on the wall clock, so preemption on a loaded machine does
+//!   not make a fast plugin slow). A slow caller's calls
 //!   run under `tokio::task::block_in_place`: the worker hands its queue to
 //!   another thread first, so other tenants' connections go on being served
 //!   while the call runs. The price of discovery is the first slow call per
@@ -19,7 +21,7 @@
 //!   take the whole instance pool from the others.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use quanta::Instant;
@@ -124,6 +126,8 @@ pub struct Placement {
     /// Nanoseconds (on the [`origin`] clock) until which the caller counts as
     /// slow; 0 = fast.
     slow_until: AtomicU64,
+    /// A call took long on the wall clock: the next one measures its CPU time.
+    suspect: AtomicBool,
 }
 
 /// A fixed origin so instants fit in an `AtomicU64`.
@@ -143,6 +147,7 @@ impl Placement {
         Self {
             budget,
             slow_until: AtomicU64::new(0),
+            suspect: AtomicBool::new(false),
         }
     }
 
@@ -158,25 +163,72 @@ impl Placement {
 
     /// Runs `f` inline or, for a slow caller on a multi-threaded runtime,
     /// under `block_in_place`; `Err(Busy)` without running it when the tenant
-    /// already has its limit of off-loop calls. Marks the caller slow when the
-    /// call took at least [`SLOW_CALL`].
+    /// already has its limit of off-loop calls.
+    ///
+    /// Slowness is judged by the CPU time a call burns, not its wall time (a
+    /// fast call on a loaded machine can take long when its thread is
+    /// preempted): a call whose wall time reaches [`SLOW_CALL`] makes the
+    /// caller *suspect*, and the next call reads the thread's CPU clock around
+    /// itself; at least [`SLOW_CALL`] of CPU marks the caller slow, less clears
+    /// the suspicion. Calls of a slow caller are measured the same way and
+    /// renew the mark only while they stay slow. Fast callers never read the
+    /// CPU clock.
     pub fn run<R>(&self, f: impl FnOnce() -> R) -> Result<R, Busy> {
         let start = Instant::now();
-        let r = if self.is_slow(start) && can_block_in_place() {
+        let slow = self.is_slow(start);
+        let measure = slow || self.suspect.load(Ordering::Relaxed);
+        let (r, cpu) = if slow && can_block_in_place() {
             let _permit = self.budget.off_loop().ok_or(Busy)?;
-            tokio::task::block_in_place(f)
+            // `block_in_place` runs `f` on this thread: its CPU clock is `f`'s.
+            tokio::task::block_in_place(|| timed_cpu(measure, f))
         } else {
-            f()
+            timed_cpu(measure, f)
         };
         let end = Instant::now();
-        if end.saturating_duration_since(start) >= SLOW_CALL {
-            self.slow_until.store(
-                nanos(end).saturating_add(SLOW_FOR.as_nanos() as u64),
-                Ordering::Relaxed,
-            );
+        let wall = end.saturating_duration_since(start);
+        match cpu {
+            Some(cpu) => {
+                self.suspect.store(false, Ordering::Relaxed);
+                if cpu >= SLOW_CALL {
+                    self.slow_until.store(
+                        nanos(end).saturating_add(SLOW_FOR.as_nanos() as u64),
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            None if wall >= SLOW_CALL => self.suspect.store(true, Ordering::Relaxed),
+            None => {}
         }
         Ok(r)
     }
+}
+
+/// Runs `f`, with the CPU time this thread spent in it when `measure` (the
+/// wall time where the thread clock cannot be read).
+fn timed_cpu<R>(measure: bool, f: impl FnOnce() -> R) -> (R, Option<Duration>) {
+    if !measure {
+        return (f(), None);
+    }
+    let (c0, w0) = (thread_cpu(), Instant::now());
+    let r = f();
+    let cpu = match (c0, thread_cpu()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => w0.elapsed(),
+    };
+    (r, Some(cpu))
+}
+
+/// This thread's CPU clock.
+fn thread_cpu() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only the timespec we pass, which lives on
+    // this stack frame for the call.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// `block_in_place` needs a multi-threaded runtime (it panics on a
@@ -190,9 +242,10 @@ fn can_block_in_place() -> bool {
 mod tests {
     use super::*;
 
+    /// Burns `d` of this thread's CPU (not wall) time.
     fn spin(d: Duration) {
-        let t = std::time::Instant::now();
-        while t.elapsed() < d {
+        let t = thread_cpu().expect("thread CPU clock");
+        while thread_cpu().expect("thread CPU clock") - t < d {
             std::hint::spin_loop();
         }
     }
@@ -207,17 +260,31 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_call_marks_its_caller_slow_for_a_while() {
+    fn a_long_call_makes_its_caller_suspect_and_a_cpu_heavy_one_slow_for_a_while() {
         let p = Placement::new(Arc::new(TenantBudget::new(1, 1)));
         p.run(|| spin(SLOW_CALL * 2)).unwrap();
+        assert!(!p.is_slow(Instant::now()), "one long call is only suspect");
+        p.run(|| spin(SLOW_CALL * 2)).unwrap();
         let now = Instant::now();
-        assert!(p.is_slow(now));
+        assert!(p.is_slow(now), "its CPU time confirmed it");
         assert!(!p.is_slow(now + SLOW_FOR + Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_call_long_on_the_wall_clock_but_not_in_cpu_does_not_make_it_slow() {
+        let p = Placement::new(Arc::new(TenantBudget::new(1, 1)));
+        // Sleeping: the wall clock runs, the thread's CPU clock does not
+        // (as when a fast call's thread is preempted).
+        for _ in 0..3 {
+            p.run(|| std::thread::sleep(SLOW_CALL * 3)).unwrap();
+        }
+        assert!(!p.is_slow(Instant::now()));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn slow_callers_run_off_the_event_loop_so_other_tasks_go_on() {
         let p = Arc::new(Placement::new(Arc::new(TenantBudget::new(4, 1))));
+        p.run(|| spin(SLOW_CALL * 2)).unwrap();
         p.run(|| spin(SLOW_CALL * 2)).unwrap();
         // Both workers run a slow call; a third task is still served meanwhile.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -248,6 +315,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn off_loop_calls_beyond_the_tenant_limit_are_refused_as_busy() {
         let p = Arc::new(Placement::new(Arc::new(TenantBudget::new(1, 1))));
+        p.run(|| spin(SLOW_CALL * 2)).unwrap();
         p.run(|| spin(SLOW_CALL * 2)).unwrap();
         let (entered_tx, entered_rx) = tokio::sync::oneshot::channel();
         let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
