@@ -439,3 +439,118 @@ async fn a_slow_tenant_plugin_does_not_stall_other_tenants() {
     }
     assert_eq!((acks, busy), (2, 1));
 }
+
+/// `GET /admin/shadow` as JSON.
+async fn admin_shadow(gw: &Gateway) -> Value {
+    let (status, body) = switchyard_tests::http(
+        gw.addr,
+        "GET",
+        "/admin/shadow",
+        &[("authorization", "Bearer adm")],
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
+}
+
+/// v1 serves and v2 shadows, through the real gateway: every message is
+/// routed by v1, `/admin/shadow` counts exactly (sample 1.0) and lists the
+/// differing inputs, and a promotion makes v2 serve on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_router_is_compared_and_promoted_without_dropping_a_connection() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "v1", &read(&fixture("router-v1")));
+    deploy(&plugins, "v2", &read(&fixture("router-v2")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n[admin]\ntoken = \"adm\"\n\
+         [tenants.default.policies.router]\nplugin = \"v1\"\nshadow = \"v2\"\n",
+        plugins.display().to_string()
+    ));
+    let mut c = Client::connect(&gw.ws_url("/ws")).await;
+    c.subscribe(1, "room:1").await;
+    for id in 10..20u64 {
+        let routed = publish_roundtrip(&mut c, id, "room:1", json!({"id": id}))
+            .await
+            .expect("publish");
+        assert_eq!(routed["v"], 1, "v1 serves");
+    }
+    // drop:* is dropped by both: the same decision.
+    for id in 30..35u64 {
+        c.send_json(json!({"type":"publish","id":id,"channel":"drop:x","data":1}))
+            .await;
+        assert_eq!(c.recv_type("ack").await["id"], id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        let v = admin_shadow(&gw).await;
+        let e = v["shadows"][0].clone();
+        if e["calls"] == 15 {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow calls never reached 15: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        (&entry["same"], &entry["differ"], &entry["errors"]),
+        (&json!(5), &json!(10), &json!(0)),
+        "{entry}"
+    );
+    assert_eq!(
+        entry["last_differences"][0]["input"]["channel"], "room:1",
+        "{entry}"
+    );
+    gw.wait_metric(
+        "switchyard_plugin_shadow_total{tenant=\"default\",role=\"router\",plugin=\"v2\",verdict=\"differ\"} 10",
+    )
+    .await;
+
+    let (st, body) = gw
+        .post_json(
+            "/admin/shadow/promote",
+            Some("adm"),
+            r#"{"tenant":"default","role":"auth"}"#,
+        )
+        .await;
+    assert_eq!(st, 404, "no shadow on auth: {body}");
+    let (st, body) = gw
+        .post_json(
+            "/admin/shadow/promote",
+            Some("adm"),
+            r#"{"tenant":"default","role":"nope"}"#,
+        )
+        .await;
+    assert_eq!(st, 400, "{body}");
+    let (st, body) = gw
+        .post_json(
+            "/admin/shadow/promote",
+            None,
+            r#"{"tenant":"default","role":"router"}"#,
+        )
+        .await;
+    assert_eq!(st, 401, "{body}");
+    let (st, body) = gw
+        .post_json(
+            "/admin/shadow/promote",
+            Some("adm"),
+            r#"{"tenant":"default","role":"router"}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"plugin\":\"v2\""), "{body}");
+    // The same connection, now routed by v2.
+    let routed = publish_roundtrip(&mut c, 50, "room:1", json!({"id": 50}))
+        .await
+        .expect("publish after promote");
+    assert_eq!(routed["v"], 2, "v2 serves after the promotion");
+    let v = admin_shadow(&gw).await;
+    assert_eq!(v["promoted"][0]["plugin"], "v2", "{v}");
+    assert!(
+        gw.logs().contains("shadow promoted to serving"),
+        "{}",
+        gw.logs()
+    );
+}

@@ -278,6 +278,47 @@ async fn route(
             Ok(json_ok(StatusCode::OK, &v))
         }
         (Method::GET, "/admin/stats") => Ok(json_ok(StatusCode::OK, &stats(server))),
+        (Method::GET, "/admin/shadow") => {
+            let v = server
+                .admin()
+                .map_or_else(|| json!({"shadows": [], "promoted": []}), |a| a.shadow());
+            Ok(json_ok(StatusCode::OK, &v))
+        }
+        (Method::POST, "/admin/shadow/promote") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Promote {
+                tenant: String,
+                role: String,
+            }
+            let body = read_body(req).await?;
+            let p: Promote = serde_json::from_slice(&body).map_err(|e| {
+                AdminError::BadRequest(format!("expected {{\"tenant\",\"role\"}}: {e}"))
+            })?;
+            let admin = server
+                .admin()
+                .ok_or_else(|| AdminError::NotFound("no plugin runtime".into()))?;
+            let serving = admin.promote(&p.tenant, &p.role).map_err(|e| match e {
+                crate::PromoteRefused::BadRequest(m) => AdminError::BadRequest(m),
+                crate::PromoteRefused::NotFound(m) => AdminError::NotFound(m),
+            })?;
+            tracing::info!(
+                target: "switchyard::admin",
+                who = %who,
+                peer = %remote,
+                action = "promote",
+                tenant = %p.tenant,
+                role = %p.role,
+                plugin = %serving,
+                "admin action: shadow promoted to serving"
+            );
+            Ok(json_ok(
+                StatusCode::OK,
+                &json!({"tenant": p.tenant, "role": p.role, "plugin": serving}),
+            ))
+        }
+        (_, "/admin/shadow") => Err(AdminError::MethodNotAllowed("GET")),
+        (_, "/admin/shadow/promote") => Err(AdminError::MethodNotAllowed("POST")),
         (Method::POST, "/admin/drain") => {
             tracing::info!(
                 target: "switchyard::admin",

@@ -35,10 +35,34 @@ mod parking_lot_shim {
     pub use std::sync::Mutex;
 }
 
-/// What `/admin/plugins` reports; provided by the plugin runtime.
+/// What the plugin runtime answers on `/admin/plugins` and `/admin/shadow`.
 pub trait AdminSource: Send + Sync {
     /// JSON list of plugins with name, role, hash, loaded-at, status, last error.
     fn plugins(&self) -> serde_json::Value;
+
+    /// `GET /admin/shadow`: shadowed tenant roles with their counts and last
+    /// differences, and promoted shadows. Default: none.
+    fn shadow(&self) -> serde_json::Value {
+        serde_json::json!({"shadows": [], "promoted": []})
+    }
+
+    /// `POST /admin/shadow/promote`: `tenant`'s shadow for `role` serves from
+    /// now on; returns the plugin now serving. Default: nothing to promote.
+    fn promote(&self, tenant: &str, role: &str) -> Result<String, PromoteRefused> {
+        let _ = (tenant, role);
+        Err(PromoteRefused::NotFound("no plugin runtime".into()))
+    }
+}
+
+/// Why `POST /admin/shadow/promote` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteRefused {
+    /// Malformed request (unknown role): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such tenant, or no shadow running for the role: 404.
+    #[error("{0}")]
+    NotFound(String),
 }
 
 /// The server of one node.

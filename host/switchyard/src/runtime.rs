@@ -9,8 +9,8 @@ use switchyard_core::config::{BrokerKind, LogFormat};
 use switchyard_core::hub::Hub;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::{Config, Node};
-use switchyard_policy::PluginHost;
-use switchyard_server::{AdminSource, Server};
+use switchyard_policy::{PluginHost, PromoteError};
+use switchyard_server::{AdminSource, PromoteRefused, Server};
 use tokio::signal::unix::{SignalKind, signal};
 
 struct PluginAdmin(Arc<PluginHost>);
@@ -18,6 +18,17 @@ struct PluginAdmin(Arc<PluginHost>);
 impl AdminSource for PluginAdmin {
     fn plugins(&self) -> serde_json::Value {
         self.0.status_json()
+    }
+
+    fn shadow(&self) -> serde_json::Value {
+        self.0.shadow_json()
+    }
+
+    fn promote(&self, tenant: &str, role: &str) -> Result<String, PromoteRefused> {
+        self.0.promote(tenant, role).map_err(|e| match e {
+            PromoteError::BadRequest(m) => PromoteRefused::BadRequest(m),
+            PromoteError::NotFound(m) => PromoteRefused::NotFound(m),
+        })
     }
 }
 
