@@ -1989,6 +1989,7 @@ mod tests {
 
     /// A tiny protocol v1 server on a real socket: each connection gets a
     /// welcome, then `script` decides what happens.
+    #[allow(clippy::result_large_err)] // tungstenite's callback signature
     async fn serve<F, Fut>(script: F) -> u16
     where
         F: Fn(usize, WebSocketStream<TcpStream>) -> Fut + Send + 'static,
