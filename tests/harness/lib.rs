@@ -2,6 +2,7 @@
 //! loopback port and talks to it with real WebSocket and HTTP clients.
 
 pub mod doc;
+pub mod otlp;
 pub mod redis;
 
 use std::io::{BufRead, BufReader};

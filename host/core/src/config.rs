@@ -61,6 +61,8 @@ pub struct Config {
     pub diagnostics: DiagnosticsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// OpenTelemetry tracing (OTLP/HTTP export).
+    pub telemetry: TelemetryConfig,
     /// Tenants by id. `default` always exists.
     pub tenants: BTreeMap<String, TenantConfig>,
 }
@@ -77,6 +79,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             diagnostics: DiagnosticsConfig::default(),
             log: LogConfig::default(),
+            telemetry: TelemetryConfig::default(),
             tenants,
         }
     }
@@ -332,6 +335,81 @@ pub struct AdminConfig {
 pub struct DiagnosticsConfig {
     /// Serve `GET /echo` through the normal connection machinery.
     pub echo: bool,
+}
+
+/// `[telemetry]`: OpenTelemetry traces exported over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Collector base URL, e.g. `http://127.0.0.1:4318` (spans go to
+    /// `{otlp_endpoint}/v1/traces`); empty = tracing off.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// Share of new traces sampled, 0.0-1.0 (a parent's decision is followed).
+    pub sample_ratio: f64,
+    /// How often the batch exporter sends what it has.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+    /// Spans waiting for export at most; beyond it new spans are dropped (counted).
+    pub queue_spans: usize,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: String::new(),
+            service_name: "switchyard".into(),
+            sample_ratio: 1.0,
+            export_interval: Duration::from_secs(5),
+            queue_spans: 2048,
+        }
+    }
+}
+
+impl TelemetryConfig {
+    /// Whether spans are recorded and exported.
+    pub fn enabled(&self) -> bool {
+        !self.otlp_endpoint.is_empty()
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(format!("telemetry.{m}")));
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return bad("sample_ratio must be between 0.0 and 1.0");
+        }
+        if self.service_name.trim().is_empty() {
+            return bad("service_name must not be empty");
+        }
+        if self.export_interval.is_zero() || self.queue_spans == 0 {
+            return bad("export_interval must be positive and queue_spans at least 1");
+        }
+        let e = &self.otlp_endpoint;
+        if e.is_empty() {
+            return Ok(());
+        }
+        if e.starts_with("https://") {
+            return bad(
+                "otlp_endpoint: https is not supported by this build's exporter; send to a collector over http (e.g. a local agent)",
+            );
+        }
+        let host = e.strip_prefix("http://").unwrap_or("");
+        let authority = host.split('/').next().unwrap_or("");
+        if authority.is_empty()
+            || e.chars().any(|c| c.is_whitespace() || c.is_control())
+            || authority.contains(['@', '?', '#'])
+        {
+            return bad(&format!(
+                "otlp_endpoint must be an http:// URL such as \"http://127.0.0.1:4318\" (got {e:?})"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The OTLP/HTTP traces URL: `{otlp_endpoint}/v1/traces`.
+    pub fn traces_url(&self) -> String {
+        format!("{}/v1/traces", self.otlp_endpoint.trim_end_matches('/'))
+    }
 }
 
 /// Log output format.
@@ -597,6 +675,7 @@ impl Config {
                 "plugins.max_concurrent_calls and plugins.max_instances must be at least 1".into(),
             ));
         }
+        self.telemetry.check()?;
         if self.broker.kind == BrokerKind::Redis && self.broker.redis_urls.is_empty() {
             return Err(ConfigError::Invalid(
                 "broker.redis_urls must name at least one server when broker.kind = \"redis\""
@@ -861,5 +940,34 @@ mod tests {
         assert!(Config::from_toml("[limits]\nsend_queue_messages = 0\n").is_err());
         assert!(Config::from_toml("[server.hosts]\n\"a.test\" = \"nope\"\n").is_err());
         assert!(Config::from_toml("[limits]\nidle_timeout = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn telemetry_keys() {
+        let c = Config::from_toml("").expect("defaults");
+        assert!(!c.telemetry.enabled());
+        assert_eq!(c.telemetry.service_name, "switchyard");
+        assert!((c.telemetry.sample_ratio - 1.0).abs() < f64::EPSILON);
+        let c = Config::from_toml(
+            "[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318/\"\nsample_ratio = 0.01\nexport_interval = \"100ms\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.telemetry.traces_url(), "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(c.telemetry.export_interval, Duration::from_millis(100));
+        for bad in [
+            "sample_ratio = 1.5",
+            "sample_ratio = -0.1",
+            "otlp_endpoint = \"127.0.0.1:4318\"",
+            "otlp_endpoint = \"ftp://x\"",
+            "otlp_endpoint = \"http://\"",
+            "otlp_endpoint = \"https://collector:4318\"",
+            "service_name = \"\"",
+            "colour = \"blue\"",
+        ] {
+            let err = Config::from_toml(&format!("[telemetry]\n{bad}\n"))
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("telemetry"), "{bad}: {err}");
+        }
     }
 }

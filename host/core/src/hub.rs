@@ -131,6 +131,25 @@ impl Hub {
         );
     }
 
+    /// [`Hub::deliver`] for a message published under `trace`: with tracing
+    /// on and local subscribers, records one `deliver {channel}` span
+    /// (CONSUMER, child of the publish span) around the fan-out to all of
+    /// them — once per message per node, not per subscriber.
+    pub fn deliver_traced(
+        &self,
+        key: &ChannelKey,
+        msg: &Message,
+        trace: Option<crate::telemetry::TraceParent>,
+    ) {
+        let _span = match trace {
+            Some(tp) if crate::telemetry::enabled() && self.channels.contains_key(key) => {
+                crate::telemetry::deliver_span(tp, &key.tenant, &key.channel, msg.seq)
+            }
+            _ => None,
+        };
+        self.deliver(key, msg);
+    }
+
     /// Like [`Hub::deliver`], for a message this node replays after it missed
     /// it (its broker connection was down): queued under reply flow control
     /// ([`Outbox::push_reply`]), since a catch-up burst can be longer than a

@@ -16,6 +16,7 @@ pub mod policy;
 pub mod protocol;
 pub mod publish;
 pub mod session;
+pub mod telemetry;
 pub mod tenant;
 
 pub use config::Config;

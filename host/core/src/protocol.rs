@@ -56,6 +56,10 @@ pub enum Command {
         data: Box<RawValue>,
         /// Client message id for dedupe.
         msg_id: Option<String>,
+        /// A valid W3C `"traceparent"` field: the parent of the publish span.
+        /// Read only while tracing is on (else always `None`); an invalid one
+        /// is ignored.
+        traceparent: Option<crate::telemetry::TraceParent>,
     },
     /// Application-level ping.
     Ping {
@@ -113,6 +117,8 @@ struct Envelope<'a> {
     msg_id: Option<String>,
     #[serde(rename = "stateVector")]
     state_vector: Option<String>,
+    #[serde(borrow)]
+    traceparent: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// Longest accepted `msgId`.
@@ -171,6 +177,10 @@ pub fn parse_command(text: &str) -> Result<Command, ParseError> {
                 channel: channel(env.channel)?,
                 data,
                 msg_id: env.msg_id,
+                traceparent: env
+                    .traceparent
+                    .filter(|_| crate::telemetry::enabled())
+                    .and_then(|t| crate::telemetry::TraceParent::parse(&t)),
             })
         }
         "ping" => Ok(Command::Ping { id: env.id }),

@@ -12,6 +12,7 @@ use crate::node::Node;
 use crate::policy::Principal;
 use crate::policy::{Denial, PublishRequest, RateDecision, RateKey, Route};
 use crate::protocol::ErrorCode;
+use crate::telemetry::{self, Trace};
 use crate::tenant::Tenant;
 
 /// Most channels a router may fan one publish out to.
@@ -106,6 +107,77 @@ pub async fn publish(
     msg_id: Option<&str>,
     by: Publisher,
 ) -> Result<Vec<Accepted>, PublishError> {
+    publish_traced(
+        node,
+        tenant,
+        principal,
+        client,
+        channel,
+        data,
+        msg_id,
+        by,
+        &Trace::NONE,
+    )
+    .await
+}
+
+/// [`publish`] under a trace: with tracing on, records `publish {channel}`
+/// (PRODUCER) as a child of `parent` (a new trace when empty); the policy
+/// calls are its children and every message published carries its context.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_traced(
+    node: &Node,
+    tenant: &Tenant,
+    principal: &Principal,
+    client: &str,
+    channel: &str,
+    data: Box<RawValue>,
+    msg_id: Option<&str>,
+    by: Publisher,
+    parent: &Trace,
+) -> Result<Vec<Accepted>, PublishError> {
+    if !telemetry::enabled() {
+        return run(
+            node,
+            tenant,
+            principal,
+            client,
+            channel,
+            data,
+            msg_id,
+            by,
+            &Trace::NONE,
+        )
+        .await;
+    }
+    let span = telemetry::publish_span(parent, &tenant.id, channel);
+    let r = run(
+        node, tenant, principal, client, channel, data, msg_id, by, &span,
+    )
+    .await;
+    match &r {
+        Ok(accepted) => span.set_attribute(opentelemetry::KeyValue::new(
+            "switchyard.routes",
+            i64::try_from(accepted.len()).unwrap_or(i64::MAX),
+        )),
+        Err(e) => span.fail(e.to_string()),
+    }
+    span.end();
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    node: &Node,
+    tenant: &Tenant,
+    principal: &Principal,
+    client: &str,
+    channel: &str,
+    data: Box<RawValue>,
+    msg_id: Option<&str>,
+    by: Publisher,
+    span: &Trace,
+) -> Result<Vec<Accepted>, PublishError> {
     let trusted = by == Publisher::Server;
     channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
     if tenant.is_document(channel) {
@@ -114,6 +186,8 @@ pub async fn publish(
         )));
     }
     let (targets, original, delay) = {
+        // Plugin calls below are children of the publish span.
+        let _cx = span.attach();
         let policies = tenant.policies();
         let key = RateKey {
             principal: &principal.id,
@@ -180,11 +254,15 @@ pub async fn publish(
         tokio::time::sleep(d).await;
     }
     let data: Arc<RawValue> = Arc::from(data);
+    let trace = span.traceparent();
     let mut out = Vec::with_capacity(targets.len().max(1));
     if original {
         let key = ChannelKey::new(tenant.id.clone(), channel);
         let opts = tenant.publish_options(channel);
-        let p = node.broker.publish(&key, data, msg_id, &opts).await?;
+        let p = node
+            .broker
+            .publish_traced(&key, data, msg_id, &opts, trace)
+            .await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
@@ -203,7 +281,10 @@ pub async fn publish(
         };
         let key = ChannelKey::new(tenant.id.clone(), t.channel.as_str());
         let opts = tenant.publish_options(&t.channel);
-        let p = node.broker.publish(&key, payload, msg_id, &opts).await?;
+        let p = node
+            .broker
+            .publish_traced(&key, payload, msg_id, &opts, trace)
+            .await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }

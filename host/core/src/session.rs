@@ -74,6 +74,8 @@ pub struct Session {
     protocol_strikes: Strikes,
     /// Whether the transport carries binary frames (document channels need them).
     binary: bool,
+    /// The connection's trace (its span); empty while tracing is off.
+    trace: crate::telemetry::Trace,
 }
 
 impl std::fmt::Debug for Session {
@@ -144,8 +146,16 @@ impl Session {
             rate_strikes: Strikes::new(limits.rate_limit_strikes, limits.abuse_window, now),
             protocol_strikes: Strikes::new(limits.protocol_strikes, limits.abuse_window, now),
             binary: true,
+            trace: crate::telemetry::Trace::NONE,
             node,
         }
+    }
+
+    /// Sets the connection's trace ([`crate::telemetry::connection`]):
+    /// the parent of its publishes' spans; it ends with the session.
+    pub fn traced(mut self, trace: crate::telemetry::Trace) -> Self {
+        self.trace = trace;
+        self
     }
 
     /// Marks the session's transport as text-only (SSE, long-poll): document
@@ -257,7 +267,8 @@ impl Session {
                 channel,
                 data,
                 msg_id,
-            } => self.publish(id, channel, data, msg_id).await,
+                traceparent,
+            } => self.publish(id, channel, data, msg_id, traceparent).await,
             Command::Presence { id, channel } => {
                 self.presence(id, channel).await;
                 Ok(())
@@ -509,6 +520,7 @@ impl Session {
         channel: String,
         data: Box<RawValue>,
         msg_id: Option<String>,
+        traceparent: Option<crate::telemetry::TraceParent>,
     ) -> Result<(), CloseCode> {
         let id = id.as_deref();
         let now = Instant::now();
@@ -520,7 +532,15 @@ impl Session {
             self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
             return Ok(());
         }
-        let result = publish::publish(
+        let remote;
+        let trace = match traceparent {
+            Some(tp) => {
+                remote = crate::telemetry::Trace::remote(tp);
+                &remote
+            }
+            None => &self.trace,
+        };
+        let result = publish::publish_traced(
             &self.node,
             &self.tenant,
             &self.principal,
@@ -529,6 +549,7 @@ impl Session {
             data,
             msg_id.as_deref(),
             publish::Publisher::Client,
+            trace,
         )
         .await;
         match result {

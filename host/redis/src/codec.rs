@@ -1,11 +1,14 @@
 //! The live pub/sub payload: `seq \n epoch \n publish-ms \n data`, written by the
-//! publish script and decoded by every node.
+//! publish script and decoded by every node. A traced publish puts an optional
+//! header line `tp:<traceparent>` before the data (JSON never starts with `t`
+//! followed by `p`, so a payload without it reads as before).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::value::RawValue;
 use switchyard_core::history::Message;
+use switchyard_core::telemetry::TraceParent;
 
 /// Why a payload was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -30,6 +33,19 @@ pub struct LiveMessage<'a> {
     pub published_ms: u64,
     /// Raw JSON data.
     pub data: Arc<RawValue>,
+    /// The publish span's context (the optional `tp:` header), when valid.
+    pub trace: Option<TraceParent>,
+}
+
+/// Prefix of the optional trace header line.
+pub const TRACE_HEADER: &str = "tp:";
+
+/// The trace header argument of the publish script: `""` without a trace.
+pub fn trace_header(trace: Option<TraceParent>) -> String {
+    match trace {
+        Some(tp) => format!("{TRACE_HEADER}{}\n", tp.header()),
+        None => String::new(),
+    }
 }
 
 /// Decodes a payload. Hostile bytes give an error, never a panic.
@@ -48,13 +64,21 @@ pub fn decode(payload: &[u8]) -> Result<LiveMessage<'_>, DecodeError> {
         .next()
         .and_then(|s| s.parse().ok())
         .ok_or(DecodeError::Malformed)?;
-    let data = parts.next().ok_or(DecodeError::Malformed)?;
+    let mut data = parts.next().ok_or(DecodeError::Malformed)?;
+    let mut trace = None;
+    if let Some(rest) = data.strip_prefix(TRACE_HEADER) {
+        let (header, body) = rest.split_once('\n').ok_or(DecodeError::Malformed)?;
+        // An invalid header is ignored: the message is still delivered.
+        trace = TraceParent::parse(header);
+        data = body;
+    }
     let data = RawValue::from_string(data.to_owned()).map_err(|_| DecodeError::Data)?;
     Ok(LiveMessage {
         seq,
         epoch,
         published_ms,
         data: Arc::from(data),
+        trace,
     })
 }
 
@@ -97,5 +121,26 @@ mod tests {
         assert_eq!(decode(b"1\ne\n1").unwrap_err(), DecodeError::Malformed);
         assert_eq!(decode(b"1\ne\n1\n{oops").unwrap_err(), DecodeError::Data);
         assert_eq!(decode(&[0xff, 0xfe]).unwrap_err(), DecodeError::Malformed);
+        assert!(m.trace.is_none());
+    }
+
+    #[test]
+    fn decodes_the_trace_header() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(tp);
+        let header = trace_header(parsed);
+        assert_eq!(header, format!("tp:{tp}\n"));
+        let payload = format!("7\ne\n1\n{header}{{\"a\":\"tp:x\\n\"}}");
+        let m = decode(payload.as_bytes()).expect("ok");
+        assert_eq!(m.trace, parsed);
+        assert_eq!(m.data.get(), "{\"a\":\"tp:x\\n\"}");
+        // A bad header is ignored, a header without data is malformed.
+        let m = decode(b"7\ne\n1\ntp:nonsense\n[1]").expect("ok");
+        assert_eq!((m.trace, m.data.get()), (None, "[1]"));
+        assert_eq!(
+            decode(b"7\ne\n1\ntp:x").unwrap_err(),
+            DecodeError::Malformed
+        );
+        assert_eq!(trace_header(None), "");
     }
 }

@@ -230,6 +230,17 @@ impl Broker for RedisBroker {
         msg_id: Option<&str>,
         opts: &ChannelOptions,
     ) -> Result<Published, BrokerError> {
+        self.publish_traced(key, data, msg_id, opts, None).await
+    }
+
+    async fn publish_traced(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<switchyard_core::telemetry::TraceParent>,
+    ) -> Result<Published, BrokerError> {
         let shard = self.shard(key);
         let keys = ChannelKeys::new(key);
         let mut conn = shard.conn();
@@ -251,6 +262,7 @@ impl Broker for RedisBroker {
                     .arg(&keys.live)
                     .arg(opts.limit.map_or(0, |l| l.rate))
                     .arg(opts.limit.map_or(0, |l| l.burst))
+                    .arg(codec::trace_header(trace))
                     .invoke_async::<redis::Value>(&mut conn),
             )
             .await?;

@@ -37,7 +37,9 @@ macro_rules! take_token {
 /// KEYS: meta, stream, dedupe, limit (the channel's shared token bucket).
 /// ARGV: new epoch (used only if the channel has none), data, msgId (`""` =
 /// none), history_size, history_ttl ms, meta ttl ms, dedupe window, live
-/// pub/sub channel, limit rate (`0` = none), limit burst.
+/// pub/sub channel, limit rate (`0` = none), limit burst, trace header
+/// (`""` = none, else `tp:<traceparent>\n`, put before the data of the live
+/// payload only: history entries stay `d`/`t`).
 /// Returns `{epoch, seq, duplicate (0|1)}`, or `{epoch, 0, 2, retry ms}` when
 /// the channel's limit has no token (nothing published).
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_SRC));
@@ -83,7 +85,7 @@ if msgid ~= '' then
   redis.call('PEXPIRE', KEYS[3], ARGV[6])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[6])
-redis.call('PUBLISH', ARGV[8], string.format('%d', seq) .. '\n' .. epoch .. '\n' .. ts .. '\n' .. ARGV[2])
+redis.call('PUBLISH', ARGV[8], string.format('%d', seq) .. '\n' .. epoch .. '\n' .. ts .. '\n' .. (ARGV[11] or '') .. ARGV[2])
 return {epoch, seq, 0}
 "#
 );

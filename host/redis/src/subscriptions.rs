@@ -456,8 +456,9 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
         track.epoch = Arc::from(live.epoch);
     }
     track.last = live.seq;
+    let trace = live.trace;
     let msg = live.into_message(track.epoch.clone());
-    hub.deliver(&track.key, &msg);
+    hub.deliver_traced(&track.key, &msg, trace);
     false
 }
 

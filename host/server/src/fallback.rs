@@ -91,7 +91,8 @@ fn open(
         admitted.principal,
         Some(&csrf),
     )
-    .text_only();
+    .text_only()
+    .traced(admitted.trace);
     let name = session.name().to_owned();
     let listed = server
         .registry

@@ -25,6 +25,9 @@ pub(crate) struct Admitted {
     pub client_id: String,
     pub principal: switchyard_core::policy::Principal,
     pub traceparent: String,
+    /// The connection's span ([`switchyard_core::telemetry::connection`]):
+    /// a valid `traceparent`/`tracestate` is its parent; empty while tracing is off.
+    pub trace: switchyard_core::telemetry::Trace,
     /// The client's real address (see [`crate::client_ip`]).
     pub ip: std::net::IpAddr,
     /// The address as the auth policy and `/admin/connections` show it.
@@ -92,7 +95,28 @@ pub(crate) fn admit<B>(
         client_id: client_id.clone(),
         token: handshake::bearer_token(headers, query),
     });
-    let verdict = tenant.policies().auth.authenticate(&connect);
+    let trace = if switchyard_core::telemetry::enabled() {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        switchyard_core::telemetry::connection(
+            transport_of(req.uri().path()),
+            &tenant.id,
+            &client_id,
+            header("traceparent"),
+            header("tracestate"),
+        )
+    } else {
+        switchyard_core::telemetry::Trace::NONE
+    };
+    let verdict = {
+        // The auth plugin's span is a child of the connection's.
+        let _cx = trace.attach();
+        tenant.policies().auth.authenticate(&connect)
+    };
+    if let Err(d) = &verdict
+        && trace.is_some()
+    {
+        trace.fail(d.to_string());
+    }
     let principal = match verdict {
         Ok(p) => p,
         Err(Denial::Forbidden(m)) => return Err(HandshakeError::Forbidden(m)),
@@ -104,10 +128,22 @@ pub(crate) fn admit<B>(
         client_id,
         principal,
         traceparent,
+        trace,
         ip,
         remote: remote_addr,
         slot,
     })
+}
+
+/// The `switchyard.transport` of a connection span, from its path.
+fn transport_of(path: &str) -> &'static str {
+    match path.trim_start_matches('/').split('/').next() {
+        Some("ws") => "websocket",
+        Some("yjs") => "yjs",
+        Some("sse") => "sse",
+        Some("poll") => "poll",
+        _ => "http",
+    }
 }
 
 pub(crate) fn refuse(server: &Server, e: HandshakeError) -> Resp {
@@ -208,6 +244,7 @@ pub async fn session(
         client_id,
         principal,
         traceparent,
+        trace,
         ip,
         remote: remote_addr,
         slot,
@@ -250,7 +287,8 @@ pub async fn session(
                 .get_or_create(&switchyard_core::metrics::TransportLabel { transport: "ws" })
                 .inc();
             let _slot = slot; // this address's connection slot, held until the end
-            let session = Session::open(node, tenant, Arc::from(client_id.as_str()), principal);
+            let session =
+                Session::open(node, tenant, Arc::from(client_id.as_str()), principal).traced(trace);
             let _listed = server.registry.register(&session, "websocket", remote_addr);
             tracing::debug!(session = session.name(), "connected");
             let (ended, session) = drive_owned(ws, session, limits, &metrics).await;
@@ -332,7 +370,8 @@ pub async fn yjs(
                 admitted.tenant,
                 Arc::from(admitted.client_id.as_str()),
                 admitted.principal,
-            );
+            )
+            .traced(admitted.trace);
             let _listed = server.registry.register(&session, "yjs", admitted.remote);
             let handler = crate::yjs::YjsSession::new(session, &room);
             let (ended, mut handler) = drive_owned(ws, handler, limits, &metrics).await;

@@ -3,6 +3,7 @@
 
 mod cli;
 mod runtime;
+mod telemetry;
 
 fn main() -> std::process::ExitCode {
     cli::main()

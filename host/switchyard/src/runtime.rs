@@ -82,6 +82,14 @@ fn raise_nofile() {
 pub fn serve(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     init_logging(&cfg);
     raise_nofile();
+    // Before the async runtime: the exporter's blocking HTTP client has its own.
+    let telemetry = match crate::telemetry::Telemetry::start(&cfg.telemetry) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -92,13 +100,18 @@ pub fn serve(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg, config_path)) {
+    let code = match rt.block_on(run(cfg, config_path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
+    };
+    drop(rt);
+    if let Some(t) = telemetry {
+        t.shutdown();
     }
+    code
 }
 
 async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {

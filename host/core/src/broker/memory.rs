@@ -120,6 +120,17 @@ impl Broker for MemoryBroker {
         msg_id: Option<&str>,
         opts: &ChannelOptions,
     ) -> Result<Published, BrokerError> {
+        self.publish_traced(key, data, msg_id, opts, None).await
+    }
+
+    async fn publish_traced(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<crate::telemetry::TraceParent>,
+    ) -> Result<Published, BrokerError> {
         let state = self.state(key, opts);
         let mut st = state.lock();
         if let Some(id) = msg_id
@@ -166,7 +177,7 @@ impl Broker for MemoryBroker {
         st.history.set_limits(opts.history_size, opts.history_ttl);
         st.history.push(now, msg.clone());
         // Delivered under the channel lock so every subscriber sees seq order.
-        self.hub.deliver(key, &msg);
+        self.hub.deliver_traced(key, &msg, trace);
         Ok(Published {
             seq: msg.seq,
             epoch: msg.epoch,

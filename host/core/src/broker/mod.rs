@@ -108,6 +108,21 @@ pub trait Broker: Send + Sync + 'static {
         opts: &ChannelOptions,
     ) -> Result<Published, BrokerError>;
 
+    /// [`Broker::publish`] carrying the publish span's trace context with the
+    /// message, so the delivering nodes' `deliver` spans join its trace. A
+    /// broker that cannot carry it publishes without it (the default).
+    async fn publish_traced(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<crate::telemetry::TraceParent>,
+    ) -> Result<Published, BrokerError> {
+        let _ = trace;
+        self.publish(key, data, msg_id, opts).await
+    }
+
     /// Current epoch and seq, plus missed messages after `since` when still in history.
     async fn recover(
         &self,
