@@ -628,7 +628,18 @@ fn dashboard_in_chromium_shows_live_numbers() {
         "tests/js/node_modules is missing: run `npm ci` in tests/js (scripts/test.sh does)"
     );
     let plugins = plugin_dir(&["token-bucket"]);
-    let gw = Gateway::start(&traffic_config(&plugins));
+    // The same limiter as a shadow of itself: the page's shadow table fills.
+    std::fs::copy(
+        plugins.join("token-bucket.wasm"),
+        plugins.join("token-bucket-next.wasm"),
+    )
+    .expect("copy shadow");
+    let config = traffic_config(&plugins).replace(
+        "key = \"client\" }\n",
+        "key = \"client\" }\nshadow = \"token-bucket-next\"\n",
+    );
+    assert!(config.contains("shadow ="), "{config}");
+    let gw = Gateway::start(&config);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = rt.block_on(traffic(&gw, &stop));

@@ -82,6 +82,13 @@ try {
     const cell = document.querySelector('#plugins tr[data-plugin="token-bucket"] [data-field="calls_per_sec"]');
     return cell && Number(cell.textContent) > 0;
   });
+  // The shadow limiter (the same plugin under another name) agrees every time.
+  await page.waitForFunction(() => {
+    const row = document.querySelector('#shadows tr[data-shadow="default/rate_limit"]');
+    if (!row) return false;
+    const n = (f) => Number(row.querySelector(`[data-field="${f}"]`).textContent.replace(/[^0-9.]/g, ''));
+    return n('calls') > 0 && n('same') === n('calls');
+  });
   // Numbers keep moving: the page polls.
   const stamp = await page.textContent('#status');
   await page.waitForFunction((s) => document.getElementById('status').textContent !== s, stamp);
@@ -104,7 +111,7 @@ try {
   assert.equal(await page.locator('#connections tbody tr[data-session]').count(), EXPECT);
 
   // Every data call carried the token; the token never went into a URL.
-  const data = requests.filter((r) => /\/admin\/(stats|plugins|connections)/.test(r.url()));
+  const data = requests.filter((r) => /\/admin\/(stats|plugins|connections|shadow)/.test(r.url()));
   assert.ok(data.length >= 3, 'data calls made');
   for (const r of data) {
     assert.ok(/^Bearer /.test(r.headers().authorization || ''), `${r.url()} carries the token`);

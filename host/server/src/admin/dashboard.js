@@ -1,4 +1,4 @@
-// Switchyard live dashboard: polls /admin/stats, /admin/plugins and
+// Switchyard live dashboard: polls /admin/stats, /admin/plugins, /admin/shadow and
 // /admin/connections every second with the admin token (kept in
 // sessionStorage, never in the URL) and renders them. No build step, no
 // dependencies; every value is written with textContent (client ids and
@@ -179,6 +179,27 @@ function renderPlugins(list, stats) {
   fillTable('plugins', rows, 10, 'no plugins loaded');
 }
 
+function renderShadows(data) {
+  const rows = (data.shadows || []).map((s) => {
+    const tr = document.createElement('tr');
+    tr.dataset.shadow = `${s.tenant}/${s.role}`;
+    cell(tr, s.tenant, '', 'tenant');
+    cell(tr, s.role, '', 'role');
+    cell(tr, s.plugin, '', 'plugin');
+    cell(tr, s.shadow, '', 'shadow');
+    cell(tr, String(s.sample), 'n', 'sample');
+    cell(tr, fmtCount(s.calls), 'n', 'calls');
+    cell(tr, fmtCount(s.same), 'n', 'same');
+    cell(tr, fmtCount(s.differ), s.differ > 0 ? 'n bad' : 'n', 'differ');
+    cell(tr, fmtCount(s.errors), s.errors > 0 ? 'n bad' : 'n', 'errors');
+    cell(tr, fmtCount(s.dropped), 'n', 'dropped');
+    const last = (s.last_differences || []).slice(-1)[0];
+    cell(tr, last ? `${JSON.stringify(last.input)} → serving ${JSON.stringify(last.serving)}, shadow ${JSON.stringify(last.shadow)}` : '–', 'wrap', 'last');
+    return tr;
+  });
+  fillTable('shadows', rows, 11, 'no shadow runs');
+}
+
 function renderConnections(data) {
   const rows = data.connections.map((c) => {
     const tr = document.createElement('tr');
@@ -202,15 +223,17 @@ function renderConnections(data) {
 
 async function tick(gen) {
   try {
-    const [stats, plugins, conns] = await Promise.all([
+    const [stats, plugins, conns, shadows] = await Promise.all([
       api('/admin/stats'),
       api('/admin/plugins'),
       api('/admin/connections?limit=50'),
+      api('/admin/shadow'),
     ]);
     if (gen !== generation) return;
     renderNode(stats);
     renderTenants(stats);
     renderPlugins(plugins.plugins || [], stats);
+    renderShadows(shadows);
     renderConnections(conns);
     setStatus(`live · ${new Date().toLocaleTimeString('en-GB')}`, 'live');
   } catch (e) {
