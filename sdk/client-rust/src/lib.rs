@@ -59,6 +59,10 @@
 //! # Ok(()) }
 //! ```
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod backoff;
 mod client;
 mod document;
