@@ -355,3 +355,94 @@ async fn with_telemetry_off_nothing_is_sent() {
     );
     assert_eq!(rx.bad_requests(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_connect_traceparent_parents_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rx = Receiver::start();
+    let gw = Gateway::start(&telemetry(&rx.endpoint(), "sse"));
+    let sse_trace = "33333333333333333333333333333333";
+    let tp = traceparent(sse_trace, "4444444444444444");
+    let mut stream = tokio::net::TcpStream::connect(gw.addr)
+        .await
+        .expect("connect");
+    let req = format!(
+        "GET /sse?client_id=sse-1 HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\ntraceparent: {tp}\r\n\r\n",
+        gw.addr
+    );
+    stream.write_all(req.as_bytes()).await.expect("write");
+    // The welcome event names the session and its CSRF token.
+    let mut buf = String::new();
+    let welcome: Value = loop {
+        if let Some(start) = buf.find("data: ")
+            && let Some(end) = buf[start..].find("\n\n")
+        {
+            break serde_json::from_str(&buf[start + 6..start + end]).expect("event json");
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk))
+            .await
+            .expect("sse data in time")
+            .expect("read");
+        assert!(n > 0, "stream ended: {buf}");
+        buf.push_str(&String::from_utf8_lossy(&chunk[..n]));
+    };
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    let session = welcome["session"].as_str().expect("session");
+    let csrf = welcome["csrf"].as_str().expect("csrf");
+    let (st, body) = switchyard_tests::http(
+        gw.addr,
+        "POST",
+        &format!("/sse/session/{session}"),
+        &[
+            ("content-type", "application/json"),
+            ("x-switchyard-csrf", csrf),
+        ],
+        Some(r#"{"type":"publish","id":1,"channel":"sse:1","data":1}"#),
+    )
+    .await;
+    assert_eq!(st, 202, "{body}");
+    drop(stream); // ends the SSE connection: its span is exported
+    let (conn, p) = rx
+        .wait_for(SPANS, |s| {
+            let c = find(s, |x| x.name == "connect sse" && x.trace_id == sse_trace)?;
+            let p = find(s, |x| x.name == "publish sse:1" && x.trace_id == sse_trace)?;
+            Some((c.clone(), p.clone()))
+        })
+        .await;
+    assert_eq!(conn.parent_span_id, "4444444444444444");
+    assert_eq!(conn.attr("switchyard.transport"), "sse");
+    assert_eq!(p.parent_span_id, conn.span_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_never_blocks_publishing() {
+    // Nothing listens there: every export fails; a tiny queue overflows.
+    let closed = switchyard_tests::redis::free_port();
+    let gw = Gateway::start(&format!(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{closed}\"\nexport_interval = \"100ms\"\nqueue_spans = 4\n"
+    ));
+    let mut sub = Client::connect(&gw.ws_url("/ws")).await;
+    sub.subscribe(1, "down:1").await;
+    let tp = traceparent(TRACE, PARENT);
+    let mut c = connect(&gw, "/ws", &[("traceparent", &tp)]).await;
+    let started = std::time::Instant::now();
+    for i in 0..100u64 {
+        let ack = publish(
+            &mut c,
+            json!({"type":"publish","id":i + 10,"channel":"down:1","data":i}),
+        )
+        .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    for i in 0..100u64 {
+        let m = message(&mut sub, "down:1").await;
+        assert_eq!(m["data"], json!(i));
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "publishing waited on the exporter: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(gw.get("/healthz").await.0, 200);
+}
