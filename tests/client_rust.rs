@@ -563,3 +563,50 @@ async fn http_get_doc(gw: &Gateway, channel: &str) -> (u16, String) {
     )
     .await
 }
+
+/// A gateway that stops answering (SIGSTOP: the TCP connection stays open) is
+/// detected by the heartbeat; once it runs again the client reconnects and
+/// resumes with nothing lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_gateway_is_detected_by_the_heartbeat() {
+    let gw = Gateway::start(&config(""));
+    let (client, mut events) = Client::connect(
+        options(&gw, "watchful")
+            .heartbeat(Duration::from_millis(300))
+            .request_timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .expect("connect");
+    client.subscribe("room:h").await.expect("subscribe");
+    assert_eq!(http_publish(&gw, "room:h", json!({"i": 1})).await, 1);
+    assert_eq!(message(&mut events, "room:h").await.0, 1);
+
+    gw.signal(libc::SIGSTOP);
+    let stopped = Instant::now();
+    let mut seen = Vec::new();
+    let lost = until(&mut events, "heartbeat timeout", &mut seen, |e| match e {
+        Event::Disconnected { code, reason, .. } => Some((*code, reason.clone())),
+        _ => None,
+    })
+    .await;
+    let detected = stopped.elapsed();
+    gw.signal(libc::SIGCONT);
+    assert_eq!(lost, (1006, "heartbeat timeout".to_owned()));
+    assert!(detected < Duration::from_secs(5), "{detected:?}");
+
+    let (resumed, recovered) = until(&mut events, "resubscribed", &mut seen, |e| match e {
+        Event::Subscribed {
+            channel,
+            resumed,
+            recovered,
+            ..
+        } if channel == "room:h" => Some((*resumed, *recovered)),
+        _ => None,
+    })
+    .await;
+    assert!(resumed && recovered, "same process: history intact");
+    assert_eq!(http_publish(&gw, "room:h", json!({"i": 2})).await, 2);
+    assert_eq!(message(&mut events, "room:h").await.0, 2);
+    client.close();
+}
