@@ -34,7 +34,7 @@ pub fn preflight(origin: &HeaderValue) -> Resp {
     h.insert(
         header::ACCESS_CONTROL_ALLOW_HEADERS,
         HeaderValue::from_static(
-            "authorization, content-type, x-client-id, traceparent, x-switchyard-csrf",
+            "authorization, content-type, x-client-id, traceparent, tracestate, x-switchyard-csrf",
         ),
     );
     h.insert(

@@ -73,9 +73,11 @@ pub(crate) fn admit<B>(
         Some(_) => return Err(HandshakeError::ClientId),
         None => uuid::Uuid::new_v4().to_string(),
     };
+    // Only a valid W3C traceparent reaches the log span.
     let traceparent = headers
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| switchyard_core::telemetry::TraceParent::parse(v).is_some())
         .unwrap_or("")
         .to_owned();
     let remote_addr = if ip == remote.ip() {
