@@ -52,6 +52,8 @@ pub(crate) struct Caller<B> {
     pub breaker: Arc<Breaker>,
     /// Inline or off the event loop, within the tenant's budget ([`crate::isolation`]).
     pub placement: Placement,
+    /// CPU per call (sampled) and peak memory ([`crate::figures`]).
+    pub figures: Arc<crate::figures::Figures>,
 }
 
 /// The `switchyard.outcome` of a plugin span: the call metric's outcome label.
@@ -92,7 +94,7 @@ impl<B: RoleInstance> Caller<B> {
             )));
         }
         let start = Instant::now();
-        let r = self.placed(|| self.pool.call(f));
+        let r = self.figures.sampled(|| self.placed(|| self.pool.call(f)));
         let outcome = self.record(start, &r, denied);
         if let Some(s) = span {
             s.outcome(outcome_name(outcome));
@@ -473,7 +475,10 @@ impl WasmDocument {
         };
         let start = Instant::now();
         self.caller.pool.arm(&mut pinned.inst.store);
-        let r = self.caller.placed(|| f(pinned));
+        let r = self
+            .caller
+            .figures
+            .sampled(|| self.caller.placed(|| f(pinned)));
         self.caller.record(start, &r, denied);
         r.map_err(|e| {
             *guard = None;

@@ -8,11 +8,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use switchyard_core::policy::ConnectRequest;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{host, shared, types};
 use crate::buckets::Take;
+use crate::figures::{Figures, PeakLimits};
 use crate::kv::KvStore;
 
 /// Longest log line a plugin may write (longer ones are truncated).
@@ -29,13 +30,15 @@ pub(crate) struct Scope {
     pub config_json: Arc<str>,
     /// Key-value store of this plugin+tenant.
     pub kv: Arc<KvStore>,
+    /// What its instances cost (CPU per call, peak memory).
+    pub figures: Arc<Figures>,
 }
 
 /// Data of one wasmtime `Store`: WASI (empty), limits and the scope.
 pub(crate) struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: PeakLimits,
     scope: Arc<Scope>,
 }
 
@@ -47,13 +50,16 @@ impl PluginState {
             // sockets denied by the default address check.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .instances(64)
-                .tables(64)
-                .memories(16)
-                .table_elements(100_000)
-                .build(),
+            limits: PeakLimits {
+                inner: StoreLimitsBuilder::new()
+                    .memory_size(memory_limit)
+                    .instances(64)
+                    .tables(64)
+                    .memories(16)
+                    .table_elements(100_000)
+                    .build(),
+                figures: scope.figures.clone(),
+            },
             scope,
         }
     }

@@ -219,7 +219,7 @@ fn timed_cpu<R>(measure: bool, f: impl FnOnce() -> R) -> (R, Option<Duration>) {
 }
 
 /// This thread's CPU clock.
-fn thread_cpu() -> Option<Duration> {
+pub(crate) fn thread_cpu() -> Option<Duration> {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

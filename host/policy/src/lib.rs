@@ -14,6 +14,7 @@ mod bindings;
 pub mod breaker;
 pub mod buckets;
 mod engine;
+mod figures;
 mod host_api;
 pub mod isolation;
 pub mod kv;

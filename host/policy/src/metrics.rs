@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use switchyard_core::metrics::Metrics;
 
@@ -67,6 +68,8 @@ pub(crate) struct PluginMetrics {
     duration: HistogramFamily,
     load_failures: Family<PluginLabel, Counter>,
     shadow: Family<ShadowLabels, Counter>,
+    cpu: HistogramFamily,
+    memory_peak: Family<RoleLabels, Gauge>,
 }
 
 /// What happened to one call.
@@ -119,7 +122,19 @@ impl PluginMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             load_failures: Family::default(),
             shadow: Family::default(),
+            cpu: Family::new_with_constructor(duration_histogram),
+            memory_peak: Family::default(),
         };
+        metrics.register(
+            "switchyard_plugin_call_cpu_seconds",
+            "CPU time of a plugin call (one call in 64 per thread is measured), by plugin and role",
+            m.cpu.clone(),
+        );
+        metrics.register(
+            "switchyard_plugin_memory_peak_bytes",
+            "Largest linear memory any instance of the plugin grew to, by plugin and role",
+            m.memory_peak.clone(),
+        );
         metrics.register(
             "switchyard_plugin_shadow",
             "Shadow plugin calls by tenant, role, shadow plugin and verdict (same, differ, error, dropped)",
@@ -141,6 +156,18 @@ impl PluginMetrics {
             m.load_failures.clone(),
         );
         m
+    }
+
+    /// The resource figures of `plugin` in `role`, exported in these families.
+    pub(crate) fn figures(&self, plugin: &str, role: Role) -> crate::figures::Figures {
+        let labels = RoleLabels {
+            plugin: plugin.to_owned(),
+            role: role.as_str(),
+        };
+        crate::figures::Figures::new(
+            Some(self.cpu.get_or_create(&labels).clone()),
+            Some(self.memory_peak.get_or_create(&labels).clone()),
+        )
     }
 
     /// The shadow counters of `plugin` shadowing `tenant`'s `role`.

@@ -19,6 +19,7 @@ use crate::breaker::Breaker;
 use crate::engine::{
     Compiled, ContentHash, LoadError, MAX_PLUGIN_BYTES, compile, content_hash, hex,
 };
+use crate::figures::Figures;
 use crate::host_api::Scope;
 use crate::isolation::{Placement, TenantBudget};
 use crate::kv::KvStore;
@@ -132,6 +133,8 @@ struct State {
     budgets: HashMap<String, Arc<TenantBudget>>,
     /// The breaker of each tenant's plugin-served role, for the listing.
     breakers: HashMap<(String, Role), Arc<Breaker>>,
+    /// What each tenant's plugin-served role costs, for the listing.
+    figures: HashMap<(String, Role), Arc<Figures>>,
     /// Shadowed tenant roles, for `GET /admin/shadow`.
     shadows: HashMap<(String, Role), Arc<ShadowStats>>,
     /// Promoted shadows.
@@ -179,6 +182,7 @@ impl Registry {
                 budgets: HashMap::new(),
                 breakers: HashMap::new(),
                 shadows: HashMap::new(),
+                figures: HashMap::new(),
                 promoted: HashMap::new(),
             }),
             scan_lock: tokio::sync::Mutex::new(()),
@@ -334,6 +338,7 @@ impl Registry {
         st.shadows.retain(|(id, _), _| live(id));
         st.promoted.retain(|(id, _), _| live(id));
         st.breakers.retain(|(id, _), _| live(id));
+        st.figures.retain(|(id, _), _| live(id));
         for i in &st.issues {
             tracing::warn!(
                 tenant = %i.tenant,
@@ -667,11 +672,17 @@ impl Registry {
                 .insert((tenant.id.to_string(), role), breaker.clone());
         }
         let plugin: Arc<str> = Arc::from(plugin_name);
+        let figures = Arc::new(self.metrics.figures(plugin_name, role));
+        if serving {
+            st.figures
+                .insert((tenant.id.to_string(), role), figures.clone());
+        }
         let scope = Arc::new(Scope {
             plugin: plugin.clone(),
             tenant: tenant.id.clone(),
             config_json: Arc::from(policy.config_json()),
             kv,
+            figures: figures.clone(),
         });
         Caller {
             pool: InstancePool::new(compiled, scope, limits, budget.clone()),
@@ -686,6 +697,7 @@ impl Registry {
             tenant: tenant.id.clone(),
             role: role.as_str(),
             breaker,
+            figures,
         }
     }
 
@@ -705,6 +717,7 @@ impl Registry {
             tenant: Arc::from(""),
             config_json: Arc::from("{}"),
             kv: Arc::new(KvStore::new(16)),
+            figures: Arc::new(Figures::unlisted()),
         });
         let limits = Limits {
             call_timeout: defaults.call_timeout,
@@ -816,11 +829,14 @@ impl Registry {
                                 let instances = st.budgets.get(tenant).map(
                                     |b| json!({"live": b.instances(), "max": b.max_instances()}),
                                 );
+                                let figures =
+                                    st.figures.get(&(tenant.clone(), role)).map(|f| f.json());
                                 Some(json!({
                                     "tenant": tenant,
                                     "role": role.as_str(),
                                     "breaker": breaker,
                                     "tenant_instances": instances,
+                                    "figures": figures,
                                 }))
                             }
                             _ => None,

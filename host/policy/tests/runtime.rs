@@ -822,3 +822,47 @@ async fn a_failing_shadow_never_touches_the_serving_calls() {
 fn json<T: Into<serde_json::Value>>(v: T) -> serde_json::Value {
     v.into()
 }
+
+/// `/admin/plugins` shows what a plugin costs: CPU per call (one call in 64
+/// per thread is timed) and the peak linear memory of its instances; the same
+/// figures are metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_cpu_per_call_and_peak_memory_are_reported() {
+    let env = Env::start(
+        "[tenants.default.policies.router]\nplugin = \"bad\"\n",
+        &[("misbehave", "bad")],
+        false,
+    )
+    .await;
+    let p = env.policies("default");
+    assert!(
+        route(&p, "t:bomb:8", "1").is_ok(),
+        "8 MiB fit the 64 MiB cap"
+    );
+    for _ in 0..(3 * 64) {
+        assert!(route(&p, "room:1", "1").is_ok());
+    }
+    let figures = &env.status("bad")["used_by"][0]["figures"];
+    assert!(figures["cpu_samples"].as_u64().unwrap() >= 2, "{figures}");
+    assert!(
+        figures["cpu_per_call_us"].as_f64().unwrap() > 0.0,
+        "{figures}"
+    );
+    assert!(
+        figures["peak_memory_bytes"].as_u64().unwrap() >= 8 << 20,
+        "{figures}"
+    );
+    let metrics = env.node.metrics.encode();
+    let peak = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("switchyard_plugin_memory_peak_bytes{plugin=\"bad\",role=\"router\"} ")
+        })
+        .expect("peak memory gauge");
+    assert!(peak.trim().parse::<u64>().unwrap() >= 8 << 20, "{peak}");
+    assert!(
+        metrics
+            .contains("switchyard_plugin_call_cpu_seconds_count{plugin=\"bad\",role=\"router\"}"),
+        "{metrics}"
+    );
+}
