@@ -267,3 +267,48 @@ async fn a_tenant_chooses_its_fallbacks() {
     let open: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(open["pollInterval"], 1500);
 }
+
+/// Publish-to-deliver latency is recorded per delivery on every transport
+/// (one delivery in 8 sampled), with outbound frame sizes beside it.
+#[tokio::test]
+async fn delivery_latency_is_recorded_on_every_transport() {
+    let gw = Gateway::start(CFG);
+    let mut sse = Sse::open(gw.addr, "/sse?channels=news:m").await;
+    sse.next_type("subscribed").await;
+    let (st, body) = gw.post_json("/poll?channels=news:m", None, "").await;
+    assert_eq!(st, 200, "{body}");
+    let open: Value = serde_json::from_str(&body).expect("json");
+    let poll_id = open["session"].as_str().expect("session").to_owned();
+    let mut ws = Client::connect(&gw.ws_url("/ws")).await;
+    ws.subscribe(1, "news:m").await;
+    let n = 40;
+    for i in 0..n {
+        let (st, _) = gw
+            .post_json(
+                "/api/publish",
+                Some("k"),
+                &format!(r#"{{"channel":"news:m","data":{i}}}"#),
+            )
+            .await;
+        assert_eq!(st, 200);
+    }
+    for i in 0..n {
+        assert_eq!(sse.next_type("message").await["data"], i);
+        assert_eq!(ws.recv_type("message").await["data"], i);
+    }
+    let mut polled = 0;
+    while polled < n {
+        let (_, b) = gw.get(&format!("/poll/session/{poll_id}?wait=5")).await;
+        let frames: Vec<Value> = serde_json::from_str(&b).expect("json");
+        polled += frames.iter().filter(|f| f["type"] == "message").count();
+    }
+    for transport in ["ws", "sse", "poll"] {
+        gw.wait_metric_value(
+            &format!("switchyard_publish_to_deliver_seconds_count{{transport=\"{transport}\"}}"),
+            |v| v >= 1.0,
+        )
+        .await;
+    }
+    gw.wait_metric_value("switchyard_outbound_frame_size_bytes_count", |v| v >= 3.0)
+        .await;
+}

@@ -30,6 +30,66 @@ pub struct TransportLabel {
     pub transport: &'static str,
 }
 
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+/// One delivery in this many (per thread) is recorded in the latency and
+/// outbound size histograms: a histogram update is several atomic operations,
+/// and a sample keeps the distribution per delivery (not per write batch).
+pub const DELIVERY_SAMPLE: u32 = 8;
+
+/// The delivery histograms of one transport.
+#[derive(Debug, Clone)]
+pub struct DeliveryMetrics {
+    latency: Histogram,
+    size: Histogram,
+}
+
+/// The deliveries of one write batch picked for [`DeliveryMetrics`]: offered
+/// while the batch is encoded, recorded once it is flushed (so the latency is
+/// publish → written, measured with one clock read per batch).
+#[derive(Debug, Default)]
+pub struct DeliverySample {
+    picked: [(Option<std::time::Instant>, u32); 16],
+    n: usize,
+}
+
+impl DeliverySample {
+    /// A frame of `len` bytes published at `published_at` (`None` = a reply,
+    /// not a delivery) is in the batch.
+    pub fn offer(&mut self, published_at: Option<std::time::Instant>, len: usize) {
+        thread_local! {
+            static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+        }
+        let pick = SEEN.with(|c| {
+            let n = c.get().wrapping_add(1);
+            c.set(n);
+            n % DELIVERY_SAMPLE == 0
+        });
+        if pick && self.n < self.picked.len() {
+            self.picked[self.n] = (published_at, u32::try_from(len).unwrap_or(u32::MAX));
+            self.n += 1;
+        }
+    }
+
+    /// Records the picked deliveries as written now, and starts over.
+    pub fn record(&mut self, m: &DeliveryMetrics) {
+        if self.n == 0 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        for (at, len) in &self.picked[..self.n] {
+            m.size.observe(f64::from(*len));
+            if let Some(t) = at {
+                m.latency
+                    .observe(now.saturating_duration_since(*t).as_secs_f64());
+            }
+        }
+        self.n = 0;
+    }
+}
+
 /// The node's metric families.
 #[derive(Debug)]
 pub struct Metrics {
@@ -52,8 +112,11 @@ pub struct Metrics {
     pub publishes: Counter,
     /// Inbound frame sizes.
     pub frame_size: Histogram,
-    /// Publish accepted → frame written to a subscriber's socket.
-    pub publish_latency: Histogram,
+    /// Publish accepted → frame written to a subscriber's socket, per
+    /// delivery (sampled, see [`DeliverySample`]), by transport.
+    pub publish_latency: Family<TransportLabel, Histogram, fn() -> Histogram>,
+    /// Outbound frame sizes (sampled like the latency).
+    pub frame_size_out: Histogram,
     /// Ping → pong round trip.
     pub heartbeat_rtt: Histogram,
     /// Slow-consumer queue overflows.
@@ -88,7 +151,8 @@ impl Metrics {
             messages_failed: Family::default(),
             publishes: Counter::default(),
             frame_size: Histogram::new(exponential_buckets(16.0, 4.0, 9)),
-            publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            publish_latency: Family::new_with_constructor(latency_histogram),
+            frame_size_out: Histogram::new(exponential_buckets(16.0, 4.0, 9)),
             heartbeat_rtt: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             send_queue_overflows: Counter::default(),
             zombies: Counter::default(),
@@ -96,6 +160,12 @@ impl Metrics {
             document_patches: Counter::default(),
             document_append_retries: Counter::default(),
         };
+        for transport in Self::DELIVERY_TRANSPORTS {
+            drop(
+                m.publish_latency
+                    .get_or_create(&TransportLabel { transport }),
+            );
+        }
         {
             let mut r = m.registry.lock();
             r.register(
@@ -160,8 +230,13 @@ impl Metrics {
             );
             r.register(
                 "switchyard_publish_to_deliver_seconds",
-                "Time from publish accepted to frame written to a subscriber",
+                "Time from publish accepted to frame written to a subscriber, per delivery (one in 8 sampled), by transport",
                 m.publish_latency.clone(),
+            );
+            r.register(
+                "switchyard_outbound_frame_size_bytes",
+                "Outbound frame size (one in 8 frames sampled)",
+                m.frame_size_out.clone(),
             );
             r.register(
                 "switchyard_heartbeat_rtt_seconds",
@@ -180,6 +255,20 @@ impl Metrics {
             );
         }
         m
+    }
+
+    /// Transports whose delivery series exist from the start (at zero).
+    pub const DELIVERY_TRANSPORTS: [&'static str; 4] = ["ws", "sse", "poll", "yjs"];
+
+    /// The delivery histograms of one transport, resolved once per connection.
+    pub fn deliveries(&self, transport: &'static str) -> DeliveryMetrics {
+        DeliveryMetrics {
+            latency: self
+                .publish_latency
+                .get_or_create(&TransportLabel { transport })
+                .clone(),
+            size: self.frame_size_out.clone(),
+        }
     }
 
     /// Registers another family (plugin runtime, broker).
@@ -222,6 +311,41 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn count_of(text: &str, series: &str) -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn one_delivery_in_eight_is_recorded_per_delivery_not_per_batch() {
+        let m = Metrics::new();
+        let d = m.deliveries("sse");
+        let t = std::time::Instant::now();
+        // Two batches of 40 deliveries and one of 8 replies (no publish time).
+        for _ in 0..2 {
+            let mut s = DeliverySample::default();
+            for _ in 0..40 {
+                s.offer(Some(t), 100);
+            }
+            s.record(&d);
+        }
+        let mut s = DeliverySample::default();
+        for _ in 0..8 {
+            s.offer(None, 10);
+        }
+        s.record(&d);
+        let text = m.encode();
+        let lat = count_of(
+            &text,
+            "switchyard_publish_to_deliver_seconds_count{transport=\"sse\"} ",
+        );
+        let size = count_of(&text, "switchyard_outbound_frame_size_bytes_count ");
+        assert_eq!(lat, 10, "80 deliveries / 8, not 2 batches:\n{text}");
+        assert_eq!(size, 11, "88 frames / 8");
+    }
 
     #[test]
     fn exposes_families() {

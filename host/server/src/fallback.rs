@@ -59,6 +59,8 @@ pub(crate) struct Fallback {
     poll: tokio::sync::Mutex<()>,
     last_poll: parking_lot::Mutex<tokio::time::Instant>,
     closed: parking_lot::Mutex<Option<CloseRequest>>,
+    /// Publish-to-deliver and outbound size histograms of this transport.
+    deliveries: switchyard_core::metrics::DeliveryMetrics,
 }
 
 fn close_frame(c: CloseRequest, outbox: &Outbox) -> String {
@@ -106,6 +108,7 @@ fn open(
         poll: tokio::sync::Mutex::new(()),
         last_poll: parking_lot::Mutex::new(tokio::time::Instant::now()),
         closed: parking_lot::Mutex::new(None),
+        deliveries: node.metrics.deliveries(transport),
     });
     server.conn_opened();
     server.fallbacks.insert(name.clone(), handle.clone());
@@ -276,13 +279,17 @@ pub async fn sse(
                 let close = st.handle.outbox.take(&mut st.batch);
                 let mut out = BytesMut::new();
                 let n = st.batch.len() as u64;
+                let mut sample = switchyard_core::metrics::DeliverySample::default();
                 for item in st.batch.drain(..) {
+                    sample.offer(item.published_at, item.frame.bytes().len());
                     sse_event(&mut out, item.frame.bytes());
                     if let Some(h) = item.on_written {
                         h();
                     }
                 }
                 metrics.messages_out.inc_by(n);
+                // Handed to hyper for the socket: as written as SSE gets.
+                sample.record(&st.handle.deliveries);
                 if let Some(c) = close {
                     *st.handle.closed.lock() = Some(c);
                     out.extend_from_slice(b"event: close\n");
@@ -328,7 +335,7 @@ pub async fn poll_open(
         Ok(started) => started,
         Err(resp) => return *resp,
     };
-    let frames = collect(&handle, Duration::ZERO).await;
+    let frames = collect(&handle, Duration::ZERO, &server.node().metrics).await;
     let interval = handle.tenant.config().poll_interval.as_millis();
     with_type(
         StatusCode::OK,
@@ -341,22 +348,30 @@ pub async fn poll_open(
 }
 
 /// Takes what is queued (waiting up to `wait` for something) as a JSON array.
-async fn collect(handle: &Fallback, wait: Duration) -> String {
+async fn collect(
+    handle: &Fallback,
+    wait: Duration,
+    metrics: &switchyard_core::metrics::Metrics,
+) -> String {
     let mut batch = VecDeque::new();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let close = handle.outbox.take(&mut batch);
         if !batch.is_empty() || close.is_some() || tokio::time::Instant::now() >= deadline {
             let mut out = String::from("[");
+            let mut sample = switchyard_core::metrics::DeliverySample::default();
+            metrics.messages_out.inc_by(batch.len() as u64);
             for (i, item) in batch.drain(..).enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
+                sample.offer(item.published_at, item.frame.bytes().len());
                 out.push_str(item.frame.as_str());
                 if let Some(h) = item.on_written {
                     h();
                 }
             }
+            sample.record(&handle.deliveries);
             if let Some(c) = close {
                 *handle.closed.lock() = Some(c);
                 if out.len() > 1 {
@@ -419,7 +434,7 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
                 .and_then(|w| w.parse::<u64>().ok())
                 .map_or(Duration::from_secs(25), Duration::from_secs)
                 .min(MAX_WAIT);
-            let frames = collect(&handle, wait).await;
+            let frames = collect(&handle, wait, &server.node().metrics).await;
             *handle.last_poll.lock() = tokio::time::Instant::now();
             with_type(StatusCode::OK, "application/json", frames)
         }

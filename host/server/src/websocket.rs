@@ -257,6 +257,8 @@ where
 
     let writer = async {
         let mut batch: VecDeque<Outgoing> = VecDeque::new();
+        let deliveries = metrics.deliveries(if wire.is_some() { "yjs" } else { "ws" });
+        let mut sample = switchyard_core::metrics::DeliverySample::default();
         let start = tokio::time::Instant::now() + limits.heartbeat_interval;
         let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,13 +289,13 @@ where
                 }
                 if !batch.is_empty() {
                     let n = batch.len() as u64;
-                    let oldest = batch.iter().filter_map(|o| o.published_at).min();
                     let write = async {
                         let mut hooks = Vec::new();
                         for item in batch.drain(..) {
                             if let Some(h) = item.on_written {
                                 hooks.push(h);
                             }
+                            sample.offer(item.published_at, item.frame.bytes().len());
                             let frame = match &wire {
                                 None => item.frame,
                                 Some(w) => match w.outgoing(item.frame) {
@@ -315,9 +317,7 @@ where
                                 return WriterEnd::Failed;
                             }
                             metrics.messages_out.inc_by(n);
-                            if let Some(t) = oldest {
-                                metrics.publish_latency.observe(t.elapsed().as_secs_f64());
-                            }
+                            sample.record(&deliveries);
                         }
                         () = outbox.closed() => {
                             batch.clear();
