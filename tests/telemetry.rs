@@ -193,6 +193,10 @@ async fn one_trace_from_client_through_publish_on_a_to_deliver_on_b() {
     assert_eq!(conn.attr("switchyard.client"), "pub");
     assert_eq!(publish_span.parent_span_id, conn.span_id);
     assert_eq!(rx.bad_requests(), 0, "every export was valid OTLP protobuf");
+    a.wait_metric_value("switchyard_trace_spans_total{outcome=\"exported\"}", |v| {
+        v >= 3.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,6 +342,11 @@ async fn with_telemetry_off_nothing_is_sent() {
         find(s, |x| x.service == "control" && x.name == "deliver off:1").cloned()
     })
     .await;
+    let (_, metrics) = off.get("/metrics").await;
+    assert!(
+        !metrics.contains("switchyard_trace_spans"),
+        "no exporter when off"
+    );
     // Stopping drains and would flush a tracer: still nothing from it.
     off.signal(libc::SIGTERM);
     assert!(
@@ -445,4 +454,8 @@ async fn an_unreachable_collector_never_blocks_publishing() {
         started.elapsed()
     );
     assert_eq!(gw.get("/healthz").await.0, 200);
+    gw.wait_metric_value("switchyard_trace_spans_total{outcome=\"failed\"}", |v| {
+        v > 0.0
+    })
+    .await;
 }

@@ -100,7 +100,7 @@ pub fn serve(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match rt.block_on(run(cfg, config_path)) {
+    let code = match rt.block_on(run(cfg, config_path, telemetry.as_ref())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -114,7 +114,11 @@ pub fn serve(cfg: Config, config_path: Option<PathBuf>) -> ExitCode {
     code
 }
 
-async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(
+    cfg: Config,
+    config_path: Option<PathBuf>,
+    telemetry: Option<&crate::telemetry::Telemetry>,
+) -> anyhow::Result<()> {
     // Handlers first: a SIGTERM that arrives once we answer requests must drain, not kill.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -141,6 +145,9 @@ async fn run(cfg: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
             Node::new(cfg.clone(), hub, broker)
         }
     };
+    if let Some(t) = telemetry {
+        t.register(&node.metrics);
+    }
     let plugins = PluginHost::start(node.clone())
         .await
         .context("starting the plugin runtime")?;
