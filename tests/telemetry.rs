@@ -459,3 +459,42 @@ async fn an_unreachable_collector_never_blocks_publishing() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yjs_connect_traceparent_parents_the_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    let rx = Receiver::start();
+    let gw = Gateway::start(&format!(
+        "[tenants.t]\ndocuments = [\"yjs:*\"]\n{}",
+        telemetry(&rx.endpoint(), "yjs")
+    ));
+    let yjs_trace = "55555555555555555555555555555555";
+    let tp = traceparent(yjs_trace, "6666666666666666");
+    let mut req = gw
+        .ws_url("/yjs/t/room-1")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("traceparent", HeaderValue::from_str(&tp).expect("value"));
+    let (mut ws, _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(req),
+    )
+    .await
+    .expect("connect in time")
+    .expect("connect");
+    ws.close(None).await.expect("close");
+    // Read to the end of the close handshake.
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(SPANS, ws.next()).await {}
+    let conn = rx
+        .wait_for(SPANS, |s| {
+            find(s, |x| x.name == "connect yjs" && x.trace_id == yjs_trace).cloned()
+        })
+        .await;
+    assert_eq!(conn.parent_span_id, "6666666666666666");
+    assert_eq!(conn.kind, kind::SERVER);
+    assert_eq!(conn.attr("switchyard.tenant"), "t");
+    let _ = ws
+        .send(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+}
