@@ -554,3 +554,57 @@ async fn a_shadow_router_is_compared_and_promoted_without_dropping_a_connection(
         gw.logs()
     );
 }
+
+/// Per-tenant families: connections, messages in/out and plugin calls carry
+/// a `tenant` label for the tenants in `telemetry.tenant_labels`; the rest
+/// are counted as `other` (bounded cardinality).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_labels_are_bounded_by_the_allow_list() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "router", &read(&fixture("router-v1")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n[telemetry]\ntenant_labels = [\"a\"]\n\
+         [tenants.a.policies.router]\nplugin = \"router\"\n\
+         [tenants.b.policies.router]\nplugin = \"router\"\n\
+         [tenants.c.policies.router]\nplugin = \"router\"\n",
+        plugins.display().to_string()
+    ));
+    let mut a = Client::connect(&gw.ws_url("/ws/a")).await;
+    let mut b = Client::connect(&gw.ws_url("/ws/b")).await;
+    let mut c = Client::connect(&gw.ws_url("/ws/c")).await;
+    for (cl, id) in [(&mut a, 1u64), (&mut b, 2), (&mut c, 3)] {
+        cl.subscribe(id, "room:1").await;
+        publish_roundtrip(cl, 10 + id, "room:1", json!(id))
+            .await
+            .expect("publish");
+    }
+    let m = gw
+        .wait_metric("switchyard_tenant_connections_active{tenant=\"other\"} 2")
+        .await;
+    assert!(
+        m.contains("switchyard_tenant_connections_active{tenant=\"a\"} 1"),
+        "{m}"
+    );
+    assert!(
+        !m.contains("tenant=\"b\"") && !m.contains("tenant=\"c\""),
+        "b and c are other:\n{m}"
+    );
+    for series in [
+        "switchyard_tenant_messages_in_total{tenant=\"a\"}",
+        "switchyard_tenant_messages_out_total{tenant=\"a\"}",
+        "switchyard_tenant_messages_in_total{tenant=\"other\"}",
+    ] {
+        gw.wait_metric_value(series, |v| v >= 2.0).await;
+    }
+    gw.wait_metric(
+        "switchyard_tenant_plugin_calls_total{tenant=\"a\",role=\"router\",outcome=\"ok\"} 1",
+    )
+    .await;
+    gw.wait_metric(
+        "switchyard_tenant_plugin_calls_total{tenant=\"other\",role=\"router\",outcome=\"ok\"} 2",
+    )
+    .await;
+    drop(a);
+    gw.wait_metric("switchyard_tenant_connections_active{tenant=\"a\"} 0")
+        .await;
+}

@@ -96,6 +96,8 @@ pub struct Outbox {
     overflows: AtomicU32,
     /// Inbound frames the session handled (messages in).
     received: AtomicU64,
+    /// The tenant's in/out counters, once the session set them.
+    tenant: std::sync::OnceLock<crate::metrics::TenantMetrics>,
 }
 
 impl Outbox {
@@ -115,6 +117,7 @@ impl Outbox {
             max_bytes: max_bytes.max(1),
             overflows: AtomicU32::new(0),
             received: AtomicU64::new(0),
+            tenant: std::sync::OnceLock::new(),
         }
     }
 
@@ -261,6 +264,11 @@ impl Outbox {
         let mut st = self.state.lock();
         std::mem::swap(&mut st.frames, out);
         st.taken += out.len() as u64;
+        if !out.is_empty()
+            && let Some(t) = self.tenant.get()
+        {
+            t.messages_out.inc_by(out.len() as u64);
+        }
         st.bytes = 0;
         st.replies = 0;
         st.reply_bytes = 0;
@@ -293,9 +301,22 @@ impl Outbox {
         self.state.lock().reason.clone()
     }
 
+    /// The tenant's series this queue counts for, if set.
+    pub fn tenant_metrics(&self) -> Option<&crate::metrics::TenantMetrics> {
+        self.tenant.get()
+    }
+
+    /// Counts frames for the tenant's series from now on (set once).
+    pub fn count_for(&self, tenant: crate::metrics::TenantMetrics) {
+        let _ = self.tenant.set(tenant);
+    }
+
     /// Counts one inbound frame handled for this connection.
     pub fn note_received(&self) {
         self.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = self.tenant.get() {
+            t.messages_in.inc();
+        }
     }
 
     /// Inbound frames counted by [`Outbox::note_received`].

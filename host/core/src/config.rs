@@ -353,6 +353,30 @@ pub struct TelemetryConfig {
     pub export_interval: Duration,
     /// Spans waiting for export at most; beyond it new spans are dropped (counted).
     pub queue_spans: usize,
+    /// Tenants with their own `tenant` label value in the per-tenant metric
+    /// families (`switchyard_tenant_*`); every other tenant is counted as
+    /// `other`. `["*"]` (default) = every configured tenant, up to
+    /// [`MAX_TENANT_LABELS`] in id order.
+    pub tenant_labels: Vec<String>,
+}
+
+/// Most tenants with their own metric label under `tenant_labels = ["*"]`.
+pub const MAX_TENANT_LABELS: usize = 100;
+
+impl TelemetryConfig {
+    /// The metric label of tenant `id` among `tenants` (configured ids, sorted).
+    pub fn tenant_label<'a>(
+        &self,
+        id: &'a str,
+        tenants: &BTreeMap<String, TenantConfig>,
+    ) -> &'a str {
+        let own = if self.tenant_labels.iter().any(|t| t == "*") {
+            tenants.keys().take(MAX_TENANT_LABELS).any(|t| t == id)
+        } else {
+            self.tenant_labels.iter().any(|t| t == id)
+        };
+        if own { id } else { "other" }
+    }
 }
 
 impl Default for TelemetryConfig {
@@ -363,6 +387,7 @@ impl Default for TelemetryConfig {
             sample_ratio: 1.0,
             export_interval: Duration::from_secs(5),
             queue_spans: 2048,
+            tenant_labels: vec!["*".into()],
         }
     }
 }

@@ -90,6 +90,25 @@ impl DeliverySample {
     }
 }
 
+/// Label: tenant (its own id, or `other`: see `telemetry.tenant_labels`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabel {
+    /// Tenant id or `other`.
+    pub tenant: String,
+}
+
+/// One tenant's series, resolved once per connection: nothing is looked up
+/// per message.
+#[derive(Debug, Clone)]
+pub struct TenantMetrics {
+    /// `switchyard_tenant_connections_active`.
+    pub connections: Gauge,
+    /// `switchyard_tenant_messages_in_total`.
+    pub messages_in: Counter,
+    /// `switchyard_tenant_messages_out_total`.
+    pub messages_out: Counter,
+}
+
 /// The node's metric families.
 #[derive(Debug)]
 pub struct Metrics {
@@ -129,6 +148,12 @@ pub struct Metrics {
     pub document_patches: Counter,
     /// Patches retried after another node took the version first.
     pub document_append_retries: Counter,
+    /// Open connections by tenant.
+    pub tenant_connections: Family<TenantLabel, Gauge>,
+    /// Inbound frames by tenant.
+    pub tenant_messages_in: Family<TenantLabel, Counter>,
+    /// Outbound frames by tenant.
+    pub tenant_messages_out: Family<TenantLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -159,6 +184,9 @@ impl Metrics {
             documents_open: Gauge::default(),
             document_patches: Counter::default(),
             document_append_retries: Counter::default(),
+            tenant_connections: Family::default(),
+            tenant_messages_in: Family::default(),
+            tenant_messages_out: Family::default(),
         };
         for transport in Self::DELIVERY_TRANSPORTS {
             drop(
@@ -172,6 +200,21 @@ impl Metrics {
                 "switchyard_connections_active",
                 "Open connections",
                 m.connections_active.clone(),
+            );
+            r.register(
+                "switchyard_tenant_connections_active",
+                "Open connections by tenant (own label for telemetry.tenant_labels, else other)",
+                m.tenant_connections.clone(),
+            );
+            r.register(
+                "switchyard_tenant_messages_in",
+                "Inbound frames handled, by tenant",
+                m.tenant_messages_in.clone(),
+            );
+            r.register(
+                "switchyard_tenant_messages_out",
+                "Outbound frames taken for the socket, by tenant",
+                m.tenant_messages_out.clone(),
             );
             r.register(
                 "switchyard_documents_open",
@@ -255,6 +298,18 @@ impl Metrics {
             );
         }
         m
+    }
+
+    /// The series of tenant label `label` (see `TelemetryConfig::tenant_label`).
+    pub fn for_tenant(&self, label: &str) -> TenantMetrics {
+        let l = TenantLabel {
+            tenant: label.to_owned(),
+        };
+        TenantMetrics {
+            connections: self.tenant_connections.get_or_create(&l).clone(),
+            messages_in: self.tenant_messages_in.get_or_create(&l).clone(),
+            messages_out: self.tenant_messages_out.get_or_create(&l).clone(),
+        }
     }
 
     /// Transports whose delivery series exist from the start (at zero).

@@ -124,6 +124,9 @@ impl Session {
             },
         );
         node.metrics.connections_active.inc();
+        let tenant_metrics = node.metrics.for_tenant(&tenant.metric_label());
+        tenant_metrics.connections.inc();
+        outbox.count_for(tenant_metrics);
         let name = uuid::Uuid::new_v4().to_string();
         let heartbeat_ms = u64::try_from(limits.heartbeat_interval.as_millis()).unwrap_or(u64::MAX);
         let _ = outbox.push_frame(encode::welcome_with(
@@ -623,6 +626,9 @@ impl Drop for Session {
             .hub
             .unregister(&self.tenant.id, &self.client, self.id);
         self.node.metrics.connections_active.dec();
+        if let Some(t) = self.outbox.tenant_metrics() {
+            t.connections.dec();
+        }
     }
 }
 

@@ -16,6 +16,8 @@ use crate::policy::PolicySet;
 pub struct Tenant {
     /// Tenant id.
     pub id: Arc<str>,
+    /// Its `tenant` label in the per-tenant metric families (id or `other`).
+    metric_label: ArcSwap<String>,
     config: ArcSwap<TenantConfig>,
     options: ArcSwap<ChannelOptions>,
     policies: ArcSwap<PolicySet>,
@@ -27,10 +29,16 @@ impl Tenant {
         let options = options_of(&config, dedupe_window);
         Self {
             id: Arc::from(id),
+            metric_label: ArcSwap::from_pointee(id.to_owned()),
             config: ArcSwap::from_pointee(config),
             options: ArcSwap::from_pointee(options),
             policies: ArcSwap::from_pointee(PolicySet::default()),
         }
+    }
+
+    /// Its `tenant` label in the per-tenant metric families.
+    pub fn metric_label(&self) -> Arc<String> {
+        self.metric_label.load_full()
     }
 
     /// Current settings.
@@ -150,6 +158,9 @@ impl Tenants {
                 }
                 None => Arc::new(Tenant::new(id, tc.clone(), cfg.limits.dedupe_window)),
             };
+            t.metric_label.store(Arc::new(
+                cfg.telemetry.tenant_label(id, &cfg.tenants).to_owned(),
+            ));
             map.insert(id.clone(), t);
         }
         self.map.store(Arc::new(map));

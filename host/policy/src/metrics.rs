@@ -34,6 +34,17 @@ pub struct RoleLabels {
     pub role: &'static str,
 }
 
+/// Labels of `tenant_plugin_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantCallLabels {
+    /// Tenant id, or `other` (see `telemetry.tenant_labels`).
+    pub tenant: String,
+    /// Role.
+    pub role: &'static str,
+    /// As in [`CallLabels`].
+    pub outcome: &'static str,
+}
+
 /// Labels of `plugin_shadow_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShadowLabels {
@@ -68,6 +79,7 @@ pub(crate) struct PluginMetrics {
     duration: HistogramFamily,
     load_failures: Family<PluginLabel, Counter>,
     shadow: Family<ShadowLabels, Counter>,
+    tenant_calls: Family<TenantCallLabels, Counter>,
     cpu: HistogramFamily,
     memory_peak: Family<RoleLabels, Gauge>,
 }
@@ -89,28 +101,29 @@ pub(crate) enum Outcome {
 /// Counters of one plugin+role, resolved once so a call touches no label map.
 #[derive(Debug, Clone)]
 pub(crate) struct CallMetrics {
-    ok: Counter,
-    denied: Counter,
-    error: Counter,
-    timeout: Counter,
-    trap: Counter,
-    cooling: Counter,
-    busy: Counter,
+    /// `plugin_calls_total{plugin,role,outcome}`, indexed by [`Outcome`].
+    by_plugin: [Counter; OUTCOMES.len()],
+    /// `tenant_plugin_calls_total{tenant,role,outcome}`, the same outcomes.
+    by_tenant: [Counter; OUTCOMES.len()],
     pub duration: Histogram,
 }
 
+/// Every outcome, in [`Outcome`] order, with its label value.
+const OUTCOMES: [(Outcome, &str); 7] = [
+    (Outcome::Ok, "ok"),
+    (Outcome::Denied, "denied"),
+    (Outcome::Error, "error"),
+    (Outcome::Timeout, "timeout"),
+    (Outcome::Trap, "trap"),
+    (Outcome::CoolingDown, "cooling_down"),
+    (Outcome::Busy, "busy"),
+];
+
 impl CallMetrics {
     pub(crate) fn count(&self, outcome: Outcome) {
-        match outcome {
-            Outcome::Ok => &self.ok,
-            Outcome::Denied => &self.denied,
-            Outcome::Error => &self.error,
-            Outcome::Timeout => &self.timeout,
-            Outcome::Trap => &self.trap,
-            Outcome::CoolingDown => &self.cooling,
-            Outcome::Busy => &self.busy,
-        }
-        .inc();
+        let i = outcome as usize;
+        self.by_plugin[i].inc();
+        self.by_tenant[i].inc();
     }
 }
 
@@ -122,9 +135,15 @@ impl PluginMetrics {
             duration: Family::new_with_constructor(duration_histogram),
             load_failures: Family::default(),
             shadow: Family::default(),
+            tenant_calls: Family::default(),
             cpu: Family::new_with_constructor(duration_histogram),
             memory_peak: Family::default(),
         };
+        metrics.register(
+            "switchyard_tenant_plugin_calls",
+            "Plugin calls by tenant, role and outcome (tenant = its id, or other beyond telemetry.tenant_labels)",
+            m.tenant_calls.clone(),
+        );
         metrics.register(
             "switchyard_plugin_call_cpu_seconds",
             "CPU time of a plugin call (one call in 64 per thread is measured), by plugin and role",
@@ -196,24 +215,26 @@ impl PluginMetrics {
     }
 
     /// Counters for `plugin` in `role`.
-    pub(crate) fn for_call(&self, plugin: &str, role: Role) -> CallMetrics {
-        let c = |outcome| {
-            self.calls
-                .get_or_create(&CallLabels {
-                    plugin: plugin.to_owned(),
-                    role: role.as_str(),
-                    outcome,
-                })
-                .clone()
-        };
+    pub(crate) fn for_call(&self, plugin: &str, role: Role, tenant: &str) -> CallMetrics {
         CallMetrics {
-            ok: c("ok"),
-            denied: c("denied"),
-            error: c("error"),
-            timeout: c("timeout"),
-            trap: c("trap"),
-            cooling: c("cooling_down"),
-            busy: c("busy"),
+            by_plugin: OUTCOMES.map(|(_, outcome)| {
+                self.calls
+                    .get_or_create(&CallLabels {
+                        plugin: plugin.to_owned(),
+                        role: role.as_str(),
+                        outcome,
+                    })
+                    .clone()
+            }),
+            by_tenant: OUTCOMES.map(|(_, outcome)| {
+                self.tenant_calls
+                    .get_or_create(&TenantCallLabels {
+                        tenant: tenant.to_owned(),
+                        role: role.as_str(),
+                        outcome,
+                    })
+                    .clone()
+            }),
             duration: self
                 .duration
                 .get_or_create(&RoleLabels {
@@ -231,5 +252,17 @@ impl PluginMetrics {
                 plugin: plugin.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_listed_in_enum_order() {
+        for (i, (o, _)) in OUTCOMES.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
     }
 }

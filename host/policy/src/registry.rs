@@ -388,9 +388,11 @@ impl Registry {
                     Binding::BuiltIn => builtin.clone(),
                     Binding::Refuse { reason } => Arc::new(Unavailable {
                         reason: reason.clone(),
-                        metrics: self
-                            .metrics
-                            .for_call(mappings[0].map_or("", |p| p.plugin.as_str()), Role::Auth),
+                        metrics: self.metrics.for_call(
+                            mappings[0].map_or("", |p| p.plugin.as_str()),
+                            Role::Auth,
+                            &tenant.metric_label(),
+                        ),
                     }),
                     Binding::Plugin { .. } => {
                         let serving: Arc<dyn AuthPolicy> =
@@ -692,7 +694,9 @@ impl Registry {
             } else {
                 OnError::Deny
             },
-            metrics: self.metrics.for_call(plugin_name, role),
+            metrics: self
+                .metrics
+                .for_call(plugin_name, role, &tenant.metric_label()),
             plugin,
             tenant: tenant.id.clone(),
             role: role.as_str(),
