@@ -345,6 +345,7 @@ impl Session {
     /// authorize-publish, then the rate-limit policy, as for a publish. The
     /// policy sees the delta as its JSON when it is JSON (LWW), else `null`.
     fn authorize_patch(&self, channel: &str, delta: &[u8]) -> Result<(), Denial> {
+        let _cx = self.trace.attach(); // plugin spans join the connection's trace
         let policies = self.tenant.policies();
         let as_json = std::str::from_utf8(delta)
             .ok()
@@ -438,11 +439,13 @@ impl Session {
             );
             return None;
         }
-        let verdict = self
-            .tenant
-            .policies()
-            .auth
-            .authorize_subscribe(&self.principal, channel);
+        let verdict = {
+            let _cx = self.trace.attach(); // plugin spans join the connection's trace
+            self.tenant
+                .policies()
+                .auth
+                .authorize_subscribe(&self.principal, channel)
+        };
         if let Err(d) = verdict {
             self.error(id, denial_code(&d), &d.to_string());
             return None;
@@ -583,11 +586,13 @@ impl Session {
         if let Err(e) = channel::validate(&channel) {
             return self.error(id, ErrorCode::BadChannel, &e.to_string());
         }
-        let verdict = self
-            .tenant
-            .policies()
-            .auth
-            .authorize_subscribe(&self.principal, &channel);
+        let verdict = {
+            let _cx = self.trace.attach(); // plugin spans join the connection's trace
+            self.tenant
+                .policies()
+                .auth
+                .authorize_subscribe(&self.principal, &channel)
+        };
         if let Err(d) = verdict {
             return self.error(id, denial_code(&d), &d.to_string());
         }
