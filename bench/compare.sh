@@ -7,7 +7,7 @@
 # docs/benchmarks.md between the bench markers.
 #
 # Usage: bench/compare.sh [--quick] [--duration 10s] [--repeat 1]
-#                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node]
+#                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry]
 #                         [--out DIR] [--no-doc] [--no-build] [--idle-conns N]
 #        bench/compare.sh --report-only DIR [--no-doc]   (table from DIR/results.jsonl again)
 # Before each run the script waits (up to QUIET_WAIT=120 s) for both cores to
@@ -24,7 +24,7 @@ HOLD=3s
 REPEAT=1
 QUICK=0
 UPDATE_DOC=1
-CASES="echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node"
+CASES="echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry"
 OUT=""
 IDLE_CONNS=19000
 NO_BUILD=0
@@ -116,7 +116,7 @@ cleanup() {
   for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && wait "$pid" 2>/dev/null || true; done
   PIDS=()
 }
-trap 'cleanup; stop_redis' EXIT
+trap 'cleanup; stop_redis; stop_otlp_sink' EXIT
 
 wait_port() { # port [path]
   local port=$1 path=${2:-} i
@@ -141,8 +141,8 @@ start() {
   wait_port "$port" "$health"
 }
 
-switchyard_config() { # file port node plugins(0|1) broker(memory|redis)
-  local file=$1 port=$2 node=$3 plugins=$4 broker=$5
+switchyard_config() { # file port node plugins(0|1) broker(memory|redis) [otel sample ratio]
+  local file=$1 port=$2 node=$3 plugins=$4 broker=$5 otel=${6:-}
   cat >"$file" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -174,6 +174,14 @@ watch = false
 origins = ["*"]
 history_size = 100
 EOF
+  if [[ -n $otel ]]; then
+    cat >>"$file" <<EOF
+
+[telemetry]
+otlp_endpoint = "http://127.0.0.1:$OTLP_PORT"
+sample_ratio = $otel
+EOF
+  fi
   if [[ $plugins == 1 ]]; then
     cat >>"$file" <<EOF
 
@@ -190,6 +198,21 @@ plugin = "namespace-router"
 config = { rules = [{ match = "spam:*", drop = true }, { match = "*", to = ["\$channel"] }] }
 EOF
   fi
+}
+
+# The OTLP sink the telemetry rows export to, on the client core (a collector
+# runs elsewhere in production; its work is not the gateway's).
+OTLP_PORT=14318
+OTLP_PID=""
+start_otlp_sink() {
+  [[ -n $OTLP_PID ]] && return 0
+  taskset -c "$CLIENT_CPU" node bench/node/otlp-sink.js "$OTLP_PORT" >"$LOGS/otlp-sink.log" 2>&1 &
+  OTLP_PID=$!
+  wait_port "$OTLP_PORT"
+}
+stop_otlp_sink() {
+  [[ -n $OTLP_PID ]] && { kill "$OTLP_PID" 2>/dev/null; wait "$OTLP_PID" 2>/dev/null || true; }
+  OTLP_PID=""
 }
 
 start_redis() {
@@ -221,11 +244,12 @@ up() {
       start_redis || return 1
       start "$server" "$port" "" -- env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node bench/node/socketio-server.js "$port" || return 1
       PROTO=socket-io; ECHO_PATH=/ ;;
-    switchyard|switchyard-plugins|switchyard-redis)
-      local plugins=0
+    switchyard|switchyard-plugins|switchyard-redis|switchyard-otel-1|switchyard-otel-0.01)
+      local plugins=0 otel=""
       [[ $server == switchyard-plugins ]] && plugins=1
+      if [[ $server == switchyard-otel-* ]]; then otel=${server#switchyard-otel-}; start_otlp_sink || return 1; fi
       if [[ $broker == redis ]]; then start_redis || return 1; fi
-      switchyard_config "$OUT/$server.$port.toml" "$port" "bench-$SEQ" "$plugins" "$broker"
+      switchyard_config "$OUT/$server.$port.toml" "$port" "bench-$SEQ" "$plugins" "$broker" "$otel"
       start "$server" "$port" /healthz -- "$BIN/switchyard" serve --config "$OUT/$server.$port.toml" || return 1
       PROTO=switchyard; ECHO_PATH=/echo ;;
     *) echo "unknown server $server" >&2; return 1 ;;
@@ -300,6 +324,17 @@ if has_case echo; then
     --ref-server fastws --target "Switchyard with plugins ≥ 1.1× bare fastwebsockets echo"
   run_case echo-100c-64B echo "$SY" -- \
     --url "{URL}/ws" --proto switchyard -c 100 -s 64 -d "$DURATION"
+fi
+if has_case telemetry; then
+  # Tracing off, on at 1% and on at 100% (spans per publish, per delivering
+  # node and per plugin call, exported to a sink): what tracing costs.
+  run_case telemetry-echo-100c-64B echo "switchyard switchyard-otel-0.01 switchyard-otel-1" -- \
+    --url "{URL}/ws" --proto switchyard -c 100 -s 64 -d "$DURATION" \
+    --ref-server switchyard --target "sample 0.01 costs ≤ 3% msgs/s"
+  run_case telemetry-fanout-1x10000s-100B fanout "switchyard switchyard-otel-0.01 switchyard-otel-1" -- \
+    --pub-url "{URL}/ws" --proto switchyard -n 10000 -s 100 -d "$DURATION" \
+    --ref-server switchyard --target "sample 0.01 costs ≤ 3% deliveries/s"
+  stop_otlp_sink
 fi
 if has_case echo10k; then
   run_case echo-10000c-64B echo "tungstenite fastws node-ws switchyard@switchyard-/echo" -- \
