@@ -34,9 +34,10 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
 }
 
-/// One delivery in this many (per thread) is recorded in the latency and
-/// outbound size histograms: a histogram update is several atomic operations,
-/// and a sample keeps the distribution per delivery (not per write batch).
+/// One delivery in this many (per connection, the first always) is recorded
+/// in the latency and outbound size histograms: a histogram update is several
+/// atomic operations, and a sample keeps the distribution per delivery (not
+/// per write batch).
 pub const DELIVERY_SAMPLE: u32 = 8;
 
 /// The delivery histograms of one transport.
@@ -46,41 +47,51 @@ pub struct DeliveryMetrics {
     size: Histogram,
 }
 
-/// The deliveries of one write batch picked for [`DeliveryMetrics`]: offered
-/// while the batch is encoded, recorded once it is flushed (so the latency is
-/// publish → written, measured with one clock read per batch).
+/// Deliveries picked for [`DeliveryMetrics`]: the first and then one in
+/// [`DELIVERY_SAMPLE`] of the deliveries (and, separately, of the frames)
+/// offered to this sampler, which a transport keeps for the connection. Offered
+/// while a batch is encoded, recorded once it is flushed (so the latency is
+/// publish → written, with one clock read per batch).
 #[derive(Debug, Default)]
 pub struct DeliverySample {
     picked: [(Option<std::time::Instant>, u32); 16],
     n: usize,
+    frames: u32,
+    deliveries: u32,
 }
 
 impl DeliverySample {
     /// A frame of `len` bytes published at `published_at` (`None` = a reply,
     /// not a delivery) is in the batch.
     pub fn offer(&mut self, published_at: Option<std::time::Instant>, len: usize) {
-        thread_local! {
-            static SEEN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
-        }
-        let pick = SEEN.with(|c| {
-            let n = c.get().wrapping_add(1);
-            c.set(n);
-            n % DELIVERY_SAMPLE == 0
+        let size = self.frames % DELIVERY_SAMPLE == 0;
+        self.frames = self.frames.wrapping_add(1);
+        let at = published_at.filter(|_| {
+            let pick = self.deliveries % DELIVERY_SAMPLE == 0;
+            self.deliveries = self.deliveries.wrapping_add(1);
+            pick
         });
-        if pick && self.n < self.picked.len() {
-            self.picked[self.n] = (published_at, u32::try_from(len).unwrap_or(u32::MAX));
+        if (size || at.is_some()) && self.n < self.picked.len() {
+            let len = if size {
+                u32::try_from(len).unwrap_or(u32::MAX)
+            } else {
+                u32::MAX
+            };
+            self.picked[self.n] = (at, len);
             self.n += 1;
         }
     }
 
-    /// Records the picked deliveries as written now, and starts over.
+    /// Records the picked deliveries as written now.
     pub fn record(&mut self, m: &DeliveryMetrics) {
         if self.n == 0 {
             return;
         }
         let now = std::time::Instant::now();
         for (at, len) in &self.picked[..self.n] {
-            m.size.observe(f64::from(*len));
+            if *len != u32::MAX {
+                m.size.observe(f64::from(*len));
+            }
             if let Some(t) = at {
                 m.latency
                     .observe(now.saturating_duration_since(*t).as_secs_f64());
@@ -273,7 +284,7 @@ impl Metrics {
             );
             r.register(
                 "switchyard_publish_to_deliver_seconds",
-                "Time from publish accepted to frame written to a subscriber, per delivery (one in 8 sampled), by transport",
+                "Time from publish accepted to frame written to a subscriber, per delivery (a connection's first, then one in 8), by transport",
                 m.publish_latency.clone(),
             );
             r.register(

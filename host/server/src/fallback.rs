@@ -254,6 +254,7 @@ pub async fn sse(
         batch: VecDeque<Outgoing>,
         tick: tokio::time::Interval,
         done: bool,
+        sample: switchyard_core::metrics::DeliverySample,
     }
     impl Drop for State {
         fn drop(&mut self) {
@@ -268,6 +269,7 @@ pub async fn sse(
         batch: VecDeque::new(),
         tick,
         done: false,
+        sample: switchyard_core::metrics::DeliverySample::default(),
     };
     let body = stream::unfold(state, move |mut st| {
         let metrics = metrics.clone();
@@ -279,9 +281,8 @@ pub async fn sse(
                 let close = st.handle.outbox.take(&mut st.batch);
                 let mut out = BytesMut::new();
                 let n = st.batch.len() as u64;
-                let mut sample = switchyard_core::metrics::DeliverySample::default();
                 for item in st.batch.drain(..) {
-                    sample.offer(item.published_at, item.frame.bytes().len());
+                    st.sample.offer(item.published_at, item.frame.bytes().len());
                     sse_event(&mut out, item.frame.bytes());
                     if let Some(h) = item.on_written {
                         h();
@@ -289,7 +290,7 @@ pub async fn sse(
                 }
                 metrics.messages_out.inc_by(n);
                 // Handed to hyper for the socket: as written as SSE gets.
-                sample.record(&st.handle.deliveries);
+                st.sample.record(&st.handle.deliveries);
                 if let Some(c) = close {
                     *st.handle.closed.lock() = Some(c);
                     out.extend_from_slice(b"event: close\n");
@@ -359,6 +360,7 @@ async fn collect(
         let close = handle.outbox.take(&mut batch);
         if !batch.is_empty() || close.is_some() || tokio::time::Instant::now() >= deadline {
             let mut out = String::from("[");
+            // Per poll response: its first delivery, then one in 8.
             let mut sample = switchyard_core::metrics::DeliverySample::default();
             metrics.messages_out.inc_by(batch.len() as u64);
             for (i, item) in batch.drain(..).enumerate() {
