@@ -440,6 +440,12 @@ async fn a_slow_tenant_plugin_does_not_stall_other_tenants() {
     assert_eq!((acks, busy), (2, 1));
 }
 
+/// `POST /admin/shadow/promote` for the default tenant's `role`.
+async fn promote(gw: &Gateway, bearer: Option<&str>, role: &str) -> (u16, String) {
+    let body = json!({"tenant": "default", "role": role}).to_string();
+    gw.post_json("/admin/shadow/promote", bearer, &body).await
+}
+
 /// `GET /admin/shadow` as JSON.
 async fn admin_shadow(gw: &Gateway) -> Value {
     let (status, body) = switchyard_tests::http(
@@ -508,37 +514,13 @@ async fn a_shadow_router_is_compared_and_promoted_without_dropping_a_connection(
     )
     .await;
 
-    let (st, body) = gw
-        .post_json(
-            "/admin/shadow/promote",
-            Some("adm"),
-            r#"{"tenant":"default","role":"auth"}"#,
-        )
-        .await;
+    let (st, body) = promote(&gw, Some("adm"), "auth").await;
     assert_eq!(st, 404, "no shadow on auth: {body}");
-    let (st, body) = gw
-        .post_json(
-            "/admin/shadow/promote",
-            Some("adm"),
-            r#"{"tenant":"default","role":"nope"}"#,
-        )
-        .await;
+    let (st, body) = promote(&gw, Some("adm"), "nope").await;
     assert_eq!(st, 400, "{body}");
-    let (st, body) = gw
-        .post_json(
-            "/admin/shadow/promote",
-            None,
-            r#"{"tenant":"default","role":"router"}"#,
-        )
-        .await;
+    let (st, body) = promote(&gw, None, "router").await;
     assert_eq!(st, 401, "{body}");
-    let (st, body) = gw
-        .post_json(
-            "/admin/shadow/promote",
-            Some("adm"),
-            r#"{"tenant":"default","role":"router"}"#,
-        )
-        .await;
+    let (st, body) = promote(&gw, Some("adm"), "router").await;
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("\"plugin\":\"v2\""), "{body}");
     // The same connection, now routed by v2.
