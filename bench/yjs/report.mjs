@@ -1,22 +1,31 @@
 #!/usr/bin/env node
 // The Yjs benchmark's markdown tables from bench/yjs.sh's JSON lines.
-// Usage: node report.mjs RESULTS.jsonl [--preamble TEXT] [--update docs/benchmarks.md]
+// Usage: node report.mjs RESULTS.jsonl [--preamble TEXT] [--update docs/benchmarks.md] [--max-other PCT]
+// --max-other: leave out room runs during which other processes used more than
+// PCT % of a core (other_cpu_pct), and say how many were left out.
 // With --update, the tables replace what is between <!-- bench:yjs:start -->
 // and <!-- bench:yjs:end --> in that file (nothing else is touched).
 import fs from 'node:fs';
 
 const args = process.argv.slice(2);
-let file = '', preamble = '', update = '';
+let file = '', preamble = '', update = '', maxOther = null;
 for (let i = 0; i < args.length; i++) {
   if (args[i] === '--preamble') preamble = args[++i];
   else if (args[i] === '--update') update = args[++i];
+  else if (args[i] === '--max-other') maxOther = Number(args[++i]);
   else file = args[i];
 }
 if (!file) {
   console.error('usage: report.mjs RESULTS.jsonl [--preamble TEXT] [--update FILE]');
   process.exit(2);
 }
-const rows = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+let rows = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
+let leftOut = [];
+if (maxOther != null) {
+  const noisy = (r) => r.scenario === 'yjs-room' && r.other_cpu_pct != null && r.other_cpu_pct > maxOther;
+  leftOut = rows.filter(noisy);
+  rows = rows.filter((r) => !noisy(r));
+}
 
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -30,6 +39,10 @@ const pct = (v) => (v == null ? 'n/a' : `${Math.round(v)} %`);
 
 const out = [];
 if (preamble) out.push(preamble, '');
+if (maxOther != null) {
+  out.push(`Runs during which other processes used more than ${maxOther} % of a core are left out: ${leftOut.length}` +
+    (leftOut.length ? ` (${leftOut.map((r) => `${r.case} ${r.server} ${Math.round(r.other_cpu_pct)} %`).join(', ')})` : '') + '.', '');
+}
 
 // ---------------------------------------------------------------- room throughput
 const room = rows.filter((r) => r.scenario === 'yjs-room');
