@@ -420,10 +420,12 @@ pub(crate) struct WasmMerge(pub Arc<Caller<merge::MergePlugin>>);
 impl MergePolicy for WasmMerge {
     fn open(&self, snapshot: &[u8]) -> Result<Box<dyn MergeDocument>, MergeError> {
         let caller = &self.0;
-        let timeout = caller.pool.timeout();
+        let timeout = caller.pool.bulk_timeout();
         let start = Instant::now();
         let r = caller.placed(|| {
             let mut inst = caller.pool.instantiate()?;
+            // Opening from a snapshot is as big as the document.
+            caller.pool.arm_bulk(&mut inst.store);
             let opened = inst
                 .bindings
                 .switchyard_gateway_merge()
@@ -461,8 +463,11 @@ pub(crate) struct WasmDocument {
 }
 
 impl WasmDocument {
+    /// One call on the pinned instance; `bulk` for calls whose work grows
+    /// with the document (their deadline is [`InstancePool::bulk_timeout`]).
     fn call<R>(
         &self,
+        bulk: bool,
         f: impl FnOnce(&mut Pinned) -> Result<R, CallError>,
         denied: impl FnOnce(&R) -> bool,
     ) -> Result<R, MergeError> {
@@ -474,7 +479,11 @@ impl WasmDocument {
             )));
         };
         let start = Instant::now();
-        self.caller.pool.arm(&mut pinned.inst.store);
+        if bulk {
+            self.caller.pool.arm_bulk(&mut pinned.inst.store);
+        } else {
+            self.caller.pool.arm(&mut pinned.inst.store);
+        }
         let r = self
             .caller
             .figures
@@ -499,8 +508,9 @@ impl WasmDocument {
             ResourceAny,
         ) -> wasmtime::Result<Vec<u8>>,
     ) -> Result<Vec<u8>, MergeError> {
-        let timeout = self.caller.pool.timeout();
+        let timeout = self.caller.pool.bulk_timeout();
         self.call(
+            true,
             |p| {
                 let b = f(
                     p.inst.bindings.switchyard_gateway_merge().document(),
@@ -527,6 +537,7 @@ impl MergeDocument for WasmDocument {
     fn apply(&mut self, update: &[u8], _stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
         let timeout = self.caller.pool.timeout();
         self.call(
+            false,
             |p| {
                 let r = p
                     .inst
@@ -559,8 +570,9 @@ impl MergeDocument for WasmDocument {
     }
 
     fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
-        let timeout = self.caller.pool.timeout();
+        let timeout = self.caller.pool.bulk_timeout();
         self.call(
+            true,
             |p| {
                 let r = p
                     .inst

@@ -18,6 +18,11 @@ use crate::isolation::{InstanceTicket, TenantBudget};
 /// Idle instances kept per pool (more are dropped when given back).
 const MAX_IDLE: usize = 16;
 
+/// Document-sized merge calls get this many call timeouts.
+pub const BULK_FACTOR: u32 = 25;
+/// ... and at least this long.
+pub const BULK_MIN: Duration = Duration::from_millis(250);
+
 /// Least deadline for instantiating (running a guest's start code).
 const INSTANTIATE_TIMEOUT: Duration = Duration::from_millis(100);
 
@@ -173,9 +178,23 @@ impl<B: RoleInstance> InstancePool<B> {
         store.set_epoch_deadline(self.ticks);
     }
 
+    /// Arms the deadline of a call whose work grows with the document
+    /// (open from a snapshot, snapshot, state vector, diff): [`bulk_timeout`].
+    pub(crate) fn arm_bulk(&self, store: &mut Store<PluginState>) {
+        store.set_epoch_deadline(deadline_ticks(self.bulk_timeout()));
+    }
+
     /// The call timeout in force.
     pub(crate) fn timeout(&self) -> Duration {
         self.limits.call_timeout
+    }
+
+    /// The deadline of a document-sized call: [`BULK_FACTOR`] × the call
+    /// timeout, at least [`BULK_MIN`]. An update is small whatever the
+    /// document's size; a snapshot of a megabyte document is not, and timing
+    /// it out would lose the document's state with the instance.
+    pub(crate) fn bulk_timeout(&self) -> Duration {
+        (self.limits.call_timeout * BULK_FACTOR).max(BULK_MIN)
     }
 }
 

@@ -494,6 +494,7 @@ impl Documents {
         }
         let slot = self.slot(key)?;
         let mut guard = slot.lock().await;
+        let mut retried_failed = false;
         for attempt in 0..MAX_APPEND_RETRIES {
             if attempt >= 2 {
                 let ms = rand::random_range(0..=attempt as u64);
@@ -528,6 +529,12 @@ impl Documents {
                         if let Err(re) = live.rebuild() {
                             tracing::warn!(channel = %key.channel, error = %re, "document rebuild failed; dropping replica");
                             *guard = None;
+                        } else if !retried_failed {
+                            // The failure may not be this update's (an earlier
+                            // call lost the instance): try it once more on the
+                            // rebuilt replica; a second failure refuses it.
+                            retried_failed = true;
+                            continue;
                         }
                     }
                     return Err(merge_error(e));
@@ -561,7 +568,9 @@ impl Documents {
                 Ok(Appended::Done) => {
                     let version = entry.version;
                     self.commit_and_broadcast(key, live, Arc::new(entry));
-                    self.maybe_compact(key, live).await;
+                    if !self.maybe_compact(key, live).await {
+                        *guard = None;
+                    }
                     return Ok(Patched {
                         version,
                         applied: true,
@@ -758,16 +767,29 @@ impl Documents {
         Ok(())
     }
 
-    async fn maybe_compact(&self, key: &ChannelKey, live: &mut Live) {
+    /// Takes a snapshot as the new base and compacts the log, every half log.
+    /// Returns false when the replica was lost (its plugin instance failed
+    /// while snapshotting and could not be rebuilt): the caller drops it and
+    /// the next use reloads it from the log.
+    async fn maybe_compact(&self, key: &ChannelKey, live: &mut Live) -> bool {
         let every = (self.limits.log_len / 2).max(1) as u64;
         if live.version - live.base_version < every {
-            return;
+            return true;
         }
         let snapshot = match live.replica.snapshot() {
             Ok(s) => Bytes::from(s),
             Err(e) => {
                 tracing::warn!(channel = %key.channel, error = %e, "snapshot for compaction failed");
-                return;
+                if matches!(e, MergeError::Failed(_)) {
+                    // The instance (and the state in it) is gone: rebuild now,
+                    // so the next patch finds a live replica.
+                    self.metrics.failed("merge_failed");
+                    if let Err(re) = live.rebuild() {
+                        tracing::warn!(channel = %key.channel, error = %re, "document rebuild failed; dropping replica");
+                        return false;
+                    }
+                }
+                return true;
             }
         };
         live.approx_bytes = snapshot.len();
@@ -788,6 +810,7 @@ impl Documents {
         if let Err(e) = r {
             tracing::warn!(channel = %key.channel, error = %e, "document compaction failed");
         }
+        true
     }
 
     /// The whole document (HTTP API).

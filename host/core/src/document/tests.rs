@@ -418,3 +418,75 @@ async fn a_channel_limit_is_shared_by_every_writer_of_a_document() {
         .expect("patch");
     assert_eq!(the_json(&drain(&a))["type"], "ack");
 }
+
+/// A merge document whose instance is lost the first time it snapshots (as
+/// when a plugin call on a large document runs past its deadline): the
+/// instance's state goes with it, like a trapped plugin's.
+struct LosesOnSnapshot(Arc<AtomicBool>);
+struct LosesOnSnapshotDoc {
+    doc: crate::document::lww::LwwDocument,
+    armed: Arc<AtomicBool>,
+    lost: std::cell::Cell<bool>,
+}
+
+impl MergePolicy for LosesOnSnapshot {
+    fn open(&self, snapshot: &[u8]) -> Result<Box<dyn MergeDocument>, MergeError> {
+        Ok(Box::new(LosesOnSnapshotDoc {
+            doc: crate::document::lww::LwwDocument::from_snapshot(snapshot)?,
+            armed: self.0.clone(),
+            lost: std::cell::Cell::new(false),
+        }))
+    }
+}
+
+impl MergeDocument for LosesOnSnapshotDoc {
+    fn apply(&mut self, update: &[u8], stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
+        if self.lost.get() {
+            return Err(MergeError::Failed(
+                "document lost after an earlier failure".into(),
+            ));
+        }
+        self.doc.apply(update, stamp)
+    }
+    fn snapshot(&self) -> Result<Vec<u8>, MergeError> {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            self.lost.set(true);
+            return Err(MergeError::Failed("timed out".into()));
+        }
+        self.doc.snapshot()
+    }
+}
+
+#[tokio::test]
+async fn a_lost_instance_costs_no_patch() {
+    // Compaction every 2 versions: its snapshot loses the instance once.
+    let n = node("[limits]\ndocument_log_size = 4\n");
+    let armed = Arc::new(AtomicBool::new(true));
+    let t = n.tenants.get("default").expect("t");
+    t.set_policies(PolicySet {
+        merge: Arc::new(LosesOnSnapshot(armed.clone())),
+        ..PolicySet::default()
+    });
+    let mut s = open(&n, "s");
+    subscribe(&mut s, 1, "doc:l", None).await;
+    for i in 0..6u64 {
+        s.handle_binary(&patch_frame(
+            10 + i,
+            "doc:l",
+            &format!(r#"{{"k{i}":{i}}}"#),
+            "",
+        ))
+        .await
+        .expect("patch");
+        let f = drain(&s);
+        assert_eq!(the_json(&f)["type"], "ack", "patch {i} was refused: {f:?}");
+        assert_eq!(the_json(&f)["version"], i + 1);
+    }
+    assert!(!armed.load(Ordering::SeqCst), "the snapshot did fail once");
+    let mut c = open(&n, "c");
+    let f = subscribe(&mut c, 1, "doc:l", None).await;
+    assert_eq!(
+        delta_json(patch(&f[1])),
+        json!({"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5})
+    );
+}
