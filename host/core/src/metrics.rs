@@ -64,10 +64,10 @@ impl DeliverySample {
     /// A frame of `len` bytes published at `published_at` (`None` = a reply,
     /// not a delivery) is in the batch.
     pub fn offer(&mut self, published_at: Option<std::time::Instant>, len: usize) {
-        let size = self.frames % DELIVERY_SAMPLE == 0;
+        let size = self.frames.is_multiple_of(DELIVERY_SAMPLE);
         self.frames = self.frames.wrapping_add(1);
         let at = published_at.filter(|_| {
-            let pick = self.deliveries % DELIVERY_SAMPLE == 0;
+            let pick = self.deliveries.is_multiple_of(DELIVERY_SAMPLE);
             self.deliveries = self.deliveries.wrapping_add(1);
             pick
         });

@@ -85,7 +85,7 @@ impl Figures {
         let sample = CALLS.with(|c| {
             let n = c.get().wrapping_add(1);
             c.set(n);
-            n % SAMPLE_EVERY == 0
+            n.is_multiple_of(SAMPLE_EVERY)
         });
         if !sample {
             return f();
