@@ -200,6 +200,11 @@ pub enum MergeError {
     /// The plugin failed.
     #[error("merge failed: {0}")]
     Failed(String),
+    /// The document's state was lost before this call (an earlier call
+    /// failed and took the instance with it); nothing was tried. The gateway
+    /// rebuilds the document and tries again.
+    #[error("document lost: {0}")]
+    Lost(String),
 }
 
 /// Who made a change and when: the stamp the gateway gave an accepted patch.
@@ -217,7 +222,9 @@ pub trait MergeDocument: Send {
     /// Applies an incoming update made by `stamp`; returns the update to
     /// broadcast (`None` = nothing changed, nothing is broadcast). On `Err`
     /// the document must be unchanged; after [`MergeError::Failed`] the
-    /// gateway drops it and reopens from the last good snapshot and log.
+    /// gateway drops it and reopens from the last good snapshot and log (and
+    /// refuses the update); after [`MergeError::Lost`] it does the same and
+    /// applies the update on the reopened document.
     fn apply(&mut self, update: &[u8], stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError>;
     /// Full state, for snapshot-on-subscribe and compaction.
     fn snapshot(&self) -> Result<Vec<u8>, MergeError>;

@@ -455,7 +455,7 @@ struct Pinned {
 }
 
 /// A live document inside a pinned plugin instance. After a failed call the
-/// instance is dropped and the document reports `MergeError::Failed` from then
+/// instance is dropped and the document reports `MergeError::Lost` from then
 /// on (its state lived in the instance); the caller reopens from its snapshot.
 pub(crate) struct WasmDocument {
     caller: Arc<Caller<merge::MergePlugin>>,
@@ -473,7 +473,7 @@ impl WasmDocument {
     ) -> Result<R, MergeError> {
         let mut guard = self.inner.borrow_mut();
         let Some(pinned) = guard.as_mut() else {
-            return Err(MergeError::Failed(format!(
+            return Err(MergeError::Lost(format!(
                 "merge plugin {}: document lost after an earlier failure",
                 self.caller.plugin
             )));

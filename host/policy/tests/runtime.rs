@@ -569,7 +569,7 @@ async fn merge_document_lives_in_its_instance() {
         Err(switchyard_core::policy::MergeError::Failed(_))
     ));
     assert!(
-        matches!(d.apply(b"1", &ST), Err(switchyard_core::policy::MergeError::Failed(m)) if m.contains("lost"))
+        matches!(d.apply(b"1", &ST), Err(switchyard_core::policy::MergeError::Lost(m)) if m.contains("lost"))
     );
     assert_eq!(
         d2.apply(b"1", &ST).expect("other doc unaffected"),

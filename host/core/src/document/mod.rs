@@ -115,7 +115,9 @@ fn merge_error(e: MergeError) -> DocError {
     match e {
         MergeError::Conflict(m) => DocError::Conflict(m),
         MergeError::Invalid(m) => DocError::Invalid(m),
-        MergeError::Failed(m) => DocError::Invalid(format!("merge policy failed: {m}")),
+        MergeError::Failed(m) | MergeError::Lost(m) => {
+            DocError::Invalid(format!("merge policy failed: {m}"))
+        }
     }
 }
 
@@ -445,7 +447,7 @@ impl Documents {
             // A policy without state vectors (or a bad one) gets a snapshot.
             let diff = match state_vector.map(|sv| live.replica.diff(sv)) {
                 Some(Ok(d)) => d,
-                Some(Err(MergeError::Failed(m))) => {
+                Some(Err(MergeError::Failed(m) | MergeError::Lost(m))) => {
                     tracing::warn!(channel = %key.channel, error = %m, "diff failed; rebuilding the replica");
                     live.rebuild()?;
                     None
@@ -494,7 +496,7 @@ impl Documents {
         }
         let slot = self.slot(key)?;
         let mut guard = slot.lock().await;
-        let mut retried_failed = false;
+        let mut retried_lost = false;
         for attempt in 0..MAX_APPEND_RETRIES {
             if attempt >= 2 {
                 let ms = rand::random_range(0..=attempt as u64);
@@ -523,17 +525,18 @@ impl Documents {
                     });
                 }
                 Err(e) => {
-                    if matches!(e, MergeError::Failed(_)) {
+                    if matches!(e, MergeError::Failed(_) | MergeError::Lost(_)) {
                         // The instance is gone: rebuild from the last good state.
                         self.metrics.failed("merge_failed");
                         if let Err(re) = live.rebuild() {
                             tracing::warn!(channel = %key.channel, error = %re, "document rebuild failed; dropping replica");
                             *guard = None;
-                        } else if !retried_failed {
-                            // The failure may not be this update's (an earlier
-                            // call lost the instance): try it once more on the
-                            // rebuilt replica; a second failure refuses it.
-                            retried_failed = true;
+                        } else if matches!(e, MergeError::Lost(_)) && !retried_lost {
+                            // Not this update's failure (an earlier call lost
+                            // the instance, nothing was tried): apply it on the
+                            // rebuilt replica. An update that itself made the
+                            // plugin fail is refused, never tried twice.
+                            retried_lost = true;
                             continue;
                         }
                     }
@@ -780,7 +783,7 @@ impl Documents {
             Ok(s) => Bytes::from(s),
             Err(e) => {
                 tracing::warn!(channel = %key.channel, error = %e, "snapshot for compaction failed");
-                if matches!(e, MergeError::Failed(_)) {
+                if matches!(e, MergeError::Failed(_) | MergeError::Lost(_)) {
                     // The instance (and the state in it) is gone: rebuild now,
                     // so the next patch finds a live replica.
                     self.metrics.failed("merge_failed");

@@ -442,7 +442,7 @@ impl MergePolicy for LosesOnSnapshot {
 impl MergeDocument for LosesOnSnapshotDoc {
     fn apply(&mut self, update: &[u8], stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
         if self.lost.get() {
-            return Err(MergeError::Failed(
+            return Err(MergeError::Lost(
                 "document lost after an earlier failure".into(),
             ));
         }
