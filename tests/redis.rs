@@ -863,6 +863,28 @@ async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_the_same_node() {
 }
 
 /// `channel_limits` with a shared broker: one budget for all publishers of a
+/// Counts one reply of a limited channel: accepted, or refused as
+/// `rate_limited` (anything else fails the test).
+fn tally(r: &Value, ok: &mut u32, limited: &mut u32) {
+    match (r["type"].as_str(), r["code"].as_str()) {
+        (Some("ack"), _) => *ok += 1,
+        (Some("error"), Some("rate_limited")) => *limited += 1,
+        _ => panic!("unexpected {r}"),
+    }
+}
+
+/// Burst 20, then 20/s for both nodes together (not 20/s each).
+fn assert_within_the_shared_budget(ok: u32, limited: u32, started: Instant) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 20.0 + 20.0 * elapsed;
+    assert!(ok >= 20, "the burst went through: {ok}");
+    assert!(
+        f64::from(ok) <= allowed + 1.0,
+        "{ok} accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
+    );
+    assert!(limited > 0);
+}
+
 /// channel across nodes (the bucket lives in Redis, taken in the publish script).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_limit_holds_cluster_wide() {
@@ -886,22 +908,10 @@ async fn a_channel_limit_holds_cluster_wide() {
     for i in 0..60u64 {
         for p in [&mut pa, &mut pb] {
             let r = publish(p, 100 + i, "lim:1", json!(i)).await;
-            match (r["type"].as_str(), r["code"].as_str()) {
-                (Some("ack"), _) => ok += 1,
-                (Some("error"), Some("rate_limited")) => limited_replies += 1,
-                _ => panic!("unexpected {r}"),
-            }
+            tally(&r, &mut ok, &mut limited_replies);
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    // Burst 20, then 20/s for both nodes together (not 20/s each).
-    let allowed = 20.0 + 20.0 * elapsed;
-    assert!(ok >= 20, "the burst went through: {ok}");
-    assert!(
-        f64::from(ok) <= allowed + 1.0,
-        "{ok} accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
-    );
-    assert!(limited_replies > 0);
+    assert_within_the_shared_budget(ok, limited_replies, start);
     // Other channels are not limited.
     let r = publish(&mut pa, 999, "free:1", json!(1)).await;
     assert_eq!(r["type"], "ack", "{r}");
@@ -937,21 +947,10 @@ async fn a_channel_limit_holds_cluster_wide_for_document_patches() {
             // Distinct keys per writer: every accepted patch changes the document.
             let delta = json!({ format!("{w}{i}"): i });
             let (r, _) = p.patch_acked(100 + i, "doc:lim", &delta, "").await;
-            match (r["type"].as_str(), r["code"].as_str()) {
-                (Some("ack"), _) => ok += 1,
-                (Some("error"), Some("rate_limited")) => limited_replies += 1,
-                _ => panic!("unexpected {r}"),
-            }
+            tally(&r, &mut ok, &mut limited_replies);
         }
     }
-    let elapsed = start.elapsed().as_secs_f64();
-    let allowed = 20.0 + 20.0 * elapsed;
-    assert!(ok >= 20, "the burst went through: {ok}");
-    assert!(
-        f64::from(ok) <= allowed + 1.0,
-        "{ok} patches accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
-    );
-    assert!(limited_replies > 0);
+    assert_within_the_shared_budget(ok, limited_replies, start);
     // One version per accepted patch, none for refused ones (node a may still
     // be applying node b's last entries: wait for them, never past `ok`).
     let mut n = 0;
