@@ -862,7 +862,6 @@ async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_the_same_node() {
     new_epoch_messages_reach_a_connected_subscriber(true).await;
 }
 
-/// `channel_limits` with a shared broker: one budget for all publishers of a
 /// Counts one reply of a limited channel: accepted, or refused as
 /// `rate_limited` (anything else fails the test).
 fn tally(r: &Value, ok: &mut u32, limited: &mut u32) {
@@ -885,6 +884,7 @@ fn assert_within_the_shared_budget(ok: u32, limited: u32, started: Instant) {
     assert!(limited > 0);
 }
 
+/// `channel_limits` with a shared broker: one budget for all publishers of a
 /// channel across nodes (the bucket lives in Redis, taken in the publish script).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_limit_holds_cluster_wide() {
