@@ -201,6 +201,11 @@ pub struct Limits {
     /// zero-filled up front, so it dominates memory per idle connection:
     /// 1 KiB measured 7.4 KiB RSS per idle connection against 11.4 KiB at 4 KiB.
     pub read_buffer_bytes: usize,
+    /// WebSocket write batch per connection (bytes): the frames the writer
+    /// takes from the outbox are copied into one buffer and leave in one
+    /// `write()` per this many bytes, not one per frame. The buffer keeps the
+    /// capacity of the largest batch (at most this plus one frame).
+    pub write_buffer_bytes: usize,
     /// `msgId` dedupe window per channel (entries).
     pub dedupe_window: usize,
     /// Largest state of one document channel (bytes); a patch that would make
@@ -239,6 +244,7 @@ impl Default for Limits {
             tcp_keepalive: Duration::from_secs(300),
             tcp_keepalive_interval: Duration::from_secs(60),
             read_buffer_bytes: 1024,
+            write_buffer_bytes: 16 * 1024,
             dedupe_window: 1024,
             document_max_bytes: 1 << 20,
             document_log_size: 1000,

@@ -136,6 +136,9 @@ pub struct Metrics {
     pub messages_in: Counter,
     /// Outbound frames written to sockets.
     pub messages_out: Counter,
+    /// Write batches flushed to WebSocket sockets (one or more frames each;
+    /// `messages_out / socket_writes` is the coalescing).
+    pub socket_writes: Counter,
     /// Inbound frames that failed, by reason.
     pub messages_failed: Family<ReasonLabel, Counter>,
     /// Messages accepted by the broker (publishes).
@@ -184,6 +187,7 @@ impl Metrics {
             handshake_rejections: Family::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
+            socket_writes: Counter::default(),
             messages_failed: Family::default(),
             publishes: Counter::default(),
             frame_size: Histogram::new(exponential_buckets(16.0, 4.0, 9)),
@@ -266,6 +270,11 @@ impl Metrics {
                 "switchyard_messages_out",
                 "Outbound frames written",
                 m.messages_out.clone(),
+            );
+            r.register(
+                "switchyard_socket_writes",
+                "Write batches flushed to WebSocket sockets (frames per write = messages_out / socket_writes)",
+                m.socket_writes.clone(),
             );
             r.register(
                 "switchyard_messages_failed",

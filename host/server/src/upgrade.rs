@@ -171,7 +171,7 @@ fn ws_config(server: &Server) -> WebSocketConfig {
     let l = server.node().limits();
     WebSocketConfig::default()
         .read_buffer_size(l.read_buffer_bytes.max(256))
-        .write_buffer_size(0)
+        .write_buffer_size(l.write_buffer_bytes)
         .max_message_size(Some(l.max_message_bytes))
         .max_frame_size(Some(l.max_message_bytes))
 }

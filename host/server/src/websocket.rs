@@ -4,7 +4,9 @@
 //! One task per connection runs two futures: the reader (inbound frames →
 //! handler) and the writer (outbox → socket, heartbeats, zombie detection).
 //! The writer takes everything queued at once and flushes it as one batch,
-//! so a busy connection costs one write for many messages. Closes always try
+//! so a busy connection costs one write for many messages; after each wake-up
+//! it lets the other ready tasks run once first, so the frames they fan out
+//! to it join the batch. Closes always try
 //! the close handshake, bounded by `close_timeout`, then the socket is dropped.
 //!
 //! A socket must not be dropped with the peer's input unread: the kernel then
@@ -282,6 +284,14 @@ where
                     continue;
                 }
             }
+            // Coalescing: one scheduler pass before taking the batch. The
+            // other tasks that are ready in this wake-up (the readers whose
+            // frames fan out to this socket) queue theirs first, so under
+            // load one write carries many frames; when nothing else is ready
+            // the pass costs a re-poll and no wait. Measured (50-editor Yjs
+            // room, docs/benchmarks.md): 2.7× fewer writes, 100 vs 127 µs of
+            // server CPU per update.
+            tokio::task::yield_now().await;
             loop {
                 let close = outbox.take(&mut batch);
                 if batch.is_empty() && close.is_none() {
@@ -317,6 +327,7 @@ where
                                 return WriterEnd::Failed;
                             }
                             metrics.messages_out.inc_by(n);
+                            metrics.socket_writes.inc();
                             sample.record(&deliveries);
                         }
                         () = outbox.closed() => {
