@@ -7,7 +7,7 @@
 # docs/benchmarks.md between the bench markers.
 #
 # Usage: bench/compare.sh [--quick] [--duration 10s] [--repeat 1]
-#                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry]
+#                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry,shadow]
 #                         [--out DIR] [--no-doc] [--no-build] [--idle-conns N]
 #        bench/compare.sh --report-only DIR [--no-doc]   (table from DIR/results.jsonl again)
 # Before each run the script waits (up to QUIET_WAIT=120 s) for both cores to
@@ -24,7 +24,7 @@ HOLD=3s
 REPEAT=1
 QUICK=0
 UPDATE_DOC=1
-CASES="echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry"
+CASES="echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry,shadow"
 OUT=""
 IDLE_CONNS=19000
 NO_BUILD=0
@@ -102,10 +102,16 @@ fi
 WITH_PLUGINS=0
 # Only the plugins on the measured path, copied (the folder is watched and
 # every *.wasm in it is compiled at start); no-plugin runs get an empty folder.
-mkdir -p "$OUT/plugins" "$OUT/no-plugins"
+mkdir -p "$OUT/plugins" "$OUT/no-plugins" "$OUT/plugins-shadow"
 if plugins_ready; then
   WITH_PLUGINS=1
-  for p in "${PLUGINS[@]}"; do cp "$PLUGIN_DIR/$p.wasm" "$OUT/plugins/"; done
+  for p in "${PLUGINS[@]}"; do
+    cp "$PLUGIN_DIR/$p.wasm" "$OUT/plugins/"
+    cp "$PLUGIN_DIR/$p.wasm" "$OUT/plugins-shadow/"
+  done
+  # The shadow rows run a second copy of the router beside the serving one
+  # (same code, so every verdict is "same": what is measured is the cost).
+  cp "$PLUGIN_DIR/namespace-router.wasm" "$OUT/plugins-shadow/namespace-router-next.wasm"
 fi
 JWT_SECRET=bench-secret-0123456789
 
@@ -141,8 +147,11 @@ start() {
   wait_port "$port" "$health"
 }
 
-switchyard_config() { # file port node plugins(0|1) broker(memory|redis) [otel sample ratio]
-  local file=$1 port=$2 node=$3 plugins=$4 broker=$5 otel=${6:-}
+switchyard_config() { # file port node plugins(0|1) broker(memory|redis) [otel sample ratio] [shadow sample]
+  local file=$1 port=$2 node=$3 plugins=$4 broker=$5 otel=${6:-} shadow=${7:-}
+  local pdir=no-plugins
+  [[ $plugins == 1 ]] && pdir=plugins
+  [[ -n $shadow ]] && pdir=plugins-shadow
   cat >"$file" <<EOF
 [server]
 listen = "127.0.0.1:$port"
@@ -166,7 +175,7 @@ kind = "$broker"
 redis_urls = ["redis://127.0.0.1:$REDIS_PORT"]
 
 [plugins]
-dir = "$OUT/$([[ $plugins == 1 ]] && echo plugins || echo no-plugins)"
+dir = "$OUT/$pdir"
 cache_dir = "$OUT/plugin-cache"
 watch = false
 
@@ -197,6 +206,12 @@ config = { rate = 4000000, burst = 4000000, key = "client" }
 plugin = "namespace-router"
 config = { rules = [{ match = "spam:*", drop = true }, { match = "*", to = ["\$channel"] }] }
 EOF
+    if [[ -n $shadow ]]; then
+      cat >>"$file" <<EOF
+shadow = "namespace-router-next"
+shadow_sample = $shadow
+EOF
+    fi
   fi
 }
 
@@ -244,12 +259,13 @@ up() {
       start_redis || return 1
       start "$server" "$port" "" -- env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node bench/node/socketio-server.js "$port" || return 1
       PROTO=socket-io; ECHO_PATH=/ ;;
-    switchyard|switchyard-plugins|switchyard-redis|switchyard-otel-1|switchyard-otel-0.01)
-      local plugins=0 otel=""
+    switchyard|switchyard-plugins|switchyard-redis|switchyard-otel-1|switchyard-otel-0.01|switchyard-shadow-1|switchyard-shadow-0.1)
+      local plugins=0 otel="" shadow=""
       [[ $server == switchyard-plugins ]] && plugins=1
+      if [[ $server == switchyard-shadow-* ]]; then plugins=1; shadow=${server#switchyard-shadow-}; fi
       if [[ $server == switchyard-otel-* ]]; then otel=${server#switchyard-otel-}; start_otlp_sink || return 1; fi
       if [[ $broker == redis ]]; then start_redis || return 1; fi
-      switchyard_config "$OUT/$server.$port.toml" "$port" "bench-$SEQ" "$plugins" "$broker" "$otel"
+      switchyard_config "$OUT/$server.$port.toml" "$port" "bench-$SEQ" "$plugins" "$broker" "$otel" "$shadow"
       start "$server" "$port" /healthz -- "$BIN/switchyard" serve --config "$OUT/$server.$port.toml" || return 1
       PROTO=switchyard; ECHO_PATH=/echo ;;
     *) echo "unknown server $server" >&2; return 1 ;;
@@ -278,7 +294,7 @@ not_available() { # case server scenario reason
   echo "$3 $1 $2: n/a ($4)" | tee -a "$OUT/table.txt"
 }
 
-jwt_args() { [[ $1 == switchyard-plugins ]] && echo "--jwt-secret $JWT_SECRET"; true; }
+jwt_args() { [[ $1 == switchyard-plugins || $1 == switchyard-shadow-* ]] && echo "--jwt-secret $JWT_SECRET"; true; }
 
 # run_case CASE SCENARIO "SERVERS" -- ARGS... (ARGS may use {URL} {ECHO} {PROTO} {PID})
 run_case() {
@@ -290,7 +306,7 @@ run_case() {
       # SERVER or SERVER@LABEL (the same server kind measured another way)
       server=${spec%@*}
       label=${spec#*@}
-      if [[ $server == switchyard-plugins && $WITH_PLUGINS == 0 ]]; then
+      if [[ $server == switchyard-plugins || $server == switchyard-shadow-* ]] && [[ $WITH_PLUGINS == 0 ]]; then
         [[ $round == 1 ]] && not_available "$case" "$label" "$scenario" "plugins not built (target/plugins/{jwt-auth,token-bucket,namespace-router}.wasm)"
         continue
       fi
@@ -335,6 +351,13 @@ if has_case telemetry; then
     --pub-url "{URL}/ws" --proto switchyard -n 10000 -s 100 -d "$DURATION" \
     --ref-server switchyard --target "sample 0.01 costs ≤ 3% deliveries/s"
   stop_otlp_sink
+fi
+if has_case shadow; then
+  # The three plugins, then the same with a shadow router on 10 % and on
+  # every call (issue 14: what a shadow costs the serving path).
+  run_case shadow-echo-100c-64B echo "switchyard-plugins switchyard-shadow-0.1 switchyard-shadow-1" -- \
+    --url "{URL}/ws" --proto switchyard -c 100 -s 64 -d "$DURATION" \
+    --ref-server switchyard-plugins --target "a shadow at sample 0.1 costs ≤ 5% msgs/s"
 fi
 if has_case echo10k; then
   run_case echo-10000c-64B echo "tungstenite fastws node-ws switchyard@switchyard-/echo" -- \
