@@ -27,10 +27,18 @@
 #
 # Usage: bench/yjs.sh [--quick] [--duration 10s] [--warmup 2s] [--repeat 1]
 #                     [--editors 50] [--window 1] [--rate 100] [--client rust|node]
+#                     [--full-editors K|all]
 #                     [--cases closed,rate,merge] [--servers switchyard,y-websocket,hocuspocus]
 #                     [--out DIR] [--no-build] [--doc] [--wait-quiet SECS]
 #   --quick  3 s runs after 1 s warm-up, 1000 merge updates; results stay in OUT
 #   --client rust (default) or node: the load client (see above)
+#   --full-editors K|all  (rust client) only K editors are full yrs documents
+#            integrating every update; the others are light: they make their
+#            inserts with yrs as before (same updates for the server) and observe
+#            the others' from the updates' struct headers instead of integrating
+#            them (docs/benchmarks.md, "## Yjs"). Default: 2 in the closed loop
+#            (else the client, not the server, is the limit), all at fixed rate;
+#            given, it applies to both cases.
 #   --wait-quiet SECS  after the build, wait (up to SECS) until both cores are
 #            idle (< 5 % busy over 2 s, bench/lib.sh); none within SECS: exit 5, no run.
 #            Before every run the script also waits up to RUN_QUIET_WAIT (30) s for
@@ -57,6 +65,7 @@ UPDATE_DOC=0
 NO_BUILD=0
 CASES="closed,rate,merge"
 CLIENT=rust
+FULL_EDITORS=""
 WAIT_QUIET=0
 RUN_QUIET_WAIT=${RUN_QUIET_WAIT:-30}
 NOISY_WAITS=0
@@ -77,8 +86,9 @@ while [[ $# -gt 0 ]]; do
     --no-build) NO_BUILD=1 ;;
     --doc) UPDATE_DOC=1 ;;
     --client) CLIENT=$2; shift ;;
+    --full-editors) FULL_EDITORS=$2; shift ;;
     --wait-quiet) WAIT_QUIET=$2; shift ;;
-    -h|--help) sed -n '2,40p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,48p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -91,6 +101,17 @@ secs() { # 10s / 500ms -> seconds (decimal)
   esac
 }
 case $CLIENT in rust|node) ;; *) echo "--client rust|node" >&2; exit 2 ;; esac
+case $FULL_EDITORS in
+  ""|all) ;;
+  *[!0-9]*|0) echo "--full-editors K (>= 1) or all" >&2; exit 2 ;;
+esac
+if [[ $CLIENT == node && -n $FULL_EDITORS && $FULL_EDITORS != all ]]; then
+  echo "--full-editors: the node client has full editors only" >&2; exit 2
+fi
+# Full editors per case (the rust client's --full-editors; node: all).
+FULL_CLOSED=${FULL_EDITORS:-2}
+FULL_RATE=${FULL_EDITORS:-all}
+if [[ $CLIENT == node ]]; then FULL_CLOSED=all; FULL_RATE=all; fi
 DUR_S=$(secs "$DURATION")
 WARM_S=$(secs "$WARMUP")
 if ! awk -v d="$DUR_S" -v w="$WARM_S" 'BEGIN { exit !(d > 0 && w >= 0 && d + w <= 15) }'; then
@@ -312,11 +333,14 @@ for round in $(seq 1 "$REPEAT"); do
     has_case "$kind" || continue
     if [[ $kind == closed ]]; then
       case_name="yjs-${EDITORS}e-w${WINDOW}"; args=(--mode closed --window "$WINDOW")
+      full=$FULL_CLOSED
       target="Switchyard ≥ 2× Hocuspocus updates/s with p99 below it"
     else
       case_name="yjs-${EDITORS}e-rate${RATE}"; args=(--mode rate --rate "$RATE")
+      full=$FULL_RATE
       target="latency below saturation, same offered load"
     fi
+    if [[ $CLIENT == rust ]]; then args+=(--full-editors "$full"); fi
     say "$case_name, round $round/$REPEAT"
     for j in $(seq 0 $((N - 1))); do
       server=${SERVER_LIST[$(((j + round - 1) % N))]}
@@ -353,7 +377,7 @@ if [[ -n $(git status --porcelain -- host 2>/dev/null) ]]; then COMMIT="$COMMIT 
 PREAMBLE="Run $(date -u +%Y-%m-%dT%H:%MZ) at commit $COMMIT: \
 $(nproc) cores ($CPU), Linux $(uname -r); server pinned to core $SERVER_CPU, client to core $CLIENT_CPU; \
 $DURATION measured after $WARMUP warm-up per run, $REPEAT round(s), median shown; \
-$EDITORS editors in one room, window $WINDOW, fixed rate $RATE/s; $VERSIONS; \
+$EDITORS editors in one room, window $WINDOW, fixed rate $RATE/s; full editors (the others light, see the method): closed loop $FULL_CLOSED, fixed rate $FULL_RATE; $VERSIONS; \
 load average at start $LOAD_START, at the end $LOAD; cores busy (2 s, /proc/stat) just before the runs $QUIET_BEFORE, just after $QUIET_AFTER; $NOISY_WAITS run(s) started without a quiet machine (${RUN_QUIET_WAIT} s wait). \
 Command: \`bench/yjs.sh${ARGS_TEXT:+ $ARGS_TEXT}\`."
 echo "$PREAMBLE" >"$OUT/preamble.txt"

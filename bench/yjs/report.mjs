@@ -77,6 +77,7 @@ for (const c of cases) {
     const ratio = ref?.updates_per_s ? r.updates_per_s / ref.updates_per_s : null;
     const checks = [
       r.converged ? 'converged' : 'DIVERGED',
+      r.observed_all === false ? 'not observed by all' : null,
       r.undelivered ? `${r.undelivered} undelivered` : null,
       r.closes ? `${r.closes} closes ${JSON.stringify(r.close_codes)}` : null,
       r.skipped ? `${r.skipped} skipped` : null,

@@ -29,13 +29,32 @@
 //!                  at intended times (latency counts from the intended time)
 //! Everything runs on one thread (tokio current-thread runtime; bench/yjs.sh
 //! pins it to one core). Messages already read from a socket are applied in
-//! one transaction per batch. After the window, inserts stop, in-flight ones
-//! drain (<= 5 s) and every editor's document must be identical (state vector
-//! and text): exit 3 when not, or on undelivered inserts or closes.
+//! one transaction per batch.
+//!
+//! Full and light editors (`--full-editors K`, default all): every insert
+//! integrated by E-1 documents on one core makes the client the limit long
+//! before a server. So only the first K editors are *full* (they integrate
+//! every update, as above); the others are *light*: each owns a real yrs
+//! document that integrates the initial sync (everything up to the start of
+//! the run) and then holds only its own inserts, made with yrs as a full
+//! editor makes them (valid updates whose origins the server holds, so the
+//! server's work per update is the same); it observes the others' inserts by
+//! reading only the struct headers of each incoming sync update / step 2
+//! (client id, first clock, each struct's clock length: `update_ranges`),
+//! with a per-sender watermark that, like a state vector, advances only over
+//! contiguous clocks. Delivery and latency are counted the same way for both.
+//!
+//! After the window, inserts stop, in-flight ones drain (<= 5 s), then the
+//! checks: every full editor's document is identical (state vector and
+//! text) and its state vector is exactly every insert made (`converged`),
+//! and every editor has every other editor's inserts (`observed_all`):
+//! exit 3 when not, or on undelivered inserts, closes or updates refused
+//! (by yrs, or unreadable for a light editor).
 //!
 //! Usage: yjs-load --url ws://127.0.0.1:PORT/yjs/default --room R
 //!          [--kind switchyard|y-websocket|hocuspocus] [-n 50] [--mode closed|rate]
 //!          [--window 1] [--rate 100] [--chars 8] [--span 1024] [--warmup 2] [--duration 10]
+//!          [--full-editors K|all]
 //!          [--server-pid PID] [--server NAME] [--case NAME] [--json FILE] [--target TEXT]
 //! Prints one JSON line (stdout) and appends it to --json.
 
@@ -126,12 +145,28 @@ struct Opts {
     json: String,
     #[arg(long, default_value = "")]
     target: String,
+    /// Editors that are full yrs documents integrating every update (the
+    /// first K; "all" or >= -n: every editor). The others are light: they
+    /// make their inserts with yrs as full ones do but observe others'
+    /// inserts from the struct headers of each incoming update.
+    #[arg(long, default_value = "all", value_parser = full_editors)]
+    full_editors: usize,
     /// Seconds for every editor to sync.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
     /// Seconds for in-flight inserts to drain after the window.
     #[arg(long, default_value_t = 5.0)]
     drain: f64,
+}
+
+fn full_editors(s: &str) -> Result<usize, String> {
+    if s == "all" {
+        return Ok(usize::MAX);
+    }
+    s.parse::<usize>()
+        .ok()
+        .filter(|k| *k >= 1)
+        .ok_or_else(|| format!("--full-editors: a count >= 1 or all, not {s}"))
 }
 
 fn secs(s: &str) -> Result<f64, String> {
@@ -190,6 +225,21 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn u8(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn skip(&mut self, n: usize) -> Option<()> {
+        let end = self.pos.checked_add(n)?;
+        if end > self.buf.len() {
+            return None;
+        }
+        self.pos = end;
+        Some(())
+    }
+
     fn bytes(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.var()?).ok()?;
         let end = self.pos.checked_add(n)?;
@@ -207,6 +257,137 @@ fn only_client(update: &[u8]) -> Option<u64> {
     }
     r.var()?; // structs
     r.var()
+}
+
+/// Clock length of a string item: its UTF-16 length, as Yjs counts it.
+fn utf16_len(b: &[u8]) -> Option<u64> {
+    if b.is_ascii() {
+        return Some(b.len() as u64);
+    }
+    Some(std::str::from_utf8(b).ok()?.encode_utf16().count() as u64)
+}
+
+/// Skips one lib0 `Any` value.
+fn skip_any(r: &mut Reader<'_>, depth: u32) -> Option<()> {
+    if depth > 64 {
+        return None;
+    }
+    match r.u8()? {
+        127 | 126 | 121 | 120 => {} // undefined, null, false, true
+        125 => {
+            r.var()?; // varint (same continuation bits)
+        }
+        124 => r.skip(4)?,       // float32
+        123 | 122 => r.skip(8)?, // float64, bigint64
+        119 | 116 => {
+            r.bytes()?; // string, Uint8Array
+        }
+        118 => {
+            // object: key, value pairs
+            for _ in 0..r.var()? {
+                r.bytes()?;
+                skip_any(r, depth + 1)?;
+            }
+        }
+        117 => {
+            for _ in 0..r.var()? {
+                skip_any(r, depth + 1)?;
+            }
+        }
+        _ => return None,
+    }
+    Some(())
+}
+
+/// The clock ranges a v1 update holds, appended to `out` as (client, start,
+/// end exclusive): every client's structs from its first clock on, skips left
+/// out. Only the struct headers are read (origins and parent skipped, each
+/// content's clock length taken), nothing is integrated: this is how a light
+/// editor observes which inserts reached it. The delete set is not read
+/// (the workload deletes nothing). None for an update it cannot read (a
+/// content type the workload never makes: JSON, sub-document, move).
+fn update_ranges(update: &[u8], out: &mut Vec<(u64, u64, u64)>) -> Option<()> {
+    let mut r = Reader::new(update);
+    for _ in 0..r.var()? {
+        let structs = r.var()?;
+        let client = r.var()?;
+        let mut clock = r.var()?;
+        let mut start = clock;
+        for _ in 0..structs {
+            let info = r.u8()?;
+            let len = match info & 0x1f {
+                0 => r.var()?, // GC: deleted content, held all the same
+                10 => {
+                    // Skip: a gap in this update
+                    let len = r.var()?;
+                    if clock > start {
+                        out.push((client, start, clock));
+                    }
+                    clock = clock.checked_add(len)?;
+                    start = clock;
+                    continue;
+                }
+                content => {
+                    if info & 0x80 != 0 {
+                        r.var()?; // origin
+                        r.var()?;
+                    }
+                    if info & 0x40 != 0 {
+                        r.var()?; // right origin
+                        r.var()?;
+                    }
+                    if info & 0xc0 == 0 {
+                        // parent: a root type's name or an item's id, then parentSub
+                        if r.var()? == 1 {
+                            r.bytes()?;
+                        } else {
+                            r.var()?;
+                            r.var()?;
+                        }
+                        if info & 0x20 != 0 {
+                            r.bytes()?;
+                        }
+                    }
+                    match content {
+                        1 => r.var()?, // deleted
+                        3 | 5 => {
+                            r.bytes()?; // binary, embed (JSON text)
+                            1
+                        }
+                        4 => utf16_len(r.bytes()?)?, // string
+                        6 => {
+                            r.bytes()?; // format: key, value
+                            r.bytes()?;
+                            1
+                        }
+                        7 => {
+                            match r.var()? {
+                                3 => {
+                                    r.bytes()?; // XmlElement: its name
+                                }
+                                0 | 1 | 2 | 4 | 6 => {}
+                                _ => return None,
+                            }
+                            1
+                        }
+                        8 => {
+                            let n = r.var()?;
+                            for _ in 0..n {
+                                skip_any(&mut r, 0)?;
+                            }
+                            n
+                        }
+                        _ => return None,
+                    }
+                }
+            };
+            clock = clock.checked_add(len)?;
+        }
+        if clock > start {
+            out.push((client, start, clock));
+        }
+    }
+    Some(())
 }
 
 // ---------------------------------------------------------------- histogram
@@ -274,6 +455,51 @@ struct Editor {
     client: u64,
     tx: mpsc::UnboundedSender<Message>,
     synced: bool,
+    /// Full: integrates every update (its state vector says what it holds).
+    /// Light: integrates only until the run starts (initial sync), then its
+    /// document holds that state and its own inserts only, and it observes
+    /// the others' inserts from the updates' struct headers (`observed`).
+    full: bool,
+    /// Light: per sender (editor index), the clock up to which every struct
+    /// has reached this editor, as a state vector would say.
+    observed: Vec<u64>,
+    /// Light: ranges (sender, start, end) seen beyond `observed` (a gap
+    /// before them), counted once the gap is filled.
+    ahead: Vec<(usize, u64, u64)>,
+}
+
+impl Editor {
+    /// A light editor saw the clocks [a, b) of sender `s`: true when what
+    /// it holds of `s` grew.
+    fn note(&mut self, s: usize, a: u64, b: u64) -> bool {
+        let w0 = self.observed[s];
+        if b <= w0 {
+            return false;
+        }
+        if a > w0 {
+            self.ahead.push((s, a, b));
+            return false;
+        }
+        let mut w = b;
+        while !self.ahead.is_empty() {
+            let mut grew = false;
+            self.ahead.retain(|&(t, a, b)| {
+                if t != s || a > w {
+                    return true;
+                }
+                if b > w {
+                    w = b;
+                    grew = true;
+                }
+                false
+            });
+            if !grew {
+                break;
+            }
+        }
+        self.observed[s] = w;
+        true
+    }
 }
 
 #[derive(Default)]
@@ -390,7 +616,13 @@ impl Bench {
         let mut updates: Vec<&[u8]> = Vec::new();
         let mut step1: Vec<&[u8]> = Vec::new();
         let mut got_step2 = false;
-        let my_client = self.editors[i].borrow().client;
+        let (my_client, light) = {
+            let ed = self.editors[i].borrow();
+            (
+                ed.client,
+                !ed.full && self.st.borrow().phase != Phase::Connect,
+            )
+        };
         for msg in batch {
             let data: &[u8] = match msg {
                 Message::Binary(b) => b,
@@ -448,13 +680,38 @@ impl Bench {
         }
         let mut replies = Vec::new();
         let mut bad = 0u64;
-        let sv = {
+        // (sender, clock): what this editor now holds of each other editor.
+        let held: Vec<(usize, u32)> = {
             let mut ed = self.editors[i].borrow_mut();
             if got_step2 {
                 ed.synced = true;
             }
-            let sv = if updates.is_empty() {
-                None
+            let held = if updates.is_empty() {
+                Vec::new()
+            } else if light {
+                let mut ranges = Vec::new();
+                let mut grown = Vec::new();
+                for u in &updates {
+                    ranges.clear();
+                    if update_ranges(u, &mut ranges).is_none() {
+                        bad += 1;
+                        continue;
+                    }
+                    for &(client, a, z) in &ranges {
+                        let Some(&s) = self.by_client.get(&client) else {
+                            continue;
+                        };
+                        if s != i && ed.note(s, a, z) {
+                            grown.push(s);
+                        }
+                    }
+                }
+                grown.sort_unstable();
+                grown.dedup();
+                grown
+                    .into_iter()
+                    .map(|s| (s, u32::try_from(ed.observed[s]).unwrap_or(u32::MAX)))
+                    .collect()
             } else {
                 let mut txn = ed.doc.transact_mut();
                 for u in &updates {
@@ -467,7 +724,13 @@ impl Bench {
                         Err(_) => bad += 1,
                     }
                 }
-                Some(txn.state_vector())
+                let sv = txn.state_vector();
+                sv.iter()
+                    .filter_map(|(client, clock)| {
+                        let &s = self.by_client.get(&client.get())?;
+                        (s != i).then_some((s, *clock))
+                    })
+                    .collect()
             };
             if !step1.is_empty() {
                 let txn = ed.doc.transact();
@@ -476,7 +739,7 @@ impl Bench {
                     replies.push(txn.encode_state_as_update_v1(&theirs));
                 }
             }
-            sv
+            held
         };
         {
             let ed = self.editors[i].borrow();
@@ -484,7 +747,9 @@ impl Bench {
                 let _ = ed.tx.send(self.sync_message(SYNC_STEP2, &diff));
             }
         }
-        let Some(sv) = sv else { return };
+        if held.is_empty() && bad == 0 {
+            return;
+        }
         let t = Instant::now();
         let e = self.editors.len() as u32;
         let l = self.opts.chars;
@@ -496,13 +761,7 @@ impl Bench {
                 return;
             }
             let closed = self.opts.mode == "closed";
-            for (client, clock) in sv.iter() {
-                let Some(&s) = self.by_client.get(&client.get()) else {
-                    continue;
-                };
-                if s == i {
-                    continue;
-                }
+            for (s, clock) in held {
                 let k1 = clock / l;
                 let k0 = st.have[i][s];
                 if k1 <= k0 {
@@ -648,6 +907,7 @@ fn emit(opts: &Opts, extra: serde_json::Value) -> Result<()> {
         "rate": if opts.mode == "rate" { json!(opts.rate) } else { json!(null) },
         "chars": opts.chars,
         "span": opts.span,
+        "full_editors": opts.full_editors.min(opts.n),
     });
     let obj = line.as_object_mut().context("object")?;
     if let serde_json::Value::Object(m) = extra {
@@ -670,6 +930,7 @@ fn emit(opts: &Opts, extra: serde_json::Value) -> Result<()> {
 
 async fn run(opts: Opts) -> Result<i32> {
     let e = opts.n;
+    let full = opts.full_editors.min(e);
     let hocuspocus = opts.kind == "hocuspocus";
     let url = format!("{}/{}", opts.url.trim_end_matches('/'), opts.room);
     let mut prefix = Vec::new();
@@ -694,6 +955,9 @@ async fn run(opts: Opts) -> Result<i32> {
             client,
             tx,
             synced: false,
+            full: i < full,
+            observed: if i < full { Vec::new() } else { vec![0; e] },
+            ahead: Vec::new(),
         }));
         halves.push((sink, stream, rx));
     }
@@ -863,27 +1127,45 @@ async fn run(opts: Opts) -> Result<i32> {
         .await;
     }
     let undelivered = b.st.borrow().inflight_total;
-    // Convergence: every editor holds the same state vector and text.
-    let converged = {
+    // Convergence: every full editor holds the same state vector and text,
+    // and that state vector is exactly every insert made; every editor (light
+    // ones from the struct headers) has observed every other editor's inserts.
+    let (converged, observed_all) = {
         let b2 = b.clone();
         let same_sv = wait_for(
             move || {
                 let sv0 = b2.editors[0].borrow().doc.transact().state_vector();
-                b2.editors
+                b2.editors[..full]
                     .iter()
                     .all(|ed| ed.borrow().doc.transact().state_vector() == sv0)
             },
             Duration::from_secs(3),
         )
         .await;
-        same_sv && {
+        let same_text = same_sv && {
             let ed0 = b.editors[0].borrow();
             let text0 = ed0.text.get_string(&ed0.doc.transact());
-            b.editors.iter().all(|ed| {
+            b.editors[..full].iter().all(|ed| {
                 let ed = ed.borrow();
                 ed.text.get_string(&ed.doc.transact()) == text0
             })
-        }
+        };
+        let st = b.st.borrow();
+        let l = u64::from(opts.chars);
+        let holds_all = {
+            let sv0 = b.editors[0].borrow().doc.transact().state_vector();
+            let sv0: HashMap<u64, u64> =
+                sv0.iter().map(|(c, k)| (c.get(), u64::from(*k))).collect();
+            let made = st.ins.iter().filter(|ins| !ins.is_empty()).count();
+            sv0.len() == made
+                && b.editors.iter().enumerate().all(|(s, ed)| {
+                    let want = st.ins[s].len() as u64 * l;
+                    sv0.get(&ed.borrow().client).copied().unwrap_or(0) == want
+                })
+        };
+        let observed_all =
+            (0..e).all(|i| (0..e).all(|s| s == i || st.have[i][s] as usize == st.ins[s].len()));
+        (same_text && holds_all, observed_all)
     };
     let (doc_chars, doc_bytes) = {
         let ed0 = b.editors[0].borrow();
@@ -918,11 +1200,17 @@ async fn run(opts: Opts) -> Result<i32> {
         let client_busy = (busy1.saturating_sub(busy0)).as_secs_f64() / window_s;
         let per_update =
             |v: Option<f64>| v.filter(|_| delivered > 0.0).map(|v| v * 1e6 / delivered);
-        let note = if opts.mode == "closed" {
+        let mut note = if opts.mode == "closed" {
             format!("closed loop, {} op(s) in flight per editor", opts.window)
         } else {
             format!("fixed rate {}/s", opts.rate)
         };
+        if full < e {
+            note.push_str(&format!(
+                "; {full} full editors (integrate every update), {} light (observe update headers)",
+                e - full
+            ));
+        }
         emit(
             &opts,
             json!({
@@ -949,12 +1237,17 @@ async fn run(opts: Opts) -> Result<i32> {
                 "connection_errors": st.events.errors,
                 "bad_updates": st.events.bad_updates,
                 "converged": converged,
+                "observed_all": observed_all,
                 "doc_chars": doc_chars,
                 "doc_bytes": doc_bytes,
                 "note": note,
             }),
         )?;
-        converged && undelivered == 0 && st.events.closes == 0 && st.events.bad_updates == 0
+        converged
+            && observed_all
+            && undelivered == 0
+            && st.events.closes == 0
+            && st.events.bad_updates == 0
     };
     b.st.borrow_mut().phase = Phase::Done;
     for ed in &b.editors {
@@ -1020,4 +1313,82 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(update: &[u8]) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        update_ranges(update, &mut out).expect("readable");
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn update_ranges_reads_what_yrs_encodes() {
+        let a = Doc::with_client_id(1);
+        let b = Doc::with_client_id(2);
+        let (ta, tb) = (a.get_or_insert_text("t"), b.get_or_insert_text("t"));
+        let mut ups = Vec::new();
+        for (k, s) in ["aaaaaaaa", "bbbbbbbb", "cccccccc"].iter().enumerate() {
+            let mut txn = a.transact_mut();
+            ta.insert(&mut txn, (k as u32 * 3) % (k as u32 * 8 + 1), s);
+            ups.push(txn.encode_update_v1());
+        }
+        // One insert: exactly its op's clocks.
+        assert_eq!(ranges(&ups[1]), vec![(1, 8, 16)]);
+        // UTF-16 length, an insert into the middle of another client's item.
+        {
+            let mut txn = b.transact_mut();
+            for u in &ups {
+                txn.apply_update(Update::decode_v1(u).unwrap()).unwrap();
+            }
+        }
+        let u = {
+            let mut txn = b.transact_mut();
+            tb.insert(&mut txn, 5, "é😀x");
+            txn.encode_update_v1()
+        };
+        assert_eq!(ranges(&u), vec![(2, 0, 4)]);
+        // A step 2 from nothing: every client from clock 0 (squashed items too).
+        let diff = b
+            .transact()
+            .encode_state_as_update_v1(&StateVector::default());
+        assert_eq!(ranges(&diff), vec![(1, 0, 24), (2, 0, 4)]);
+        // A diff against a state vector in the middle of an item.
+        let mut sv = StateVector::default();
+        sv.set_max(yrs::ClientID::new(1), 12);
+        let diff = b.transact().encode_state_as_update_v1(&sv);
+        assert_eq!(ranges(&diff), vec![(1, 12, 24), (2, 0, 4)]);
+        // Merged updates with a gap: the skip is left out.
+        let merged = yrs::merge_updates_v1([ups[0].as_slice(), ups[2].as_slice()]).unwrap();
+        assert_eq!(ranges(&merged), vec![(1, 0, 8), (1, 16, 24)]);
+    }
+
+    #[test]
+    fn light_watermark_waits_for_gaps() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let doc = Doc::new();
+        let mut ed = Editor {
+            text: doc.get_or_insert_text("t"),
+            doc,
+            client: 0,
+            tx,
+            synced: true,
+            full: false,
+            observed: vec![0; 2],
+            ahead: Vec::new(),
+        };
+        assert!(!ed.note(1, 16, 24));
+        assert!(!ed.note(1, 24, 32));
+        assert_eq!(ed.observed[1], 0);
+        assert!(ed.note(1, 0, 8));
+        assert_eq!(ed.observed[1], 8);
+        assert!(ed.note(1, 4, 16));
+        assert_eq!(ed.observed[1], 32);
+        assert!(ed.ahead.is_empty());
+        assert!(!ed.note(1, 0, 32));
+    }
 }
