@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod centrifuge;
 pub mod client_ip;
 pub mod cors;
 pub mod echo;

@@ -42,6 +42,15 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
                 _ => text(StatusCode::NOT_FOUND, "use /yjs/{tenant}/{room}\n"),
             }
         }
+        (_, "/connection/websocket") => {
+            crate::centrifuge::connection(server, req, remote, None).await
+        }
+        (_, p) if p.starts_with("/connection/websocket/") => {
+            let tenant = p["/connection/websocket/".len()..]
+                .trim_end_matches('/')
+                .to_owned();
+            crate::centrifuge::connection(server, req, remote, Some(tenant)).await
+        }
         (&Method::GET, "/sse") => fallback::sse(server, req, remote, None).await,
         (&Method::POST, "/poll") => fallback::poll_open(server, req, remote, None).await,
         (_, p) if p.starts_with("/sse/session/") || p.starts_with("/poll/session/") => {

@@ -142,6 +142,7 @@ fn transport_of(path: &str) -> &'static str {
     match path.trim_start_matches('/').split('/').next() {
         Some("ws") => "websocket",
         Some("yjs") => "yjs",
+        Some("connection") => "centrifuge",
         Some("sse") => "sse",
         Some("poll") => "poll",
         _ => "http",
@@ -167,7 +168,7 @@ pub(crate) fn refuse(server: &Server, e: HandshakeError) -> Resp {
     r
 }
 
-fn ws_config(server: &Server) -> WebSocketConfig {
+pub(crate) fn ws_config(server: &Server) -> WebSocketConfig {
     let l = server.node().limits();
     WebSocketConfig::default()
         .read_buffer_size(l.read_buffer_bytes.max(256))
@@ -176,7 +177,7 @@ fn ws_config(server: &Server) -> WebSocketConfig {
         .max_frame_size(Some(l.max_message_bytes))
 }
 
-fn transport_limits(server: &Server) -> TransportLimits {
+pub(crate) fn transport_limits(server: &Server) -> TransportLimits {
     let l = server.node().limits();
     TransportLimits {
         heartbeat_interval: l.heartbeat_interval,
@@ -185,7 +186,7 @@ fn transport_limits(server: &Server) -> TransportLimits {
     }
 }
 
-fn switching(up: &Upgrade, server: &Server) -> Resp {
+pub(crate) fn switching(up: &Upgrade, server: &Server) -> Resp {
     let mut r = Response::new(crate::response::full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
@@ -218,7 +219,10 @@ fn switching(up: &Upgrade, server: &Server) -> Resp {
     r
 }
 
-fn precheck(server: &Server, req: &Request<Incoming>) -> Result<Upgrade, HandshakeError> {
+pub(crate) fn precheck(
+    server: &Server,
+    req: &Request<Incoming>,
+) -> Result<Upgrade, HandshakeError> {
     let up = handshake::validate(req.method(), req.headers())?;
     if server.node().is_draining() {
         return Err(HandshakeError::Draining);

@@ -1,0 +1,185 @@
+//! Unmodified npm `centrifuge` (5.x) clients in Node (with the `ws` package
+//! as WebSocket) against the real gateway's `/connection/websocket` (DESIGN
+//! §2c): connect with a token through the first-party `jwt-auth` plugin, and
+//! refused with 3500 (no reconnect); subscribe; publications from another
+//! Centrifuge client, from a protocol v1 client over a real WebSocket and
+//! from `POST /api/publish`, on one channel with one seq/offset sequence;
+//! authorize-subscribe and authorize-publish refusals (103); presence,
+//! presence stats and history (limit, reverse, since, an unrecoverable
+//! `since`: 112); a dropped connection reconnected with its missed
+//! publications recovered (`recovered: true`, no gap, no duplicate); a path
+//! tenant without an auth plugin; hostile input (3501, 3502) that harms no
+//! other client.
+//!
+//! The scenarios live in `tests/js/centrifuge-clients.test.mjs` (`node
+//! --test`); this test owns the process. Needs `node` (≥ 20),
+//! `tests/js/node_modules` (`npm ci` is run when a package is missing) and
+//! `target/plugins/jwt-auth.wasm` (`scripts/build-plugins.sh`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use switchyard_tests::{Gateway, repo_root, scratch_dir};
+
+const API_KEY: &str = "centrifuge-key";
+const JWT_SECRET: &str = "centrifuge-test-secret";
+const JWT_AUDIENCE: &str = "centrifuge-test";
+
+/// Every test of the script that must pass (the start of its name).
+const SCENARIOS: &[&str] = &[
+    "1. connect with a token",
+    "2. refused credentials",
+    "3. one channel",
+    "4. reconnect after the connection is dropped",
+    "5. a path tenant without an auth plugin",
+    "6. hostile input",
+];
+
+/// Longest the script may run.
+const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
+
+/// The npm packages the script imports (from the committed lockfile).
+const NODE_PACKAGES: &[&str] = &["centrifuge", "ws"];
+
+fn node() -> String {
+    std::env::var("NODE").unwrap_or_else(|_| "node".to_owned())
+}
+
+/// `npm ci` in tests/js when one of the packages is not installed.
+fn ensure_node_modules(js: &Path) {
+    if NODE_PACKAGES.iter().all(|p| {
+        js.join("node_modules")
+            .join(p)
+            .join("package.json")
+            .exists()
+    }) {
+        return;
+    }
+    let st = Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(js)
+        .status()
+        .expect("run npm ci (is npm installed?)");
+    assert!(st.success(), "npm ci in tests/js failed: {st}");
+}
+
+/// A plugins folder with the first-party `jwt-auth`.
+fn plugins() -> PathBuf {
+    let dir = scratch_dir("centrifuge-plugins");
+    let src = repo_root().join("target/plugins/jwt-auth.wasm");
+    assert!(
+        src.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        src.display()
+    );
+    std::fs::copy(&src, dir.join("jwt-auth.wasm")).expect("copy plugin");
+    dir
+}
+
+/// Tenant `default` behind `jwt-auth` (claim `channels` = what a token may
+/// subscribe and publish to) with an API key; tenant `open` with the
+/// built-in policies.
+fn config(plugins: &Path) -> String {
+    format!(
+        r#"
+[limits]
+handshake_timeout = "2s"
+
+[plugins]
+dir = {dir:?}
+watch = false
+call_timeout = "1s"
+
+[tenants.default]
+api_keys = ["{API_KEY}"]
+[tenants.default.policies.auth]
+plugin = "jwt-auth"
+config = {{ hs256_secret = "{JWT_SECRET}", audience = "{JWT_AUDIENCE}" }}
+
+[tenants.open]
+"#,
+        dir = plugins.display().to_string(),
+    )
+}
+
+#[test]
+fn centrifuge_js_clients() {
+    let root = repo_root();
+    let js = root.join("tests/js");
+    let plugins = plugins();
+    ensure_node_modules(&js);
+    let gw = Gateway::start(&config(&plugins));
+
+    let mut child = Command::new(node())
+        .args(["--test", "--test-reporter=tap"])
+        .arg(js.join("centrifuge-clients.test.mjs"))
+        .current_dir(&root)
+        .env("GW", gw.http_url(""))
+        .env("API_KEY", API_KEY)
+        .env("JWT_SECRET", JWT_SECRET)
+        .env("JWT_AUDIENCE", JWT_AUDIENCE)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node --test tests/js/centrifuge-clients.test.mjs");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let err = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("{line}");
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+
+    let deadline = Instant::now() + SCRIPT_LIMIT;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for node") {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = out.join().unwrap_or_default();
+    let stderr = err.join().unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&plugins);
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "centrifuge-clients.test.mjs exceeded {SCRIPT_LIMIT:?}:\n{stdout}\n{stderr}\n{}",
+            gw.logs()
+        )
+    });
+    assert!(
+        status.success(),
+        "centrifuge-clients.test.mjs failed ({status}):\n{stdout}\n{stderr}\n{}",
+        gw.logs()
+    );
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    for s in SCENARIOS {
+        assert!(
+            stdout.lines().any(|l| {
+                let l = l.trim_start();
+                l.starts_with("ok ") && l.contains(&format!(" - {s}"))
+            }),
+            "scenario {s:?} did not pass:\n{stdout}"
+        );
+    }
+}
