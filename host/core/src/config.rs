@@ -318,6 +318,12 @@ impl Default for PluginsConfig {
             dir: PathBuf::from("plugins"),
             cache_dir: PathBuf::new(),
             call_timeout: Duration::from_millis(10),
+    /// Folder of `POST /admin/record` recordings (JSON lines, created on first use).
+    pub record_dir: PathBuf,
+    /// Most calls one recording may ask for.
+    pub record_max_calls: u64,
+    /// Largest recording file (bytes); the line that would go over ends it.
+    pub record_max_bytes: u64,
             memory_limit: 64 << 20,
             kv_max_entries: 100_000,
             watch: true,
@@ -331,6 +337,9 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
+            record_dir: PathBuf::from("recordings"),
+            record_max_calls: 10_000,
+            record_max_bytes: 64 << 20,
     /// Bearer token for `/admin/*`; empty = admin API off.
     pub token: String,
 }
@@ -709,6 +718,11 @@ impl Config {
         self.telemetry.check()?;
         if self.broker.kind == BrokerKind::Redis && self.broker.redis_urls.is_empty() {
             return Err(ConfigError::Invalid(
+        if self.plugins.record_max_calls == 0 || self.plugins.record_max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "plugins.record_max_calls and plugins.record_max_bytes must be at least 1".into(),
+            ));
+        }
                 "broker.redis_urls must name at least one server when broker.kind = \"redis\""
                     .into(),
             ));

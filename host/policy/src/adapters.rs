@@ -23,6 +23,7 @@ use crate::host_api::{PluginState, RequestRes};
 use crate::isolation::{Busy, Placement};
 use crate::metrics::{CallMetrics, Outcome};
 use crate::pool::{CallError, InstancePool, Loaded, RoleInstance, classify};
+use crate::record::{self, RecordTap, Ticket};
 
 /// Longest principal id a plugin may return.
 pub const MAX_PRINCIPAL_BYTES: usize = 256;
@@ -54,6 +55,8 @@ pub(crate) struct Caller<B> {
     pub placement: Placement,
     /// CPU per call (sampled) and peak memory ([`crate::figures`]).
     pub figures: Arc<crate::figures::Figures>,
+    /// `POST /admin/record` of this tenant role ([`crate::record`]).
+    pub recorder: Arc<RecordTap>,
 }
 
 /// The `switchyard.outcome` of a plugin span: the call metric's outcome label.
@@ -70,9 +73,11 @@ fn outcome_name(o: Outcome) -> &'static str {
 }
 
 impl<B: RoleInstance> Caller<B> {
-    /// Runs one call, timing and counting it; `denied` tells whether an answer is a refusal.
+    /// Runs one call, timing and counting it; `denied` tells whether an answer
+    /// is a refusal. With a recording `ticket`, what the call reads is captured.
     fn run<R>(
         &self,
+        mut ticket: Option<&mut Ticket>,
         f: impl FnOnce(&mut Store<PluginState>, &B) -> Result<R, CallError>,
         denied: impl FnOnce(&R) -> bool,
     ) -> Result<R, CallError> {
@@ -88,13 +93,32 @@ impl<B: RoleInstance> Caller<B> {
             if let Some(s) = span {
                 s.outcome(outcome_name(Outcome::CoolingDown));
             }
-            return Err(CallError::Unavailable(format!(
+            let e = CallError::Unavailable(format!(
                 "{} plugin {} is cooling down after repeated crashes",
                 self.role, self.plugin
-            )));
+            ));
+            if let Some(t) = ticket {
+                t.capture.error = Some(e.to_string());
+            }
+            return Err(e);
         }
         let start = Instant::now();
-        let r = self.figures.sampled(|| self.placed(|| self.pool.call(f)));
+        let r = self.figures.sampled(|| {
+            self.placed(|| {
+                self.pool.call(|store, b| match ticket.as_deref_mut() {
+                    None => f(store, b),
+                    Some(t) => {
+                        store.data_mut().begin_capture();
+                        let r = f(store, b);
+                        t.capture = store.data_mut().end_capture();
+                        r
+                    }
+                })
+            })
+        });
+        if let (Some(t), Err(e)) = (ticket, &r) {
+            t.capture.error = Some(e.to_string());
+        }
         let outcome = self.record(start, &r, denied);
         if let Some(s) = span {
             s.outcome(outcome_name(outcome));
@@ -238,6 +262,7 @@ pub(crate) struct WasmAuth(pub Caller<auth::AuthPlugin>);
 impl WasmAuth {
     fn authorize(
         &self,
+        ticket: Option<&mut Ticket>,
         f: impl FnOnce(
             &mut Store<PluginState>,
             &auth::AuthPlugin,
@@ -245,6 +270,7 @@ impl WasmAuth {
     ) -> Result<(), Denial> {
         let timeout = self.0.pool.timeout();
         let r = self.0.run(
+            ticket,
             |store, b| {
                 f(store, b)
                     .map(|a| a.map_err(to_denial))
@@ -258,8 +284,10 @@ impl WasmAuth {
 
 impl AuthPolicy for WasmAuth {
     fn authenticate(&self, req: &Arc<ConnectRequest>) -> Result<Principal, Denial> {
+        let mut ticket = self.0.recorder.begin();
         let timeout = self.0.pool.timeout();
         let r = self.0.run(
+            ticket.as_mut(),
             |store, b| {
                 let res = store
                     .data_mut()
@@ -277,17 +305,33 @@ impl AuthPolicy for WasmAuth {
             },
             Result::is_err,
         );
-        self.0.resolve(r, || BuiltIn.authenticate(req))
+        let d = self.0.resolve(r, || BuiltIn.authenticate(req));
+        if let Some(t) = ticket {
+            let (input, decision) = (record::connect_json(req), record::principal_decision(&d));
+            t.finish(&self.0.plugin, record::AUTHENTICATE, input, decision);
+        }
+        d
     }
 
     fn authorize_subscribe(&self, principal: &Principal, channel: &str) -> Result<(), Denial> {
-        self.authorize(|store, b| {
+        let mut ticket = self.0.recorder.begin();
+        let d = self.authorize(ticket.as_mut(), |store, b| {
             b.switchyard_gateway_auth().call_authorize_subscribe(
                 store,
                 principal_param(principal),
                 channel,
             )
-        })
+        });
+        if let Some(t) = ticket {
+            let input = record::subscribe_json(principal, channel);
+            t.finish(
+                &self.0.plugin,
+                record::SUBSCRIBE,
+                input,
+                record::unit_decision(&d),
+            );
+        }
+        d
     }
 
     fn authorize_publish(
@@ -296,14 +340,25 @@ impl AuthPolicy for WasmAuth {
         channel: &str,
         data: &RawValue,
     ) -> Result<(), Denial> {
-        self.authorize(|store, b| {
+        let mut ticket = self.0.recorder.begin();
+        let d = self.authorize(ticket.as_mut(), |store, b| {
             b.switchyard_gateway_auth().call_authorize_publish(
                 store,
                 principal_param(principal),
                 channel,
                 data.get(),
             )
-        })
+        });
+        if let Some(t) = ticket {
+            let input = record::publish_json(principal, channel, data);
+            t.finish(
+                &self.0.plugin,
+                record::PUBLISH,
+                input,
+                record::unit_decision(&d),
+            );
+        }
+        d
     }
 }
 
@@ -357,8 +412,10 @@ impl RouterPolicy for WasmRouter {
             channel: req.channel,
             data_json: req.data.get(),
         };
+        let mut ticket = self.0.recorder.begin();
         let timeout = self.0.pool.timeout();
         let r = self.0.run(
+            ticket.as_mut(),
             |store, b| match b
                 .switchyard_gateway_router()
                 .call_route(store, wreq)
@@ -369,7 +426,17 @@ impl RouterPolicy for WasmRouter {
             },
             Result::is_err,
         );
-        self.0.resolve(r, || Ok(Route::Direct))
+        let d = self.0.resolve(r, || Ok(Route::Direct));
+        if let Some(t) = ticket {
+            let input = record::route_json(req.principal, req.client, req.channel, req.data);
+            t.finish(
+                &self.0.plugin,
+                record::ROUTE,
+                input,
+                record::route_decision(&d),
+            );
+        }
+        d
     }
 }
 
@@ -383,8 +450,10 @@ impl RateLimitPolicy for WasmRateLimit {
             client_id: key.client,
             channel: key.channel,
         };
+        let mut ticket = self.0.recorder.begin();
         let timeout = self.0.pool.timeout();
         let r = self.0.run(
+            ticket.as_mut(),
             |store, b| {
                 let d = b
                     .switchyard_gateway_rate_limit()
@@ -402,7 +471,7 @@ impl RateLimitPolicy for WasmRateLimit {
             },
             |d| matches!(d, RateDecision::Reject { .. }),
         );
-        match r {
+        let d = match r {
             Ok(d) => d,
             Err(_) => match self.0.on_error {
                 OnError::Deny => RateDecision::Reject {
@@ -410,7 +479,17 @@ impl RateLimitPolicy for WasmRateLimit {
                 },
                 OnError::Allow => RateDecision::Allow,
             },
+        };
+        if let Some(t) = ticket {
+            let input = record::check_json(key, cost);
+            t.finish(
+                &self.0.plugin,
+                record::CHECK,
+                input,
+                record::rate_decision(&d),
+            );
         }
+        d
     }
 }
 

@@ -249,6 +249,7 @@ fn probe(c: &Compiled) -> Result<(), LoadError> {
         config_json: Arc::from("{}"),
         kv: Arc::new(KvStore::new(16)),
         figures: Arc::new(crate::figures::Figures::unlisted()),
+        replay: None,
     });
     let mut store = Store::new(&rt.engine, PluginState::new(scope, 64 << 20));
     store.limiter(|s| &mut s.limits);

@@ -32,6 +32,9 @@ pub(crate) struct Scope {
     pub kv: Arc<KvStore>,
     /// What its instances cost (CPU per call, peak memory).
     pub figures: Arc<Figures>,
+    /// Set only by `switchyard replay`: the host clocks, key-value reads and
+    /// token buckets answer from the recording ([`crate::record`]).
+    pub replay: Option<Arc<crate::record::ReplayCtl>>,
 }
 
 /// Data of one wasmtime `Store`: WASI (empty), limits and the scope.
@@ -40,15 +43,26 @@ pub(crate) struct PluginState {
     table: ResourceTable,
     pub(crate) limits: PeakLimits,
     scope: Arc<Scope>,
+    /// Set while a recorded call runs ([`crate::record`]): what it reads.
+    pub(crate) capture: Option<crate::record::Capture>,
+    /// The WASI wall clock of this store (captured or replayed like the host clocks).
+    pub(crate) wall: Arc<crate::record::WallClock>,
 }
 
 impl PluginState {
     /// Fresh state with a memory cap of `memory_limit` bytes per instance.
     pub(crate) fn new(scope: Arc<Scope>, memory_limit: usize) -> Self {
+        let wall = Arc::new(crate::record::WallClock::new(scope.replay.clone()));
+        // Nothing inherited: no preopens, no env, no args, stdio closed,
+        // sockets denied by the default address check.
+        let mut wasi = WasiCtx::builder();
+        wasi.wall_clock(crate::record::StoreWallClock(wall.clone()));
+        if let Some(r) = &scope.replay {
+            // Replay is deterministic: seeded randomness.
+            r.seed_random(&mut wasi);
+        }
         Self {
-            // Nothing inherited: no preopens, no env, no args, stdio closed,
-            // sockets denied by the default address check.
-            wasi: WasiCtx::builder().build(),
+            wasi: wasi.build(),
             table: ResourceTable::new(),
             limits: PeakLimits {
                 inner: StoreLimitsBuilder::new()
@@ -61,7 +75,35 @@ impl PluginState {
                 figures: scope.figures.clone(),
             },
             scope,
+            capture: None,
+            wall,
         }
+    }
+
+    /// Starts capturing what the next call reads (recording).
+    pub(crate) fn begin_capture(&mut self) {
+        self.capture = Some(crate::record::Capture::default());
+        self.wall.capture(true);
+    }
+
+    /// Ends a [`Self::begin_capture`]: what the call read.
+    pub(crate) fn end_capture(&mut self) -> crate::record::Capture {
+        let mut c = self.capture.take().unwrap_or_default();
+        c.wall_ns = self.wall.capture(false);
+        c
+    }
+
+    /// The monotonic clock plugins see (host and WASI): replayed, captured or real.
+    fn monotonic(&mut self) -> u64 {
+        use crate::record::Clock;
+        if let Some(r) = &self.scope.replay {
+            return r.clock(Clock::MonotonicNs);
+        }
+        let v = u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if let Some(c) = &mut self.capture {
+            c.clock.push((Clock::MonotonicNs, v));
+        }
+        v
     }
 }
 
@@ -99,7 +141,7 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn process_start() -> Instant {
+pub(crate) fn process_start() -> Instant {
     static START: OnceLock<Instant> = OnceLock::new();
     *START.get_or_init(Instant::now)
 }
@@ -210,13 +252,21 @@ impl host::Host for PluginState {
     }
 
     fn now_ms(&mut self) -> u64 {
-        SystemTime::now()
+        use crate::record::Clock;
+        if let Some(r) = &self.scope.replay {
+            return r.clock(Clock::NowMs);
+        }
+        let v = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if let Some(c) = &mut self.capture {
+            c.clock.push((Clock::NowMs, v));
+        }
+        v
     }
 
     fn monotonic_ns(&mut self) -> u64 {
-        u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+        self.monotonic()
     }
 
     fn config(&mut self) -> String {
@@ -224,7 +274,11 @@ impl host::Host for PluginState {
     }
 
     fn kv_get(&mut self, key: String) -> Option<Vec<u8>> {
-        self.scope.kv.get(&key)
+        let v = self.scope.kv.get(&key);
+        if let Some(c) = &mut self.capture {
+            c.kv_read(&key, v.as_deref());
+        }
+        v
     }
 
     fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
@@ -243,8 +297,15 @@ impl host::Host for PluginState {
         cost: f64,
         max_wait_ms: u64,
     ) -> Result<u64, u64> {
-        let now = u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX);
-        match self
+        let replay = self.scope.replay.as_ref();
+        if let Some(recorded) = replay.and_then(|r| r.tokens()) {
+            return recorded;
+        }
+        let now = match replay {
+            Some(r) => r.bucket_clock(),
+            None => u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX),
+        };
+        let r = match self
             .scope
             .kv
             .buckets
@@ -252,7 +313,11 @@ impl host::Host for PluginState {
         {
             Take::Granted { wait_ms } => Ok(wait_ms),
             Take::Refused { retry_after_ms } => Err(retry_after_ms),
+        };
+        if let Some(c) = &mut self.capture {
+            c.tokens.push(r);
         }
+        r
     }
 }
 
@@ -334,9 +399,12 @@ pub(crate) fn link_component(
         let monotonic = name.starts_with("wasi:clocks/monotonic-clock@0.2.");
         for (export, item) in instance.exports(engine) {
             match (export, item.ty) {
-                ("now", _) if monotonic => inst.func_wrap("now", |_, (): ()| {
-                    Ok((u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX),))
-                })?,
+                ("now", _) if monotonic => inst.func_wrap(
+                    "now",
+                    |mut cx: wasmtime::StoreContextMut<'_, PluginState>, (): ()| {
+                        Ok((cx.data_mut().monotonic(),))
+                    },
+                )?,
                 ("resolution", _) if monotonic => {
                     inst.func_wrap("resolution", |_, (): ()| Ok((1u64,)))?
                 }

@@ -20,7 +20,9 @@ pub mod isolation;
 pub mod kv;
 mod metrics;
 mod pool;
+pub mod record;
 mod registry;
+pub mod replay;
 mod role;
 pub mod shadow;
 mod watch;
@@ -37,6 +39,7 @@ pub use adapters::{
 pub use engine::{EPOCH_TICK, LoadError, MAX_PLUGIN_BYTES, POOL_INSTANCES};
 pub use metrics::{CallLabels, PluginLabel, RoleLabels};
 pub use pool::CallError;
+pub use record::RecordError;
 pub use registry::{PromoteError, Status};
 pub use role::Role;
 
@@ -115,5 +118,23 @@ impl PluginHost {
     /// serving plugin (returns its name); no connection is dropped.
     pub fn promote(&self, tenant: &str, role: &str) -> Result<String, PromoteError> {
         self.registry.promote(tenant, role)
+    }
+
+    /// `POST /admin/record`: records `tenant`'s next `calls` calls of `role`
+    /// (inputs, decision, clocks, key-value reads) to a JSON-lines file under
+    /// `plugins.record_dir`; returns the recording's status (with `file`).
+    pub fn record(
+        &self,
+        tenant: &str,
+        role: &str,
+        calls: u64,
+    ) -> Result<serde_json::Value, RecordError> {
+        self.registry.record(tenant, role, calls)
+    }
+
+    /// `GET /admin/record` body: `{"recordings":[{"tenant","role","plugin",
+    /// "file","calls","recorded","dropped","bytes","started_at","state"}]}`.
+    pub fn recordings_json(&self) -> serde_json::Value {
+        self.registry.recordings_json()
     }
 }

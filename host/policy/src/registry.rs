@@ -25,6 +25,7 @@ use crate::isolation::{Placement, TenantBudget};
 use crate::kv::KvStore;
 use crate::metrics::PluginMetrics;
 use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
+use crate::record::{RecordError, RecordRequest, RecordStatus, RecordTap};
 use crate::role::Role;
 use crate::shadow::{
     Lane, ShadowPolicy, ShadowStats, ShadowedAuth, ShadowedRateLimit, ShadowedRouter,
@@ -139,6 +140,11 @@ struct State {
     shadows: HashMap<(String, Role), Arc<ShadowStats>>,
     /// Promoted shadows.
     promoted: HashMap<(String, Role), Promotion>,
+    /// The recording switch of each plugin-served tenant role (kept across
+    /// reloads, so a recording goes on through them).
+    taps: HashMap<(String, Role), Arc<RecordTap>>,
+    /// Recordings, running and the last finished ones, for `GET /admin/record`.
+    recordings: Vec<Arc<RecordStatus>>,
 }
 
 /// Shared by the `PluginHost`, its watcher and its reload path.
@@ -184,6 +190,8 @@ impl Registry {
                 shadows: HashMap::new(),
                 figures: HashMap::new(),
                 promoted: HashMap::new(),
+                taps: HashMap::new(),
+                recordings: Vec::new(),
             }),
             scan_lock: tokio::sync::Mutex::new(()),
         }
@@ -339,6 +347,7 @@ impl Registry {
         st.promoted.retain(|(id, _), _| live(id));
         st.breakers.retain(|(id, _), _| live(id));
         st.figures.retain(|(id, _), _| live(id));
+        st.taps.retain(|(id, _), _| live(id));
         for i in &st.issues {
             tracing::warn!(
                 tenant = %i.tenant,
@@ -679,12 +688,21 @@ impl Registry {
             st.figures
                 .insert((tenant.id.to_string(), role), figures.clone());
         }
+        let recorder = if serving {
+            st.taps
+                .entry((tenant.id.to_string(), role))
+                .or_default()
+                .clone()
+        } else {
+            Arc::new(RecordTap::default())
+        };
         let scope = Arc::new(Scope {
             plugin: plugin.clone(),
             tenant: tenant.id.clone(),
             config_json: Arc::from(policy.config_json()),
             kv,
             figures: figures.clone(),
+            replay: None,
         });
         Caller {
             pool: InstancePool::new(compiled, scope, limits, budget.clone()),
@@ -702,7 +720,98 @@ impl Registry {
             role: role.as_str(),
             breaker,
             figures,
+            recorder,
         }
+    }
+
+    /// `POST /admin/record`: records the next `calls` calls of `tenant`'s
+    /// `role` into a new file under `plugins.record_dir`.
+    pub(crate) fn record(
+        &self,
+        tenant: &str,
+        role: &str,
+        calls: u64,
+    ) -> Result<serde_json::Value, RecordError> {
+        let role = Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == role)
+            .ok_or_else(|| RecordError::BadRequest(format!("unknown role {role:?}")))?;
+        if role == Role::Merge {
+            return Err(RecordError::BadRequest(
+                "merge documents are not recorded (their state lives in the plugin instance)"
+                    .into(),
+            ));
+        }
+        let mut st = self.state.lock();
+        let max = st.defaults.record_max_calls;
+        if calls == 0 || calls > max {
+            return Err(RecordError::BadRequest(format!(
+                "calls must be 1-{max} (plugins.record_max_calls)"
+            )));
+        }
+        let inst = st
+            .installed
+            .get(tenant)
+            .ok_or_else(|| RecordError::NotFound(format!("no tenant {tenant:?}")))?;
+        let idx = Role::ALL.iter().position(|r| *r == role).expect("a role");
+        let Binding::Plugin {
+            hash,
+            policy,
+            limits,
+            ..
+        } = &inst.bindings[idx]
+        else {
+            return Err(RecordError::NotFound(format!(
+                "tenant {tenant}'s {role} role is not served by a plugin"
+            )));
+        };
+        let tap = st
+            .taps
+            .get(&(tenant.to_owned(), role))
+            .cloned()
+            .ok_or_else(|| {
+                RecordError::NotFound(format!(
+                    "tenant {tenant}'s {role} role is not served by a plugin"
+                ))
+            })?;
+        let config_json = policy.config_json();
+        let status = crate::record::start(
+            &tap,
+            &RecordRequest {
+                tenant,
+                role: role.as_str(),
+                plugin: &policy.plugin,
+                plugin_hash: hex(hash),
+                config_json: &config_json,
+                on_error: match policy.on_error {
+                    OnError::Deny => "deny",
+                    OnError::Allow => "allow",
+                },
+                call_timeout: limits.call_timeout,
+                memory_limit: limits.memory_limit,
+                calls,
+                dir: &st.defaults.record_dir,
+                max_bytes: st.defaults.record_max_bytes,
+            },
+        )?;
+        let v = status.json();
+        st.recordings.push(status);
+        let finished = st.recordings.iter().filter(|r| r.finished()).count();
+        if finished > crate::record::KEEP_FINISHED {
+            let mut drop_n = finished - crate::record::KEEP_FINISHED;
+            st.recordings.retain(|r| {
+                let gone = drop_n > 0 && r.finished();
+                drop_n -= usize::from(gone);
+                !gone
+            });
+        }
+        Ok(v)
+    }
+
+    /// `GET /admin/record` body: `{"recordings":[…]}`, oldest first.
+    pub(crate) fn recordings_json(&self) -> serde_json::Value {
+        let st = self.state.lock();
+        json!({"recordings": st.recordings.iter().map(|r| r.json()).collect::<Vec<_>>()})
     }
 
     /// See [`crate::PluginHost::instantiate_once`].
@@ -722,6 +831,7 @@ impl Registry {
             config_json: Arc::from("{}"),
             kv: Arc::new(KvStore::new(16)),
             figures: Arc::new(Figures::unlisted()),
+            replay: None,
         });
         let limits = Limits {
             call_timeout: defaults.call_timeout,

@@ -54,7 +54,7 @@ pub(crate) fn note_failure() {
     CALL_FAILED.with(|c| c.set(true));
 }
 
-fn take_failure() -> bool {
+pub(crate) fn take_failure() -> bool {
     CALL_FAILED.with(|c| c.replace(false))
 }
 
@@ -269,11 +269,7 @@ fn judge(policy: &ShadowPolicy, job: Job) -> (Verdict, Value) {
     let (input, serving, shadow, same) = match (policy, job) {
         (ShadowPolicy::Auth(p), Job::Authenticate { req, serving }) => {
             let shadow = p.authenticate(&req);
-            let same = match (&serving, &shadow) {
-                (Ok(a), Ok(b)) => a == b,
-                (Err(a), Err(b)) => same_denial(a, b),
-                _ => false,
-            };
+            let same = same_principal(&serving, &shadow);
             (
                 connect_input(&req),
                 principal_result(&serving),
@@ -330,11 +326,7 @@ fn judge(policy: &ShadowPolicy, job: Job) -> (Verdict, Value) {
                 channel: &channel,
                 data: &data,
             });
-            let same = match (&serving, &shadow) {
-                (Ok(a), Ok(b)) => same_route(a, b),
-                (Err(a), Err(b)) => same_denial(a, b),
-                _ => false,
-            };
+            let same = same_routing(&serving, &shadow);
             (
                 json!({"call": "route", "principal": principal_input(&who), "client": client, "channel": channel, "data": cut(data.get())}),
                 route_result(&serving),
@@ -364,7 +356,7 @@ fn judge(policy: &ShadowPolicy, job: Job) -> (Verdict, Value) {
                 json!({"call": "check", "principal": principal, "client": client, "channel": channel, "cost": cost}),
                 json!(format!("{serving:?}")),
                 json!(format!("{shadow:?}")),
-                std::mem::discriminant(&serving) == std::mem::discriminant(&shadow),
+                same_rate(&serving, &shadow),
             )
         }
         _ => unreachable!("a lane only carries its own role's jobs"),
@@ -387,11 +379,36 @@ fn judge(policy: &ShadowPolicy, job: Job) -> (Verdict, Value) {
     (verdict, diff)
 }
 
-fn same_denial(a: &Denial, b: &Denial) -> bool {
+// The role-aware comparison, shared with `switchyard replay` ([`crate::replay`]).
+
+pub(crate) fn same_denial(a: &Denial, b: &Denial) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
 }
 
-fn same_unit(a: &Result<(), Denial>, b: &Result<(), Denial>) -> bool {
+/// Auth: the same principal (id and claims), or the same kind of denial.
+pub(crate) fn same_principal(a: &Result<Principal, Denial>, b: &Result<Principal, Denial>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) => same_denial(a, b),
+        _ => false,
+    }
+}
+
+/// Router: the same targets and payloads, or the same kind of denial.
+pub(crate) fn same_routing(a: &Result<Route, Denial>, b: &Result<Route, Denial>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => same_route(a, b),
+        (Err(a), Err(b)) => same_denial(a, b),
+        _ => false,
+    }
+}
+
+/// Rate limit: the same kind of decision (wait times follow the clock).
+pub(crate) fn same_rate(a: &RateDecision, b: &RateDecision) -> bool {
+    std::mem::discriminant(a) == std::mem::discriminant(b)
+}
+
+pub(crate) fn same_unit(a: &Result<(), Denial>, b: &Result<(), Denial>) -> bool {
     match (a, b) {
         (Ok(()), Ok(())) => true,
         (Err(x), Err(y)) => same_denial(x, y),
@@ -424,10 +441,10 @@ fn cut(s: &str) -> String {
     format!("{}…", &s[..end])
 }
 
-const REDACTED: &str = "[redacted]";
+pub(crate) const REDACTED: &str = "[redacted]";
 
 /// A connect request as shown: credentials and cookies redacted.
-fn connect_input(r: &ConnectRequest) -> Value {
+pub(crate) fn connect_input(r: &ConnectRequest) -> Value {
     let secret = |name: &str| {
         matches!(
             name,
@@ -460,7 +477,7 @@ fn connect_input(r: &ConnectRequest) -> Value {
     })
 }
 
-fn principal_input(p: &Principal) -> Value {
+pub(crate) fn principal_input(p: &Principal) -> Value {
     json!({"id": p.id, "claims": REDACTED})
 }
 

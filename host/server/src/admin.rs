@@ -12,6 +12,10 @@
 //! - `POST /admin/drain` → 202; the process drains as on SIGTERM.
 //! - `GET /admin/stats`: per-tenant connections, subscriptions, messages in/out
 //!   per second, plugin calls and failures; node totals and delivery latency.
+//! - `POST /admin/record` with `{"tenant","role","calls":N}` → 202 and the
+//!   recording's status (its `file` under `plugins.record_dir`); `GET
+//!   /admin/record` lists running and recent recordings (docs/plugins.md,
+//!   "Record and replay").
 //!
 //! The [`Registry`] is filled at connect and emptied at disconnect; nothing
 //! here runs per message. Channels, queue lengths and message counts are read
@@ -64,6 +68,10 @@ pub(crate) enum AdminError {
     MethodNotAllowed(&'static str),
     /// The body is over the limit.
     TooBig,
+    /// The resource is busy (a recording of that tenant role runs).
+    Conflict(String),
+    /// The server could not do it (a recording file could not be created).
+    Failed(String),
 }
 
 impl AdminError {
@@ -74,6 +82,8 @@ impl AdminError {
             AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AdminError::TooBig => StatusCode::PAYLOAD_TOO_LARGE,
+            AdminError::Conflict(_) => StatusCode::CONFLICT,
+            AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -85,6 +95,8 @@ impl AdminError {
             AdminError::NotFound(_) => "not_found",
             AdminError::MethodNotAllowed(_) => "method_not_allowed",
             AdminError::TooBig => "too_big",
+            AdminError::Conflict(_) => "conflict",
+            AdminError::Failed(_) => "failed",
         }
     }
 
@@ -94,7 +106,10 @@ impl AdminError {
             AdminError::Unauthorized => {
                 "missing or bad admin token (Authorization: Bearer <[admin] token>)".to_owned()
             }
-            AdminError::BadRequest(m) | AdminError::NotFound(m) => m.clone(),
+            AdminError::BadRequest(m)
+            | AdminError::NotFound(m)
+            | AdminError::Conflict(m)
+            | AdminError::Failed(m) => m.clone(),
             AdminError::MethodNotAllowed(allowed) => format!("use {allowed}"),
             AdminError::TooBig => "request body over 4096 bytes".to_owned(),
         }
@@ -317,6 +332,49 @@ async fn route(
                 &json!({"tenant": p.tenant, "role": p.role, "plugin": serving}),
             ))
         }
+        (Method::GET, "/admin/record") => {
+            let v = server
+                .admin()
+                .map_or_else(|| json!({"recordings": []}), |a| a.recordings());
+            Ok(json_ok(StatusCode::OK, &v))
+        }
+        (Method::POST, "/admin/record") => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Record {
+                tenant: String,
+                role: String,
+                calls: u64,
+            }
+            let body = read_body(req).await?;
+            let r: Record = serde_json::from_slice(&body).map_err(|e| {
+                AdminError::BadRequest(format!("expected {{\"tenant\",\"role\",\"calls\"}}: {e}"))
+            })?;
+            let admin = server
+                .admin()
+                .ok_or_else(|| AdminError::NotFound("no plugin runtime".into()))?;
+            let status = admin
+                .record(&r.tenant, &r.role, r.calls)
+                .map_err(|e| match e {
+                    crate::RecordRefused::BadRequest(m) => AdminError::BadRequest(m),
+                    crate::RecordRefused::NotFound(m) => AdminError::NotFound(m),
+                    crate::RecordRefused::Busy(m) => AdminError::Conflict(m),
+                    crate::RecordRefused::Failed(m) => AdminError::Failed(m),
+                })?;
+            tracing::info!(
+                target: "switchyard::admin",
+                who = %who,
+                peer = %remote,
+                action = "record",
+                tenant = %r.tenant,
+                role = %r.role,
+                calls = r.calls,
+                file = %status["file"].as_str().unwrap_or(""),
+                "admin action: record plugin calls"
+            );
+            Ok(json_ok(StatusCode::ACCEPTED, &status))
+        }
+        (_, "/admin/record") => Err(AdminError::MethodNotAllowed("GET, POST")),
         (_, "/admin/shadow") => Err(AdminError::MethodNotAllowed("GET")),
         (_, "/admin/shadow/promote") => Err(AdminError::MethodNotAllowed("POST")),
         (Method::POST, "/admin/drain") => {

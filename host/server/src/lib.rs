@@ -53,6 +53,40 @@ pub trait AdminSource: Send + Sync {
         let _ = (tenant, role);
         Err(PromoteRefused::NotFound("no plugin runtime".into()))
     }
+
+    /// `POST /admin/record`: records `tenant`'s next `calls` calls of `role`;
+    /// returns the recording's status. Default: no plugin runtime.
+    fn record(
+        &self,
+        tenant: &str,
+        role: &str,
+        calls: u64,
+    ) -> Result<serde_json::Value, RecordRefused> {
+        let _ = (tenant, role, calls);
+        Err(RecordRefused::NotFound("no plugin runtime".into()))
+    }
+
+    /// `GET /admin/record`: running and recent recordings. Default: none.
+    fn recordings(&self) -> serde_json::Value {
+        serde_json::json!({"recordings": []})
+    }
+}
+
+/// Why `POST /admin/record` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordRefused {
+    /// Malformed request (unknown role, merge, calls out of range): 400.
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such tenant, or the role is not served by a plugin: 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// That tenant role is being recorded already: 409.
+    #[error("{0}")]
+    Busy(String),
+    /// The recording file could not be created: 500.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Why `POST /admin/shadow/promote` was refused.

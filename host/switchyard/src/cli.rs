@@ -32,6 +32,27 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run a plugin offline on a recording (`POST /admin/record`),
+    /// deterministically, and print each decision that differs from the
+    /// recorded one and a summary. Exit status 0 when none differ, 1 when
+    /// some do, 2 on bad input.
+    Replay {
+        /// The plugin component to run.
+        #[arg(long)]
+        plugin: PathBuf,
+        /// The recording (JSON lines).
+        #[arg(long)]
+        calls: PathBuf,
+        /// The plugin's config as JSON, instead of the recorded one.
+        #[arg(long)]
+        config: Option<String>,
+        /// Print one JSON report on stdout (for CI).
+        #[arg(long)]
+        json: bool,
+        /// Seed of the plugin's (WASI) randomness.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +100,41 @@ pub fn main() -> ExitCode {
             print!("{EXAMPLE}");
             ExitCode::SUCCESS
         }
+        Command::Replay {
+            plugin,
+            calls,
+            config,
+            json,
+            seed,
+        } => replay(&plugin, &calls, config, json, seed),
+    }
+}
+
+/// `replay`: the differences and a summary (text or `--json`) on stdout;
+/// exit 0 (none differ), 1 (some differ) or 2 (bad input, on stderr).
+fn replay(plugin: &Path, calls: &Path, config: Option<String>, json: bool, seed: u64) -> ExitCode {
+    let opts = switchyard_policy::replay::Options {
+        config,
+        seed,
+        call_timeout: None,
+    };
+    let report = match switchyard_policy::replay::replay(plugin, calls, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("switchyard replay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let name = plugin.display().to_string();
+    if json {
+        println!("{}", report.json(&name, &calls.display().to_string()));
+    } else {
+        print!("{}", report.text(&name));
+    }
+    if report.differences.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

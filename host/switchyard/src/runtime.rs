@@ -9,8 +9,8 @@ use switchyard_core::config::{BrokerKind, LogFormat};
 use switchyard_core::hub::Hub;
 use switchyard_core::metrics::Metrics;
 use switchyard_core::{Config, Node};
-use switchyard_policy::{PluginHost, PromoteError};
-use switchyard_server::{AdminSource, PromoteRefused, Server};
+use switchyard_policy::{PluginHost, PromoteError, RecordError};
+use switchyard_server::{AdminSource, PromoteRefused, RecordRefused, Server};
 use tokio::signal::unix::{SignalKind, signal};
 
 struct PluginAdmin(Arc<PluginHost>);
@@ -29,6 +29,24 @@ impl AdminSource for PluginAdmin {
             PromoteError::BadRequest(m) => PromoteRefused::BadRequest(m),
             PromoteError::NotFound(m) => PromoteRefused::NotFound(m),
         })
+    }
+
+    fn record(
+        &self,
+        tenant: &str,
+        role: &str,
+        calls: u64,
+    ) -> Result<serde_json::Value, RecordRefused> {
+        self.0.record(tenant, role, calls).map_err(|e| match e {
+            RecordError::BadRequest(m) => RecordRefused::BadRequest(m),
+            RecordError::NotFound(m) => RecordRefused::NotFound(m),
+            RecordError::Busy(m) => RecordRefused::Busy(m),
+            RecordError::Io(m) => RecordRefused::Failed(m),
+        })
+    }
+
+    fn recordings(&self) -> serde_json::Value {
+        self.0.recordings_json()
     }
 }
 
