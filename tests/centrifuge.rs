@@ -9,7 +9,7 @@
 //! `since`: 112); a dropped connection reconnected with its missed
 //! publications recovered (`recovered: true`, no gap, no duplicate); a path
 //! tenant without an auth plugin; hostile input (3501, 3502) that harms no
-//! other client.
+//! other client. And the protobuf subprotocol refused with HTTP 400.
 //!
 //! The scenarios live in `tests/js/centrifuge-clients.test.mjs` (`node
 //! --test`); this test owns the process. Needs `node` (≥ 20),
@@ -182,4 +182,42 @@ fn centrifuge_js_clients() {
             "scenario {s:?} did not pass:\n{stdout}"
         );
     }
+}
+
+/// The protobuf format is not offered: a client asking for the
+/// `centrifuge-protobuf` subprotocol gets HTTP 400 before any upgrade, and
+/// the JSON endpoint still works on the same gateway.
+#[tokio::test]
+async fn the_protobuf_subprotocol_is_refused_with_400() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    use tokio_tungstenite::tungstenite::{Error, Message};
+    let gw = Gateway::start("[tenants.open]\n");
+    let mut req = gw
+        .ws_url("/connection/websocket/open")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        http::HeaderValue::from_static("centrifuge-protobuf"),
+    );
+    match tokio_tungstenite::connect_async(req).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 400),
+        other => panic!("expected HTTP 400, got {other:?}"),
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url("/connection/websocket/open"))
+        .await
+        .expect("JSON upgrade");
+    use futures_util::{SinkExt as _, StreamExt as _};
+    ws.send(Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .expect("send");
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a reply in time")
+        .expect("a frame")
+        .expect("ok");
+    let v: serde_json::Value = serde_json::from_str(reply.to_text().expect("text")).expect("json");
+    assert_eq!(v["id"], 1);
+    assert!(v["connect"]["client"].is_string(), "{v}");
+    assert_eq!(v["connect"]["pong"], true);
 }

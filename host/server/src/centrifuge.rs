@@ -1328,6 +1328,82 @@ mod tests {
         );
     }
 
+    fn req(limit: i32, since: Option<(u64, &str)>, reverse: bool) -> HistoryReq {
+        HistoryReq {
+            channel: "room:h".into(),
+            limit,
+            since: since.map(|(offset, epoch)| Position {
+                offset,
+                epoch: epoch.into(),
+            }),
+            reverse,
+        }
+    }
+
+    #[tokio::test]
+    async fn history_windows_of_the_kept_messages() {
+        let cfg = switchyard_core::config::Config::from_toml("").expect("cfg");
+        let node = switchyard_core::Node::with_memory_broker(Arc::new(cfg));
+        let key = ChannelKey::new("default", "room:h");
+        let mut opts = node
+            .tenants
+            .get("default")
+            .expect("tenant")
+            .channel_options();
+        opts.history_size = 3;
+        for n in 1..=5 {
+            let data = Arc::from(RawValue::from_string(n.to_string()).expect("raw"));
+            node.broker
+                .publish(&key, data, None, &opts)
+                .await
+                .expect("publish");
+        }
+        let b = &*node.broker;
+        let seqs = |r: &HistoryReply| r.pubs.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let all = history(b, &key, &opts, &req(-1, None, false))
+            .await
+            .expect("broker")
+            .expect("ok");
+        assert_eq!(seqs(&all), [3, 4, 5], "messages 1 and 2 were evicted");
+        assert_eq!(all.top, 5);
+        let epoch = all.epoch.clone();
+        let pos = history(b, &key, &opts, &req(0, None, false))
+            .await
+            .expect("broker")
+            .expect("ok");
+        assert!(pos.pubs.is_empty());
+        assert_eq!(pos.top, 5);
+        let r = history(b, &key, &opts, &req(2, None, true))
+            .await
+            .expect("broker")
+            .expect("ok");
+        assert_eq!(seqs(&r), [5, 4]);
+        let r = history(b, &key, &opts, &req(10, Some((3, &epoch)), false))
+            .await
+            .expect("broker")
+            .expect("ok");
+        assert_eq!(seqs(&r), [4, 5]);
+        let r = history(b, &key, &opts, &req(10, Some((5, &epoch)), true))
+            .await
+            .expect("broker")
+            .expect("ok");
+        assert_eq!(seqs(&r), [4, 3]);
+        for (since, what) in [((1, epoch.as_str()), "evicted"), ((4, "other"), "epoch")] {
+            let r = history(b, &key, &opts, &req(10, Some(since), false))
+                .await
+                .expect("broker");
+            assert_eq!(r.err(), Some(codes::UNRECOVERABLE_POSITION), "{what}");
+        }
+        // A window larger than what is kept (e.g. expired entries): found by search.
+        let mut wide = opts;
+        wide.history_size = 100;
+        let r = history(b, &key, &wide, &req(-1, None, false))
+            .await
+            .expect("broker")
+            .expect("ok");
+        assert_eq!(seqs(&r), [3, 4, 5]);
+    }
+
     #[test]
     fn close_codes_keep_the_reconnect_semantics() {
         assert_eq!(codes::close(CloseCode::RateLimited).0, 3013);
