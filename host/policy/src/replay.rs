@@ -74,7 +74,7 @@ pub enum ReplayError {
 }
 
 /// Replay settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// The plugin's config (JSON text) instead of the recorded one.
     pub config: Option<String>,
@@ -83,16 +83,6 @@ pub struct Options {
     /// Call deadline; `None` = the recorded one, at least 1 s (a loaded
     /// machine must not turn a slow call into a timeout the recording lacks).
     pub call_timeout: Option<Duration>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            config: None,
-            seed: 0,
-            call_timeout: None,
-        }
-    }
 }
 
 /// One call whose replayed decision differs from the recorded one.
