@@ -407,6 +407,12 @@ test('6. hostile input: bad request (3501), stale (3502), nothing else harmed', 
   assert.ok(replies.find((r) => r.id === 1 && r.connect), JSON.stringify(replies));
   assert.deepEqual(replies.find((r) => r.id === 2).error.code, 104);
   ws.close();
+  // Data published with newlines in it (kept as sent) still reaches Centrifuge clients as one line.
+  const v1 = await v1Client('frank');
+  v1.ws.send('{"type":"publish","id":9,"channel":"room:3","data":{"multi":\n"line"}}');
+  await v1.next((f) => f.type === 'ack' && f.id === 9, 'ack of the multi-line publish');
+  await A.box.until((i) => i.some((p) => p.data.multi === 'line'), 'multi-line data');
+  v1.ws.close();
   // The well-behaved client was not harmed; the batch's publish before the bad line ran.
   await A.box.until((i) => i.some((p) => p.data.evil), 'publish before the bad line');
   await A.sub.publish({ still: 'here' });

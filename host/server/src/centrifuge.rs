@@ -265,10 +265,22 @@ fn error_reply(id: u32, code: u32, message: &str, temporary: bool) -> String {
     s
 }
 
+/// JSON data on one line: replies are newline-delimited, and a payload kept
+/// as published (a v1 client's, an API call's) may hold newlines as whitespace.
+fn one_line(data: &str) -> Cow<'_, str> {
+    if !data.contains('\n') {
+        return Cow::Borrowed(data);
+    }
+    match serde_json::from_str::<serde_json::Value>(data) {
+        Ok(v) => Cow::Owned(v.to_string()),
+        Err(_) => Cow::Borrowed("null"),
+    }
+}
+
 /// One publication object: `{"data":…,"offset":N[,"epoch":E]}`.
 fn publication(out: &mut String, data: &str, offset: u64, epoch: Option<&str>) {
     out.push_str("{\"data\":");
-    out.push_str(data);
+    out.push_str(&one_line(data));
     let _ = write!(out, ",\"offset\":{offset}");
     if let Some(e) = epoch {
         out.push_str(",\"epoch\":");
@@ -414,7 +426,7 @@ impl CentrifugeWire {
                 let data = v.data?;
                 Some(format!(
                     "{{\"push\":{{\"message\":{{\"data\":{}}}}}}}",
-                    data.get()
+                    one_line(data.get())
                 ))
             }
             "SERVER_SHUTDOWN" => Some(format!(
@@ -1314,7 +1326,14 @@ mod tests {
             r[0]["presence_stats"],
             serde_json::json!({"num_clients":2,"num_users":1})
         );
-        let r = out(&w, r#"{"type":"direct","data":{"x":1}}"#).expect("direct");
+        let r = out(
+            &w,
+            "{\"type\":\"message\",\"channel\":\"room:1\",\"seq\":3,\"epoch\":\"e\",\"data\":{\"a\":\n[1,\n2]}}",
+        )
+        .expect("push");
+        assert_eq!(r.len(), 1, "one line, whatever whitespace the data kept");
+        assert_eq!(r[0]["push"]["pub"]["data"]["a"][1], 2);
+        let r = out(&w, "{\"type\":\"direct\",\"data\":{\"x\":\n1}}").expect("direct");
         assert_eq!(r[0]["push"]["message"]["data"]["x"], 1);
         let r = out(&w, r#"{"type":"SERVER_SHUTDOWN","reconnectIn":2000}"#).expect("drain");
         assert_eq!(r[0]["push"]["disconnect"]["code"], 3001);
