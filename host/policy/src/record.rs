@@ -238,6 +238,7 @@ pub(crate) struct RecordStatus {
     dropped: AtomicU64,
     bytes: AtomicU64,
     state: Mutex<String>,
+    ended: parking_lot::Condvar,
 }
 
 impl RecordStatus {
@@ -254,6 +255,16 @@ impl RecordStatus {
             "started_at": self.started_at,
             "state": self.state.lock().clone(),
         })
+    }
+
+    /// Waits up to `limit` for the writer to end; the final state.
+    #[cfg(test)]
+    fn wait_ended(&self, limit: Duration) -> String {
+        let mut st = self.state.lock();
+        if *st == "recording" {
+            let _ = self.ended.wait_for(&mut st, limit);
+        }
+        st.clone()
     }
 
     pub(crate) fn finished(&self) -> bool {
@@ -358,6 +369,7 @@ pub(crate) fn start(
         dropped: AtomicU64::new(0),
         bytes: AtomicU64::new(head.len() as u64),
         state: Mutex::new("recording".to_owned()),
+        ended: parking_lot::Condvar::new(),
     });
     let mut out = std::io::BufWriter::new(file);
     out.write_all(head.as_bytes())
@@ -434,6 +446,7 @@ impl Writer {
             "recording {state}"
         );
         *self.status.state.lock() = state;
+        self.status.ended.notify_all();
     }
 
     fn stop_taking(&self) {
@@ -1223,6 +1236,82 @@ mod tests {
         assert_eq!(ctl.tokens(), Some(Ok(0)));
         assert_eq!(ctl.tokens(), Some(Err(1000)));
         assert_eq!(ctl.tokens(), None);
+    }
+
+    fn request<'a>(dir: &'a Path, calls: u64, max_bytes: u64) -> RecordRequest<'a> {
+        RecordRequest {
+            tenant: "t/1",
+            role: "router",
+            plugin: "r",
+            plugin_hash: "00".into(),
+            config_json: r#"{"k":1}"#,
+            on_error: "deny",
+            call_timeout: Duration::from_millis(10),
+            memory_limit: 1 << 20,
+            calls,
+            dir,
+            max_bytes,
+        }
+    }
+
+    fn routed(t: Ticket, data: &str) {
+        let who = Principal::anonymous();
+        let data = RawValue::from_string(data.to_owned()).unwrap();
+        let input = route_json(&who, "c", "room:1", &data);
+        t.finish("r", ROUTE, input, route_decision(&Ok(Route::Direct)));
+    }
+
+    #[test]
+    fn a_recording_takes_exactly_its_calls_then_costs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let tap = Arc::new(RecordTap::default());
+        assert!(tap.begin().is_none(), "off: no ticket");
+        let status = start(&tap, &request(dir.path(), 2, 1 << 20)).expect("starts");
+        assert!(matches!(
+            start(&tap, &request(dir.path(), 2, 1 << 20)),
+            Err(RecordError::Busy(_))
+        ));
+        let (a, b) = (tap.begin().expect("1"), tap.begin().expect("2"));
+        assert!(tap.begin().is_none(), "a third call is not recorded");
+        assert!(
+            !tap.armed.load(Ordering::Relaxed),
+            "disarmed after the last claim"
+        );
+        routed(a, "1");
+        routed(b, "2");
+        assert_eq!(status.wait_ended(Duration::from_secs(10)), "done");
+        assert!(
+            status
+                .file
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("t_1-router-")
+        );
+        let text = std::fs::read_to_string(&status.file).unwrap();
+        let r = Recording::parse(&text).expect("what was written parses");
+        assert_eq!(r.calls.iter().map(|c| c.seq).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(status.json()["recorded"], 2);
+        assert_eq!(status.json()["bytes"], text.len());
+        // Free again for the next recording.
+        assert!(!tap.busy());
+    }
+
+    #[test]
+    fn the_byte_limit_ends_a_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let tap = Arc::new(RecordTap::default());
+        let status = start(&tap, &request(dir.path(), 5, 1500)).expect("starts");
+        routed(tap.begin().expect("1"), "1");
+        let big = format!("\"{}\"", "x".repeat(2000));
+        routed(tap.begin().expect("2"), &big);
+        let state = status.wait_ended(Duration::from_secs(10));
+        assert!(state.starts_with("stopped: byte limit"), "{state}");
+        assert!(tap.begin().is_none(), "no more calls are taken");
+        let text = std::fs::read_to_string(&status.file).unwrap();
+        assert!(text.len() <= 1500, "{}", text.len());
+        assert_eq!(text.lines().count(), 2, "the header and the first call");
     }
 
     #[test]
