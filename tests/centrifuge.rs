@@ -7,7 +7,8 @@
 //! authorize-subscribe and authorize-publish refusals (103); presence,
 //! presence stats and history (limit, reverse, since, an unrecoverable
 //! `since`: 112); a dropped connection reconnected with its missed
-//! publications recovered (`recovered: true`, no gap, no duplicate); a path
+//! publications recovered (`recovered: true`, no gap, no duplicate), and
+//! one the history no longer covers (`recovered: false`); a path
 //! tenant without an auth plugin; hostile input (3501, 3502) that harms no
 //! other client. And the protobuf subprotocol refused with HTTP 400.
 //!
@@ -33,6 +34,7 @@ const SCENARIOS: &[&str] = &[
     "2. refused credentials",
     "3. one channel",
     "4. reconnect after the connection is dropped",
+    "4b. a recovery the history no longer covers",
     "5. a path tenant without an auth plugin",
     "6. hostile input",
 ];
@@ -99,6 +101,9 @@ plugin = "jwt-auth"
 config = {{ hs256_secret = "{JWT_SECRET}", audience = "{JWT_AUDIENCE}" }}
 
 [tenants.open]
+
+[tenants.short]
+history_size = 2
 "#,
         dir = plugins.display().to_string(),
     )

@@ -365,6 +365,34 @@ test('4. reconnect after the connection is dropped: missed publications recovere
   c.disconnect();
 });
 
+test('4b. a recovery the history no longer covers: recovered false, live ones follow', async () => {
+  // Tenant `short` keeps 2 messages per channel.
+  const url = `${WS}/connection/websocket/short`;
+  const net = droppable();
+  const c = new Centrifuge(url, { websocket: net.WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 });
+  const publisher = new Centrifuge(url, { websocket: WebSocket });
+  await connected(c);
+  await connected(publisher);
+  const { sub, box } = await subscribed(c, 'news:2');
+  await publisher.publish('news:2', { n: 1 });
+  await box.until((i) => i.length >= 1, 'one live');
+  const away = waitFor(c, 'connecting', (x) => x.code === 1, 'connecting after the drop');
+  const resubscribed = waitFor(sub, 'subscribed', (x) => x.wasRecovering, 'the recovering subscribe');
+  net.drop();
+  await away;
+  for (const n of [2, 3, 4]) await publisher.publish('news:2', { n });
+  net.release();
+  const again = await resubscribed;
+  assert.equal(again.recovered, false, JSON.stringify(again));
+  assert.equal(again.hasRecoveredPublications, false);
+  assert.equal(again.streamPosition.offset, 4);
+  await publisher.publish('news:2', { n: 5 });
+  await box.until((i) => i.length >= 2, 'live after the failed recovery');
+  assert.deepEqual(offsets(box.items), [1, 5]);
+  c.disconnect();
+  publisher.disconnect();
+});
+
 test('5. a path tenant without an auth plugin: anonymous clients', async () => {
   const url = `${WS}/connection/websocket/open`;
   const c = new Centrifuge(url, { websocket: WebSocket });
