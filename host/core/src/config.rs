@@ -310,6 +310,12 @@ pub struct PluginsConfig {
     /// Per tenant: live plugin instances (pooled idle ones and open merge
     /// documents included) out of the process-wide pool of 1000.
     pub max_instances: u32,
+    /// Folder of `POST /admin/record` recordings (JSON lines, created on first use).
+    pub record_dir: PathBuf,
+    /// Most calls one recording may ask for.
+    pub record_max_calls: u64,
+    /// Largest recording file (bytes); the line that would go over ends it.
+    pub record_max_bytes: u64,
 }
 
 impl Default for PluginsConfig {
@@ -318,17 +324,14 @@ impl Default for PluginsConfig {
             dir: PathBuf::from("plugins"),
             cache_dir: PathBuf::new(),
             call_timeout: Duration::from_millis(10),
-    /// Folder of `POST /admin/record` recordings (JSON lines, created on first use).
-    pub record_dir: PathBuf,
-    /// Most calls one recording may ask for.
-    pub record_max_calls: u64,
-    /// Largest recording file (bytes); the line that would go over ends it.
-    pub record_max_bytes: u64,
             memory_limit: 64 << 20,
             kv_max_entries: 100_000,
             watch: true,
             max_concurrent_calls: 4,
             max_instances: 250,
+            record_dir: PathBuf::from("recordings"),
+            record_max_calls: 10_000,
+            record_max_bytes: 64 << 20,
         }
     }
 }
@@ -337,9 +340,6 @@ impl Default for PluginsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
-            record_dir: PathBuf::from("recordings"),
-            record_max_calls: 10_000,
-            record_max_bytes: 64 << 20,
     /// Bearer token for `/admin/*`; empty = admin API off.
     pub token: String,
 }
@@ -710,6 +710,11 @@ impl Config {
                 "limits.document_max_bytes must be at least 2, limits.document_log_size and limits.documents_max_open at least 1".into(),
             ));
         }
+        if self.plugins.record_max_calls == 0 || self.plugins.record_max_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "plugins.record_max_calls and plugins.record_max_bytes must be at least 1".into(),
+            ));
+        }
         if self.plugins.max_concurrent_calls == 0 || self.plugins.max_instances == 0 {
             return Err(ConfigError::Invalid(
                 "plugins.max_concurrent_calls and plugins.max_instances must be at least 1".into(),
@@ -718,11 +723,6 @@ impl Config {
         self.telemetry.check()?;
         if self.broker.kind == BrokerKind::Redis && self.broker.redis_urls.is_empty() {
             return Err(ConfigError::Invalid(
-        if self.plugins.record_max_calls == 0 || self.plugins.record_max_bytes == 0 {
-            return Err(ConfigError::Invalid(
-                "plugins.record_max_calls and plugins.record_max_bytes must be at least 1".into(),
-            ));
-        }
                 "broker.redis_urls must name at least one server when broker.kind = \"redis\""
                     .into(),
             ));
