@@ -11,7 +11,7 @@
 // Every wait is for an event (a client event, a frame); the timeouts only
 // bound how long an event may take.
 
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import WebSocket from 'ws';
@@ -31,6 +31,23 @@ const JWT_SECRET = required('JWT_SECRET');
 const JWT_AUDIENCE = required('JWT_AUDIENCE');
 /** Longest any single event may take. */
 const EVENT_MS = 10_000;
+
+/** Every client and socket made, closed after the tests (also after a failure). */
+const live = [];
+function track(x) {
+  live.push(x);
+  return x;
+}
+after(() => {
+  for (const x of live) {
+    try {
+      if (x instanceof Centrifuge) x.disconnect();
+      else x.terminate();
+    } catch {
+      // already gone
+    }
+  }
+});
 
 const b64url = (s) => Buffer.from(s).toString('base64url');
 /** An HS256 JWT for jwt-auth. */
@@ -95,7 +112,7 @@ function inbox(sub) {
 }
 
 function client(sub, opts = {}) {
-  return new Centrifuge(opts.url ?? URL_DEFAULT, { websocket: WebSocket, token: token(sub), ...opts });
+  return track(new Centrifuge(opts.url ?? URL_DEFAULT, { websocket: WebSocket, token: token(sub), ...opts }));
 }
 
 async function connected(c) {
@@ -124,7 +141,7 @@ async function apiPublish(channel, data) {
 
 /** A protocol v1 client over a real WebSocket. */
 async function v1Client(sub) {
-  const ws = new WebSocket(`${WS}/ws?token=${token(sub)}`, 'switchyard.v1');
+  const ws = track(new WebSocket(`${WS}/ws?token=${token(sub)}`, 'switchyard.v1'));
   const frames = [];
   const waiters = [];
   ws.on('message', (data) => {
@@ -164,7 +181,7 @@ async function v1Client(sub) {
 /** A raw socket on the Centrifuge endpoint: resolves with the close code after sending `frames`. */
 function rawClose(frames, url = URL_DEFAULT) {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url);
+    const ws = track(new WebSocket(url));
     const timer = setTimeout(() => reject(new Error('no close')), EVENT_MS);
     ws.on('open', () => {
       for (const f of frames) ws.send(f);
@@ -191,7 +208,7 @@ function droppable() {
       this._closed = false;
       const start = () => {
         if (this._closed) return;
-        const ws = new WebSocket(url, protocols);
+        const ws = track(new WebSocket(url, protocols));
         this._ws = ws;
         ctl.sockets.push(ws);
         ws.onopen = (e) => {
@@ -245,7 +262,7 @@ test('2. refused credentials: disconnected with 3500 (invalid token), no reconne
     ['bad signature', jwt({ sub: 'x', aud: JWT_AUDIENCE, exp: Math.floor(Date.now() / 1000) + 300, channels: ['room:*'] }, 'wrong-secret')],
     ['no token', ''],
   ]) {
-    const c = new Centrifuge(URL_DEFAULT, { websocket: WebSocket, token: tok, minReconnectDelay: 50 });
+    const c = track(new Centrifuge(URL_DEFAULT, { websocket: WebSocket, token: tok, minReconnectDelay: 50 }));
     const connecting = [];
     c.on('connecting', (ctx) => connecting.push(ctx));
     const ctx = waitFor(c, 'disconnected', () => true, `disconnected (${what})`);
@@ -369,8 +386,8 @@ test('4b. a recovery the history no longer covers: recovered false, live ones fo
   // Tenant `short` keeps 2 messages per channel.
   const url = `${WS}/connection/websocket/short`;
   const net = droppable();
-  const c = new Centrifuge(url, { websocket: net.WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 });
-  const publisher = new Centrifuge(url, { websocket: WebSocket });
+  const c = track(new Centrifuge(url, { websocket: net.WebSocket, minReconnectDelay: 50, maxReconnectDelay: 200 }));
+  const publisher = track(new Centrifuge(url, { websocket: WebSocket }));
   await connected(c);
   await connected(publisher);
   const { sub, box } = await subscribed(c, 'news:2');
@@ -395,7 +412,7 @@ test('4b. a recovery the history no longer covers: recovered false, live ones fo
 
 test('5. a path tenant without an auth plugin: anonymous clients', async () => {
   const url = `${WS}/connection/websocket/open`;
-  const c = new Centrifuge(url, { websocket: WebSocket });
+  const c = track(new Centrifuge(url, { websocket: WebSocket }));
   await connected(c);
   const { sub, box } = await subscribed(c, 'news:1');
   await sub.publish({ hello: 'open' });
@@ -418,7 +435,7 @@ test('6. hostile input: bad request (3501), stale (3502), nothing else harmed', 
   assert.equal((await rawClose([connect, '{"id":2,"subscribe":'])).code, 3501, 'truncated command');
   assert.equal((await rawClose([`${connect}\n{"id":2,"publish":{"channel":"room:3","data":{"evil":true}}}\n[1,2]`])).code, 3501, 'batch with a bad line');
   // A command the server does not implement: an error reply, the connection stays.
-  const ws = new WebSocket(URL_DEFAULT);
+  const ws = track(new WebSocket(URL_DEFAULT));
   const replies = [];
   const got = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no rpc reply: ${JSON.stringify(replies)}`)), EVENT_MS);
