@@ -123,6 +123,14 @@ if ! out=$("$BIN" config example | "$BIN" config check - 2>&1 >/dev/null); then
   exit 1
 fi
 say "switchyard config example | switchyard config check -: ok"
+# The NATS server recipe (nats-server from scripts/test.sh): `nats-server -t`.
+if command -v nats-server >/dev/null 2>&1; then
+  if ! out=$(SERVER_NAME=nats-0 nats-server -t -c deploy/nats/nats-server.conf 2>&1); then
+    printf '%s\n' "$out" >&2
+    exit 1
+  fi
+  say "nats-server -t: ok (deploy/nats/nats-server.conf)"
+fi
 
 # Prometheus: the scrape config (it loads alerts.yml), the rules, and the
 # rules' unit tests, run on a copy without annotations (the tests pin

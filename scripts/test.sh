@@ -14,6 +14,7 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 step "system packages"
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)   # tests/nats.rs (JetStream, Debian package)
 [ -x /usr/bin/chromium ] || need+=(chromium)   # tests/browser.rs (headless)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
@@ -21,6 +22,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
 fi
 redis-server --version
+nats-server --version
 # playwright-core for tests/browser.rs, from the committed lockfile (drives /usr/bin/chromium)
 [ -f tests/js/node_modules/playwright-core/package.json ] || (cd tests/js && npm ci --no-audit --no-fund)
 

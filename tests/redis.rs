@@ -4,6 +4,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchyard_tests::cluster::{
+    client, messages, presence, publish, publish_until_accepted, ready, until,
+};
 use switchyard_tests::doc::{self, Got, SNAPSHOT};
 use switchyard_tests::redis::RedisServer;
 use switchyard_tests::{Client, Gateway};
@@ -35,64 +38,6 @@ history_ttl = "5m"
 
 fn start(node: &str, redis: &[&RedisServer]) -> Gateway {
     Gateway::start(&config(node, redis, "30s"))
-}
-
-async fn until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f().await {
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn ready(gw: &Gateway) -> bool {
-    gw.get("/readyz").await.0 == 200
-}
-
-async fn client(gw: &Gateway, id: &str) -> Client {
-    Client::connect(&gw.ws_url(&format!("/ws?client_id={id}"))).await
-}
-
-async fn publish(c: &mut Client, id: u64, channel: &str, data: Value) -> Value {
-    c.send_json(json!({"type":"publish","id":id,"channel":channel,"data":data}))
-        .await;
-    loop {
-        let v = c.recv_json().await;
-        if v["id"] == id && (v["type"] == "ack" || v["type"] == "error") {
-            return v;
-        }
-    }
-}
-
-async fn messages(c: &mut Client, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let v = c.recv_json().await;
-        if v["type"] == "message" {
-            out.push(v);
-        }
-    }
-    out
-}
-
-async fn presence(c: &mut Client, id: u64, channel: &str) -> Vec<(String, String)> {
-    c.send_json(json!({"type":"presence","id":id,"channel":channel}))
-        .await;
-    let v = c.recv_type("presence").await;
-    assert_eq!(v["id"], id);
-    let mut list: Vec<(String, String)> = v["clients"]
-        .as_array()
-        .expect("clients")
-        .iter()
-        .map(|e| {
-            (
-                e["client"].as_str().unwrap_or("").to_owned(),
-                e["node"].as_str().unwrap_or("").to_owned(),
-            )
-        })
-        .collect();
-    list.sort();
-    list
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -792,23 +737,6 @@ async fn a_document_outlives_a_redis_restart_reseeded_from_a_live_replica() {
         .await;
 }
 
-/// Publishes `data` on `channel` over `gw`'s HTTP API until it is accepted
-/// (503 while the broker reconnects); returns the acknowledged seq.
-async fn publish_until_accepted(gw: &Gateway, channel: &str, data: Value) -> u64 {
-    let body = json!({"channel": channel, "data": data}).to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (st, reply) = gw.post_json("/api/publish", Some(KEY), &body).await;
-        if st == 200 {
-            let v: Value = serde_json::from_str(&reply).expect("json");
-            return v["seq"].as_u64().expect("seq");
-        }
-        assert_eq!(st, 503, "only unavailable while Redis is back: {reply}");
-        assert!(Instant::now() < deadline, "publish never accepted again");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Issue 17: acknowledged publishes of a new epoch (Redis lost its data) all
 /// reach a subscriber that stayed connected, in order, whichever connection of
 /// its node comes back first.
@@ -822,7 +750,10 @@ async fn new_epoch_messages_reach_a_connected_subscriber(same_node: bool) {
     let sub_node = if same_node { &a } else { &b };
     let mut sub = client(sub_node, "sub").await;
     sub.subscribe(1, "x:1").await;
-    assert_eq!(publish_until_accepted(&a, "x:1", json!("before")).await, 1);
+    assert_eq!(
+        publish_until_accepted(&a, KEY, "x:1", json!("before")).await,
+        1
+    );
     let first = messages(&mut sub, 1).await;
     let old_epoch = first[0]["epoch"].clone();
     redis.kill();
@@ -831,7 +762,7 @@ async fn new_epoch_messages_reach_a_connected_subscriber(same_node: bool) {
     // subscriber's node has its pub/sub connection back.
     let mut acked = Vec::new();
     for i in 1..=4 {
-        let seq = publish_until_accepted(&a, "x:1", json!(format!("after-{i}"))).await;
+        let seq = publish_until_accepted(&a, KEY, "x:1", json!(format!("after-{i}"))).await;
         acked.push((seq, json!(format!("after-{i}"))));
     }
     assert_eq!(

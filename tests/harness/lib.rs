@@ -1,7 +1,9 @@
 //! Integration-test harness: spawns the real `switchyard` binary on a free
 //! loopback port and talks to it with real WebSocket and HTTP clients.
 
+pub mod cluster;
 pub mod doc;
+pub mod nats;
 pub mod otlp;
 pub mod redis;
 

@@ -262,16 +262,22 @@ pub enum BrokerKind {
     Memory,
     /// Redis pub/sub + streams (multi node).
     Redis,
+    /// NATS subjects + JetStream (multi node).
+    Nats,
 }
 
 /// `[broker]`
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// `memory` or `redis`.
+    /// `memory`, `redis` or `nats`.
     pub kind: BrokerKind,
     /// Redis servers; several = consistent-hash shards.
     pub redis_urls: Vec<String>,
+    /// NATS servers (one cluster; the client fails over between them). JetStream must be on.
+    pub nats_urls: Vec<String>,
+    /// JetStream replicas of the streams and KV buckets the NATS broker creates (1, 3 or 5).
+    pub nats_replicas: usize,
     /// Time-to-live of presence and client-directory entries (refreshed by heartbeats).
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
@@ -282,6 +288,8 @@ impl Default for BrokerConfig {
         Self {
             kind: BrokerKind::Memory,
             redis_urls: vec!["redis://127.0.0.1:6379".to_owned()],
+            nats_urls: vec!["nats://127.0.0.1:4222".to_owned()],
+            nats_replicas: 1,
             presence_ttl: Duration::from_secs(30),
         }
     }
@@ -727,6 +735,16 @@ impl Config {
                     .into(),
             ));
         }
+        if self.broker.kind == BrokerKind::Nats && self.broker.nats_urls.is_empty() {
+            return Err(ConfigError::Invalid(
+                "broker.nats_urls must name at least one server when broker.kind = \"nats\"".into(),
+            ));
+        }
+        if !(1..=5).contains(&self.broker.nats_replicas) {
+            return Err(ConfigError::Invalid(
+                "broker.nats_replicas must be between 1 and 5".into(),
+            ));
+        }
         for (id, t) in &self.tenants {
             if !crate::channel::valid_tenant(id) {
                 return Err(ConfigError::Invalid(format!(
@@ -898,6 +916,28 @@ mod tests {
         assert_eq!(c.limits.max_message_bytes, 65536);
         assert!(c.tenants.contains_key("default"));
         assert_eq!(c.broker.kind, BrokerKind::Memory);
+    }
+
+    #[test]
+    fn nats_broker_keys() {
+        let c = Config::from_toml(
+            "[broker]\nkind = \"nats\"\nnats_urls = [\"nats://10.0.0.1:4222\"]\nnats_replicas = 3\n",
+        )
+        .expect("nats");
+        assert_eq!(c.broker.kind, BrokerKind::Nats);
+        assert_eq!(c.broker.nats_urls, ["nats://10.0.0.1:4222"]);
+        assert_eq!(c.broker.nats_replicas, 3);
+        assert_eq!(
+            Config::from_toml("").expect("defaults").broker.nats_urls,
+            ["nats://127.0.0.1:4222"]
+        );
+        for bad in [
+            "[broker]\nkind = \"nats\"\nnats_urls = []\n",
+            "[broker]\nnats_replicas = 0\n",
+            "[broker]\nnats_replicas = 6\n",
+        ] {
+            assert!(Config::from_toml(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

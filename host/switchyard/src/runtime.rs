@@ -150,16 +150,22 @@ async fn run(
     };
     let node = match cfg.broker.kind {
         BrokerKind::Memory => Node::with_memory_broker(cfg.clone()),
-        BrokerKind::Redis => {
+        BrokerKind::Redis | BrokerKind::Nats => {
             let metrics = Arc::new(Metrics::new());
             let hub = Arc::new(Hub::new(
                 cfg.server.node_id.as_str(),
                 cfg.limits.send_queue_messages,
                 metrics,
             ));
-            let broker = switchyard_redis::connect(&cfg, hub.clone())
-                .await
-                .context("connecting the redis broker")?;
+            let broker = if cfg.broker.kind == BrokerKind::Nats {
+                switchyard_nats::connect(&cfg, hub.clone())
+                    .await
+                    .context("connecting the nats broker")?
+            } else {
+                switchyard_redis::connect(&cfg, hub.clone())
+                    .await
+                    .context("connecting the redis broker")?
+            };
             Node::new(cfg.clone(), hub, broker)
         }
     };

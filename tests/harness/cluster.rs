@@ -1,0 +1,92 @@
+//! Helpers of the multi-node suites (`tests/redis.rs`, `tests/nats.rs`):
+//! gateways sharing a broker, driven over WebSocket and HTTP.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{Client, Gateway};
+
+/// Polls `f` every 50 ms until it holds; panics after `limit`.
+pub async fn until(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `/readyz` answers 200.
+pub async fn ready(gw: &Gateway) -> bool {
+    gw.get("/readyz").await.0 == 200
+}
+
+/// A WebSocket client with client id `id`.
+pub async fn client(gw: &Gateway, id: &str) -> Client {
+    Client::connect(&gw.ws_url(&format!("/ws?client_id={id}"))).await
+}
+
+/// Publishes and returns the `ack` or `error` reply.
+pub async fn publish(c: &mut Client, id: u64, channel: &str, data: Value) -> Value {
+    c.send_json(json!({"type":"publish","id":id,"channel":channel,"data":data}))
+        .await;
+    loop {
+        let v = c.recv_json().await;
+        if v["id"] == id && (v["type"] == "ack" || v["type"] == "error") {
+            return v;
+        }
+    }
+}
+
+/// The next `n` `message` frames.
+pub async fn messages(c: &mut Client, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = c.recv_json().await;
+        if v["type"] == "message" {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// A channel's presence as sorted (client, node) pairs.
+pub async fn presence(c: &mut Client, id: u64, channel: &str) -> Vec<(String, String)> {
+    c.send_json(json!({"type":"presence","id":id,"channel":channel}))
+        .await;
+    let v = c.recv_type("presence").await;
+    assert_eq!(v["id"], id);
+    let mut list: Vec<(String, String)> = v["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|e| {
+            (
+                e["client"].as_str().unwrap_or("").to_owned(),
+                e["node"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+/// Publishes `data` on `channel` over `gw`'s HTTP API with `key` until it is
+/// accepted (503 while the broker reconnects); returns the acknowledged seq.
+pub async fn publish_until_accepted(gw: &Gateway, key: &str, channel: &str, data: Value) -> u64 {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (st, reply) = gw.post_json("/api/publish", Some(key), &body).await;
+        if st == 200 {
+            let v: Value = serde_json::from_str(&reply).expect("json");
+            return v["seq"].as_u64().expect("seq");
+        }
+        assert_eq!(
+            st, 503,
+            "only unavailable while the broker is back: {reply}"
+        );
+        assert!(Instant::now() < deadline, "publish never accepted again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
