@@ -38,7 +38,8 @@
 //! document that integrates the initial sync (everything up to the start of
 //! the run) and then holds only its own inserts, made with yrs as a full
 //! editor makes them (valid updates whose origins the server holds, so the
-//! server's work per update is the same); it observes the others' inserts by
+//! server's work per update is the same; it never inserts at position 0 of
+//! its own text once it has one, see `insert`); it observes the others' inserts by
 //! reading only the struct headers of each incoming sync update / step 2
 //! (client id, first clock, each struct's clock length: `update_ranges`),
 //! with a per-sender watermark that, like a state vector, advances only over
@@ -593,7 +594,17 @@ impl Bench {
             } else {
                 len.min(self.opts.span)
             };
-            let pos = rand::rng().random_range(0..=hi);
+            // A light editor's text is its own inserts only: at its position 0
+            // the insert would have no left origin, and a server integrating
+            // it (Yjs conflict resolution) scans from the start of the room's
+            // document up to the editor's first item, past everyone else's
+            // items, work a full editor's insert at position 0 never causes.
+            // So a light editor inserts after one of its own items (its first
+            // insert, into an empty text, excepted); every insert it makes then
+            // has its own item as left origin and the scan stops at the first
+            // item of another editor, as for a full editor's insert.
+            let lo = u32::from(!ed.full && hi > 0);
+            let pos = rand::rng().random_range(lo..=hi);
             let c = CONTENT[(s + k) % CONTENT.len()];
             let chunk: String = std::iter::repeat_n(c as char, self.opts.chars as usize).collect();
             ed.text.insert(&mut txn, pos, &chunk);
