@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchyard_tests::Gateway;
 use switchyard_tests::cluster::{
-    client, messages, presence, publish, publish_until_accepted, ready, until,
+    assert_within_the_shared_budget, client, messages, presence, publish, publish_until_accepted,
+    ready, tally, until,
 };
 use switchyard_tests::nats::NatsServer;
 
@@ -530,4 +531,106 @@ async fn nats_data_loss_starts_a_new_epoch_that_reaches_a_connected_subscriber()
         got[0]["epoch"], old_epoch,
         "the epoch tells history was lost"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_withdraws_presence_and_directory_at_once() {
+    let nats = NatsServer::start();
+    // A long TTL: only the drain can explain a quick disappearance.
+    let a = Gateway::start(&config("node-a", &nats, "60s"));
+    let mut b = Gateway::start(&config("node-b", &nats, "60s"));
+    until("ready", Duration::from_secs(15), async || {
+        ready(&a).await && ready(&b).await
+    })
+    .await;
+    let mut watcher = client(&a, "watcher").await;
+    watcher.subscribe(1, "room:g").await;
+    let mut dave = client(&b, "dave").await;
+    dave.subscribe(1, "room:g").await;
+    until("dave present", Duration::from_secs(5), async || {
+        presence(&mut watcher, 2, "room:g")
+            .await
+            .contains(&("dave".into(), "node-b".into()))
+    })
+    .await;
+    b.signal(libc::SIGTERM);
+    let (frames, code) = dave.drain_until_close().await;
+    assert!(
+        frames.iter().any(|f| f["type"] == "SERVER_SHUTDOWN"),
+        "{frames:?}"
+    );
+    assert_eq!(code, Some(1001));
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "node b exits"
+    );
+    until("dave withdrawn", Duration::from_secs(5), async || {
+        !presence(&mut watcher, 3, "room:g")
+            .await
+            .iter()
+            .any(|(c, _)| c == "dave")
+    })
+    .await;
+    let (st, _) = a
+        .post_json("/api/send", Some(KEY), r#"{"client":"dave","data":1}"#)
+        .await;
+    assert_eq!(st, 404);
+}
+
+/// `channel_limits` on NATS: one budget for all publishers of a channel
+/// across nodes (a KV token bucket updated by compare-and-set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_limit_holds_cluster_wide() {
+    let nats = NatsServer::start();
+    let limited = |node: &str| {
+        format!(
+            "{}\n[[tenants.default.channel_limits]]\nmatch = \"lim:*\"\nrate = 20\nburst = 20\n\
+             [limits]\npublish_rate = 100000\npublish_burst = 100000\n",
+            config(node, &nats, "30s")
+        )
+    };
+    let a = Gateway::start(&limited("node-a"));
+    let b = Gateway::start(&limited("node-b"));
+    for gw in [&a, &b] {
+        until("ready", Duration::from_secs(15), async || ready(gw).await).await;
+    }
+    let mut pa = client(&a, "pa").await;
+    let mut pb = client(&b, "pb").await;
+    let start = Instant::now();
+    let (mut ok, mut limited_replies) = (0u32, 0u32);
+    for i in 0..60u64 {
+        for p in [&mut pa, &mut pb] {
+            let r = publish(p, 100 + i, "lim:1", json!(i)).await;
+            tally(&r, &mut ok, &mut limited_replies);
+        }
+    }
+    assert_within_the_shared_budget(ok, limited_replies, start);
+    let r = publish(&mut pa, 999, "free:1", json!(1)).await;
+    assert_eq!(r["type"], "ack", "{r}");
+}
+
+/// A tenant with document channels is refused at start: the NATS broker does
+/// not share documents across nodes yet (each node would keep its own copy).
+#[test]
+fn document_channels_are_refused_on_nats() {
+    let nats = NatsServer::start();
+    let dir = switchyard_tests::scratch_dir("nats-docs");
+    let cfg = dir.join("switchyard.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}documents = [\"doc:*\"]\n",
+            config("node-a", &nats, "30s")
+        ),
+    )
+    .expect("write");
+    let out = std::process::Command::new(switchyard_tests::binary())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tenants.default.documents"), "{err}");
 }

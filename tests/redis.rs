@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_tests::cluster::{
-    client, messages, presence, publish, publish_until_accepted, ready, until,
+    assert_within_the_shared_budget, client, messages, presence, publish, publish_until_accepted,
+    ready, tally, until,
 };
 use switchyard_tests::doc::{self, Got, SNAPSHOT};
 use switchyard_tests::redis::RedisServer;
@@ -791,28 +792,6 @@ async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_another_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_data_loss_new_epoch_reaches_a_subscriber_on_the_same_node() {
     new_epoch_messages_reach_a_connected_subscriber(true).await;
-}
-
-/// Counts one reply of a limited channel: accepted, or refused as
-/// `rate_limited` (anything else fails the test).
-fn tally(r: &Value, ok: &mut u32, limited: &mut u32) {
-    match (r["type"].as_str(), r["code"].as_str()) {
-        (Some("ack"), _) => *ok += 1,
-        (Some("error"), Some("rate_limited")) => *limited += 1,
-        _ => panic!("unexpected {r}"),
-    }
-}
-
-/// Burst 20, then 20/s for both nodes together (not 20/s each).
-fn assert_within_the_shared_budget(ok: u32, limited: u32, started: Instant) {
-    let elapsed = started.elapsed().as_secs_f64();
-    let allowed = 20.0 + 20.0 * elapsed;
-    assert!(ok >= 20, "the burst went through: {ok}");
-    assert!(
-        f64::from(ok) <= allowed + 1.0,
-        "{ok} accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
-    );
-    assert!(limited > 0);
 }
 
 /// `channel_limits` with a shared broker: one budget for all publishers of a

@@ -90,3 +90,25 @@ pub async fn publish_until_accepted(gw: &Gateway, key: &str, channel: &str, data
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Counts one reply of a limited channel: accepted, or refused as
+/// `rate_limited` (anything else fails the test).
+pub fn tally(r: &Value, ok: &mut u32, limited: &mut u32) {
+    match (r["type"].as_str(), r["code"].as_str()) {
+        (Some("ack"), _) => *ok += 1,
+        (Some("error"), Some("rate_limited")) => *limited += 1,
+        _ => panic!("unexpected {r}"),
+    }
+}
+
+/// Burst 20, then 20/s for both nodes together (not 20/s each).
+pub fn assert_within_the_shared_budget(ok: u32, limited: u32, started: Instant) {
+    let elapsed = started.elapsed().as_secs_f64();
+    let allowed = 20.0 + 20.0 * elapsed;
+    assert!(ok >= 20, "the burst went through: {ok}");
+    assert!(
+        f64::from(ok) <= allowed + 1.0,
+        "{ok} accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
+    );
+    assert!(limited > 0);
+}
