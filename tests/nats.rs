@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchyard_tests::Gateway;
 use switchyard_tests::cluster::{
-    assert_within_the_shared_budget, client, messages, presence, publish, publish_until_accepted,
-    ready, tally, until,
+    Editor, assert_within_the_shared_budget, client, document_state, messages, presence, publish,
+    publish_until_accepted, ready, tally, until,
 };
 use switchyard_tests::nats::NatsServer;
 
@@ -28,6 +28,7 @@ presence_ttl = "{presence_ttl}"
 
 [tenants.default]
 api_keys = ["{KEY}"]
+documents = ["doc:*"]
 history_size = 100
 history_ttl = "5m"
 "#,
@@ -609,28 +610,122 @@ async fn a_channel_limit_holds_cluster_wide() {
     assert_eq!(r["type"], "ack", "{r}");
 }
 
-/// A tenant with document channels is refused at start: the NATS broker does
-/// not share documents across nodes yet (each node would keep its own copy).
-#[test]
-fn document_channels_are_refused_on_nats() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_editors_on_two_nodes_converge_on_one_version_sequence() {
     let nats = NatsServer::start();
-    let dir = switchyard_tests::scratch_dir("nats-docs");
-    let cfg = dir.join("switchyard.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "{}documents = [\"doc:*\"]\n",
-            config("node-a", &nats, "30s")
-        ),
-    )
-    .expect("write");
-    let out = std::process::Command::new(switchyard_tests::binary())
-        .args(["serve", "--config"])
-        .arg(&cfg)
-        .args(["--listen", "127.0.0.1:0"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("tenants.default.documents"), "{err}");
+    let (a, b) = pair(&nats).await;
+    const EDITORS: usize = 4;
+    const EACH: usize = 20;
+    let mut eds = Vec::new();
+    for i in 0..EDITORS {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        eds.push(Editor::open(gw, &format!("ed-{i}"), "doc:shared").await);
+    }
+    for j in 0..EACH {
+        for (i, e) in eds.iter_mut().enumerate() {
+            let delta = json!({ format!("k{}", j % 4): format!("{i}-{j}"), format!("own{i}"): j });
+            e.c.send_patch((j + 1) as u64, "doc:shared", &delta, &format!("ed{i}-{j}"))
+                .await;
+        }
+    }
+    let total = (EDITORS * EACH) as i64;
+    for e in &mut eds {
+        while e.acked < EACH || e.version < total {
+            e.step().await;
+        }
+        assert_eq!(e.version, total, "every patch made a version");
+    }
+    let first = Value::Object(eds[0].state.clone());
+    for e in &eds {
+        assert_eq!(
+            Value::Object(e.state.clone()),
+            first,
+            "every client converged"
+        );
+    }
+    for gw in [&a, &b] {
+        let fresh = Editor::open(gw, "late", "doc:shared").await;
+        assert_eq!(
+            Value::Object(fresh.state),
+            first,
+            "a fresh snapshot on each node"
+        );
+        assert_eq!(fresh.version, total);
+        let v = document_state(gw, KEY, "doc:shared").await;
+        assert_eq!(
+            (v["version"].clone(), v["state"].clone()),
+            (json!(total), first.clone())
+        );
+    }
+    // A restarted gateway (a new process) finds state and version in JetStream.
+    let mut a = a;
+    a.kill();
+    let a2 = start("node-a", &nats);
+    until("a2 ready", Duration::from_secs(15), async || {
+        ready(&a2).await
+    })
+    .await;
+    let v = document_state(&a2, KEY, "doc:shared").await;
+    assert_eq!(
+        (v["version"].clone(), v["state"].clone()),
+        (json!(total), first)
+    );
+    assert_eq!(
+        v["epoch"],
+        json!(eds[0].epoch),
+        "same epoch: nothing was lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_outlives_nats_data_loss_reseeded_from_a_live_replica() {
+    let mut nats = NatsServer::start();
+    let (a, b) = pair(&nats).await;
+    let mut sub = Editor::open(&b, "sub", "doc:r").await;
+    for i in 0..3 {
+        let (st, body) = a
+            .post_json(
+                "/api/documents/doc:r",
+                Some(KEY),
+                &json!({"delta": {format!("k{i}"): i}}).to_string(),
+            )
+            .await;
+        assert_eq!(st, 200, "{body}");
+    }
+    while sub.version < 3 {
+        sub.step().await;
+    }
+    let before = Value::Object(sub.state.clone());
+    let old_epoch = sub.epoch.clone();
+    nats.restart_empty();
+    for gw in [&a, &b] {
+        until("ready again", Duration::from_secs(20), async || {
+            ready(gw).await
+        })
+        .await;
+    }
+    // The subscriber is told: a SNAPSHOT in a new epoch, the same state and version.
+    while sub.epoch == old_epoch {
+        sub.step().await;
+    }
+    assert_eq!(Value::Object(sub.state.clone()), before);
+    assert_eq!(sub.version, 3);
+    let v = document_state(&a, KEY, "doc:r").await;
+    assert_eq!(
+        (v["version"].clone(), v["state"].clone()),
+        (json!(3), before)
+    );
+    let (st, body) = a
+        .post_json(
+            "/api/documents/doc:r",
+            Some(KEY),
+            r#"{"delta":{"after":true}}"#,
+        )
+        .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"version\":4"), "{body}");
+    while sub.version < 4 {
+        sub.step().await;
+    }
+    assert_eq!(sub.state["after"], json!(true));
 }

@@ -4,13 +4,12 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchyard_tests::Gateway;
 use switchyard_tests::cluster::{
-    assert_within_the_shared_budget, client, messages, presence, publish, publish_until_accepted,
-    ready, tally, until,
+    Editor, assert_within_the_shared_budget, client, document_state, messages, presence, publish,
+    publish_until_accepted, ready, tally, until,
 };
-use switchyard_tests::doc::{self, Got, SNAPSHOT};
 use switchyard_tests::redis::RedisServer;
-use switchyard_tests::{Client, Gateway};
 
 const KEY: &str = "k";
 
@@ -542,66 +541,6 @@ async fn graceful_stop_withdraws_presence_and_directory_at_once() {
     );
 }
 
-/// One editor's view of a document: its copy, its version, and its acks.
-struct Editor {
-    c: Client,
-    state: serde_json::Map<String, Value>,
-    version: i64,
-    epoch: String,
-    acked: usize,
-}
-
-impl Editor {
-    async fn open(gw: &Gateway, id: &str, channel: &str) -> Editor {
-        let mut c = client(gw, id).await;
-        let (sub, snap) = c.subscribe_doc(1, channel, None).await;
-        let snap = snap.expect("snapshot");
-        let mut state = serde_json::Map::new();
-        doc::apply_lww(&mut state, &snap);
-        Editor {
-            c,
-            state,
-            version: snap.version,
-            epoch: sub["epoch"].as_str().expect("epoch").to_owned(),
-            acked: 0,
-        }
-    }
-
-    /// Reads one frame: applies a patch (versions must be gapless), counts an ack.
-    async fn step(&mut self) {
-        match self.c.recv_got().await {
-            Got::Json(v) if v["type"] == "ack" => self.acked += 1,
-            Got::Json(v) => panic!("unexpected reply {v}"),
-            Got::Patch(p) if p.kind == SNAPSHOT => {
-                // A new epoch (the store was re-seeded): the whole state again.
-                self.epoch = p.epoch.clone();
-                self.version = p.version;
-                doc::apply_lww(&mut self.state, &p);
-            }
-            Got::Patch(p) => {
-                assert_eq!(p.version, self.version + 1, "gapless, no duplicate: {p:?}");
-                assert_eq!(p.epoch, self.epoch);
-                self.version = p.version;
-                doc::apply_lww(&mut self.state, &p);
-            }
-        }
-    }
-}
-
-async fn document_state(gw: &Gateway, channel: &str) -> Value {
-    let auth = format!("Bearer {KEY}");
-    let (st, body) = switchyard_tests::http(
-        gw.addr,
-        "GET",
-        &format!("/api/documents/{channel}"),
-        &[("authorization", &auth)],
-        None,
-    )
-    .await;
-    assert_eq!(st, 200, "{body}");
-    serde_json::from_str(&body).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_editors_on_two_nodes_converge_on_one_version_sequence() {
     let redis = RedisServer::start();
@@ -651,7 +590,7 @@ async fn concurrent_editors_on_two_nodes_converge_on_one_version_sequence() {
             "a fresh snapshot on each node"
         );
         assert_eq!(fresh.version, total);
-        let v = document_state(gw, "doc:shared").await;
+        let v = document_state(gw, KEY, "doc:shared").await;
         assert_eq!(
             (v["version"].clone(), v["state"].clone()),
             (json!(total), first.clone())
@@ -665,7 +604,7 @@ async fn concurrent_editors_on_two_nodes_converge_on_one_version_sequence() {
         ready(&a2).await
     })
     .await;
-    let v = document_state(&a2, "doc:shared").await;
+    let v = document_state(&a2, KEY, "doc:shared").await;
     assert_eq!(
         (v["version"].clone(), v["state"].clone()),
         (json!(total), first)
@@ -714,7 +653,7 @@ async fn a_document_outlives_a_redis_restart_reseeded_from_a_live_replica() {
     }
     assert_eq!(Value::Object(sub.state.clone()), before);
     assert_eq!(sub.version, 3);
-    let v = document_state(&a, "doc:r").await;
+    let v = document_state(&a, KEY, "doc:r").await;
     assert_eq!(
         (v["version"].clone(), v["state"].clone()),
         (json!(3), before)

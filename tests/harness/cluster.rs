@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::doc::{self, Got, SNAPSHOT};
 use crate::{Client, Gateway};
 
 /// Polls `f` every 50 ms until it holds; panics after `limit`.
@@ -111,4 +112,71 @@ pub fn assert_within_the_shared_budget(ok: u32, limited: u32, started: Instant) 
         "{ok} accepted in {elapsed:.2}s (at most {allowed:.0} across both nodes)"
     );
     assert!(limited > 0);
+}
+
+/// One editor's view of a document: its copy, its version, and its acks.
+pub struct Editor {
+    /// Its connection.
+    pub c: Client,
+    /// Its copy of the state.
+    pub state: serde_json::Map<String, Value>,
+    /// Its version.
+    pub version: i64,
+    /// The epoch it follows.
+    pub epoch: String,
+    /// Acks received.
+    pub acked: usize,
+}
+
+impl Editor {
+    /// Subscribes `id` on `gw` to the document `channel`.
+    pub async fn open(gw: &Gateway, id: &str, channel: &str) -> Editor {
+        let mut c = client(gw, id).await;
+        let (sub, snap) = c.subscribe_doc(1, channel, None).await;
+        let snap = snap.expect("snapshot");
+        let mut state = serde_json::Map::new();
+        doc::apply_lww(&mut state, &snap);
+        Editor {
+            c,
+            state,
+            version: snap.version,
+            epoch: sub["epoch"].as_str().expect("epoch").to_owned(),
+            acked: 0,
+        }
+    }
+
+    /// Reads one frame: applies a patch (versions must be gapless), counts an ack.
+    pub async fn step(&mut self) {
+        match self.c.recv_got().await {
+            Got::Json(v) if v["type"] == "ack" => self.acked += 1,
+            Got::Json(v) => panic!("unexpected reply {v}"),
+            Got::Patch(p) if p.kind == SNAPSHOT => {
+                // A new epoch (the store was re-seeded): the whole state again.
+                self.epoch = p.epoch.clone();
+                self.version = p.version;
+                doc::apply_lww(&mut self.state, &p);
+            }
+            Got::Patch(p) => {
+                assert_eq!(p.version, self.version + 1, "gapless, no duplicate: {p:?}");
+                assert_eq!(p.epoch, self.epoch);
+                self.version = p.version;
+                doc::apply_lww(&mut self.state, &p);
+            }
+        }
+    }
+}
+
+/// `GET /api/documents/{channel}` with the API key `key`.
+pub async fn document_state(gw: &Gateway, key: &str, channel: &str) -> Value {
+    let auth = format!("Bearer {key}");
+    let (st, body) = crate::http(
+        gw.addr,
+        "GET",
+        &format!("/api/documents/{channel}"),
+        &[("authorization", &auth)],
+        None,
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    serde_json::from_str(&body).expect("json")
 }

@@ -12,12 +12,15 @@
 //!   KV buckets with `max_age` = `presence_ttl`, refreshed by heartbeats.
 //! - **Directed delivery** ([`inbox`]): a work-queue stream, one durable
 //!   consumer per node, acknowledged after the write.
+//! - **Documents** ([`documents`]): a log stream per tenant (compare-and-append
+//!   versions, republished to the replicas) plus a snapshot KV bucket.
 //! - **Outages**: while the connection is down every call fails at once with
 //!   `unavailable` and `/readyz` answers 503; after a reconnect each feed
 //!   replays from the stream what it missed.
 
 pub mod channels;
 pub mod directory;
+pub mod documents;
 pub mod feeds;
 pub mod inbox;
 pub mod js;
@@ -47,6 +50,7 @@ use tokio::task::JoinHandle;
 
 use crate::channels::Channels;
 use crate::directory::Directory;
+use crate::documents::NatsDocumentLog;
 use crate::feeds::Feeds;
 use crate::inbox::{Inbox, InboxMetrics};
 use crate::js::{Ensured, Js};
@@ -76,6 +80,7 @@ pub struct NatsBroker {
     feeds: Arc<Feeds>,
     presence: Arc<Presence>,
     directory: Arc<Directory>,
+    documents: Arc<NatsDocumentLog>,
     replicas: usize,
     retention: Duration,
     stop: watch::Sender<bool>,
@@ -94,12 +99,6 @@ impl std::fmt::Debug for NatsBroker {
 /// is unreachable and reports [`BrokerHealth::Down`] until JetStream answers.
 pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
     let b = &config.broker;
-    if let Some((id, _)) = config.tenants.iter().find(|(_, t)| !t.documents.is_empty()) {
-        anyhow::bail!(
-            "tenants.{id}.documents: document channels are not supported by broker.kind = \"nats\" yet \
-             (each node would keep its own copy); use broker.kind = \"redis\" for documents"
-        );
-    }
     let broker: Arc<dyn Broker> =
         NatsBroker::start(&b.nats_urls, b.presence_ttl, b.nats_replicas, hub).await?;
     Ok(broker)
@@ -220,7 +219,7 @@ impl NatsBroker {
             presence_ttl,
             replicas,
         ));
-        drop(gen_rx);
+        let documents = NatsDocumentLog::new(chans.clone(), replicas, gen_rx);
         let (stop, stop_rx) = watch::channel(false);
         let retention = (presence_ttl * 4).max(DIRECT_RETENTION_MIN);
         let mut tasks = vec![
@@ -246,6 +245,7 @@ impl NatsBroker {
             feeds,
             presence,
             directory,
+            documents,
             replicas,
             retention,
             stop,
@@ -387,6 +387,10 @@ impl Broker for NatsBroker {
 
     async fn presence(&self, key: &ChannelKey) -> Result<Vec<PresenceEntry>, BrokerError> {
         self.presence.list(key).await
+    }
+
+    fn document_log(&self) -> Option<Arc<dyn switchyard_core::document::log::DocumentLog>> {
+        Some(self.documents.clone())
     }
 
     fn health(&self) -> BrokerHealth {
