@@ -550,3 +550,56 @@ impl Channels {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn records_decode_and_reject() {
+        let h = headers(&[
+            (H_SEQ, "5"),
+            (H_EPOCH, "e1"),
+            (H_PREV, "17"),
+            (H_TIME, "1700000000000"),
+        ]);
+        let r = Rec::decode(20, &h, &Bytes::from_static(br#"{"a":1}"#)).expect("rec");
+        assert_eq!((r.stream_seq, r.seq, &*r.epoch, r.prev), (20, 5, "e1", 17));
+        assert_eq!(r.message().expect("message").data.get(), r#"{"a":1}"#);
+        // A marker has no data; foreign or broken messages are not records.
+        let m = headers(&[(H_SEQ, "0"), (H_EPOCH, "e1")]);
+        assert!(
+            Rec::decode(1, &m, &Bytes::new())
+                .expect("marker")
+                .message()
+                .is_none()
+        );
+        assert!(Rec::decode(1, &headers(&[(H_EPOCH, "e1")]), &Bytes::new()).is_none());
+        assert!(Rec::decode(1, &headers(&[(H_SEQ, "1"), (H_EPOCH, "")]), &Bytes::new()).is_none());
+        assert!(Rec::decode(1, &h, &Bytes::from_static(b"{oops")).is_none());
+    }
+
+    #[test]
+    fn the_history_stream_follows_the_tenant_options() {
+        let opts = ChannelOptions {
+            history_size: 0,
+            history_ttl: Duration::from_secs(300),
+            dedupe_window: 1024,
+            limit: None,
+        };
+        let c = stream_config("acme", &opts, 1);
+        assert_eq!(c["name"], "SY_CH_acme");
+        assert_eq!(c["subjects"][0], "sy.ch.acme.*");
+        assert_eq!(c["max_msgs_per_subject"], 1, "the head always stays");
+        assert_eq!(c["max_age"], nanos(META_TTL_MIN));
+        assert_eq!(c["duplicate_window"], nanos(Duration::from_secs(300)));
+        assert_eq!(c["republish"]["dest"], "sy.live.acme.{{wildcard(1)}}");
+    }
+}

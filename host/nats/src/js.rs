@@ -396,3 +396,55 @@ impl Js {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_header_blocks() {
+        let h = parse_headers(b"NATS/1.0\r\nSy-Seq: 42\r\nSy-Epoch:  e1 \r\nSy-Seq: 7\r\n\r\n");
+        assert_eq!(
+            h.get("Sy-Seq").map(String::as_str),
+            Some("42"),
+            "first value wins"
+        );
+        assert_eq!(h.get("Sy-Epoch").map(String::as_str), Some("e1"));
+        assert!(parse_headers(b"").is_empty());
+        assert!(parse_headers(&[0xff, 0xfe]).is_empty());
+    }
+
+    #[test]
+    fn api_errors_map_to_broker_errors() {
+        let e = api_result(json!({"error": {"code": 400, "err_code": 10071, "description": "wrong last sequence: 3"}}))
+            .unwrap_err();
+        assert_eq!(e.code(), Some(code::WRONG_LAST_SEQUENCE));
+        assert!(matches!(BrokerError::from(e), BrokerError::Internal(_)));
+        let off = JsError::Api {
+            code: code::NOT_ENABLED,
+            description: "off".into(),
+        };
+        assert!(matches!(
+            BrokerError::from(off),
+            BrokerError::Unavailable(_)
+        ));
+        assert!(matches!(
+            BrokerError::from(JsError::NoResponders),
+            BrokerError::Unavailable(_)
+        ));
+        assert!(api_result(json!({"seq": 1})).is_ok());
+    }
+
+    #[test]
+    fn kv_buckets_keep_one_value_per_key_for_the_ttl() {
+        let c = kv_config("SY_DIR", Duration::from_secs(30), true, 3);
+        assert_eq!(c["name"], "KV_SY_DIR");
+        assert_eq!(c["subjects"][0], "$KV.SY_DIR.>");
+        assert_eq!(c["max_msgs_per_subject"], 1);
+        assert_eq!(c["max_age"], 30_000_000_000u64);
+        assert_eq!(
+            (c["storage"].clone(), c["num_replicas"].clone()),
+            (json!("memory"), json!(3))
+        );
+    }
+}
