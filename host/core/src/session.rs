@@ -33,6 +33,9 @@ use serde_json::value::RawValue;
 /// rewrites the frames a session queues into what the peer understands. Runs
 /// on the connection's writer, once per frame.
 pub trait WireFormat: Send + Sync {
+    /// The `transport` label of this connection's delivery metrics
+    /// (`switchyard_publish_to_deliver_seconds{transport}`), e.g. `"yjs"`.
+    fn transport(&self) -> &'static str;
     /// The frame to send for `frame` (`None` = nothing is sent).
     fn outgoing(&self, frame: Frame) -> Option<Frame>;
     /// A data frame sent at every heartbeat, for peers whose timers need data

@@ -440,6 +440,10 @@ impl CentrifugeWire {
 }
 
 impl WireFormat for CentrifugeWire {
+    fn transport(&self) -> &'static str {
+        "centrifuge"
+    }
+
     fn outgoing(&self, frame: Frame) -> Option<Frame> {
         if frame.is_binary() {
             // JSON clients cannot take binary frames (no document channels here).

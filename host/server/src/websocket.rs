@@ -259,7 +259,7 @@ where
 
     let writer = async {
         let mut batch: VecDeque<Outgoing> = VecDeque::new();
-        let deliveries = metrics.deliveries(if wire.is_some() { "yjs" } else { "ws" });
+        let deliveries = metrics.deliveries(wire.as_ref().map_or("ws", |w| w.transport()));
         let mut sample = switchyard_core::metrics::DeliverySample::default();
         let start = tokio::time::Instant::now() + limits.heartbeat_interval;
         let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);

@@ -560,6 +560,10 @@ impl YjsWire {
 }
 
 impl WireFormat for YjsWire {
+    fn transport(&self) -> &'static str {
+        "yjs"
+    }
+
     fn outgoing(&self, frame: Frame) -> Option<Frame> {
         if frame.is_binary() {
             let b = frame.bytes();
