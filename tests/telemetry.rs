@@ -199,6 +199,84 @@ async fn one_trace_from_client_through_publish_on_a_to_deliver_on_b() {
     .await;
 }
 
+/// A trace the caller did not sample records nothing under it on any node:
+/// no connection, publish, plugin or deliver span (the gateway skips them
+/// before building them, and carries no context through the broker), while a
+/// sampled client on the same nodes is traced as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsampled_trace_records_nothing_under_it_on_any_node() {
+    let redis = RedisServer::start();
+    let rx = Receiver::start();
+    let plugins = scratch_dir("plugins");
+    std::fs::copy(test_plugin("router-v1"), plugins.join("router.wasm")).expect("router");
+    let a = Gateway::start(&redis_node(
+        "node-a",
+        &redis,
+        &plugins,
+        &telemetry(&rx.endpoint(), "node-a"),
+    ));
+    let b = Gateway::start(&redis_node(
+        "node-b",
+        &redis,
+        &plugins,
+        &telemetry(&rx.endpoint(), "node-b"),
+    ));
+    let mut sub = Client::connect(&b.ws_url("/ws?client_id=sub")).await;
+    sub.subscribe(1, "room:u").await;
+    let unsampled = "5ce929d0e0e473664bf92f3577b34da6";
+    let command = "8448eb211c80319c0af7651916cd43dd";
+    let mut quiet = connect(
+        &a,
+        "/ws?client_id=quiet",
+        &[("traceparent", &format!("00-{unsampled}-{PARENT}-00"))],
+    )
+    .await;
+    for (id, tp) in [
+        (1, None),
+        (2, Some(format!("00-{command}-b7ad6b7169203331-00"))),
+    ] {
+        let mut cmd = json!({"type":"publish","id":id,"channel":"room:u","data":id});
+        if let Some(tp) = tp {
+            cmd["traceparent"] = json!(tp);
+        }
+        let ack = publish(&mut quiet, cmd).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        message(&mut sub, "room:u").await;
+    }
+    quiet.inner().close(None).await.expect("close");
+    // Then a sampled client: once its spans from both nodes are in, the
+    // unsampled ones (ended earlier, exported in order) would be too.
+    let sampled = "6a3ce929d0e0e4736a3ce929d0e0e473";
+    let mut loud = connect(
+        &a,
+        "/ws?client_id=loud",
+        &[("traceparent", &traceparent(sampled, PARENT))],
+    )
+    .await;
+    let ack = publish(
+        &mut loud,
+        json!({"type":"publish","id":3,"channel":"room:u","data":3}),
+    )
+    .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    message(&mut sub, "room:u").await;
+    loud.inner().close(None).await.expect("close");
+    let spans = rx
+        .wait_for(SPANS, |s| {
+            let conn = find(s, |x| x.name == "connect websocket" && x.trace_id == sampled);
+            let plugin = find(s, |x| x.name == "plugin router" && x.trace_id == sampled);
+            let deliver = find(s, |x| x.name == "deliver room:u" && x.trace_id == sampled);
+            (conn.is_some() && plugin.is_some() && deliver.is_some()).then(|| s.to_vec())
+        })
+        .await;
+    let leaked: Vec<_> = spans
+        .iter()
+        .filter(|x| x.trace_id == unsampled || x.trace_id == command || x.attr("switchyard.client") == "quiet")
+        .collect();
+    assert!(leaked.is_empty(), "spans of unsampled traces: {leaked:?}");
+    assert_eq!(rx.bad_requests(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_trace_context_is_ignored_and_fallbacks_are_traced() {
     let rx = Receiver::start();

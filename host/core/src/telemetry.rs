@@ -15,6 +15,13 @@
 //! - `plugin {role}` around every plugin call ([`plugin_span`]), child of the
 //!   context attached on the calling thread ([`Trace::attach`]).
 //!
+//! Sampling is decided once, where a trace begins (the connection span, or a
+//! root plugin span) by the SDK's parent-based ratio sampler. Under a context
+//! that is valid but not sampled nothing is recorded, so every helper checks
+//! that first and returns before building a name, attributes or a span: on
+//! an unsampled connection a publish costs a flag test, it carries no context
+//! through the broker, and its deliveries and plugin calls build nothing.
+//!
 //! Span names and attributes follow the OpenTelemetry messaging semantic
 //! conventions (`messaging.system`, `messaging.destination.name`,
 //! `messaging.operation.name`, `messaging.operation.type`).
@@ -164,6 +171,13 @@ impl TraceParent {
 
 /// Parses a `tracestate` header; an invalid or oversized one is dropped
 /// (the `traceparent` still counts, as W3C Trace Context says).
+/// Whether `cx`'s span is valid and not sampled (a child would be dropped).
+fn unsampled(cx: &Context) -> bool {
+    let span = cx.span();
+    let sc = span.span_context();
+    sc.is_valid() && !sc.is_sampled()
+}
+
 fn trace_state(s: Option<&str>) -> TraceState {
     match s {
         Some(s) if !s.trim().is_empty() && s.len() <= 512 => {
@@ -208,11 +222,19 @@ impl Trace {
         self.0.is_some()
     }
 
-    /// The context of this trace's span, to carry with a message.
+    /// Whether this trace's span is valid but not sampled: nothing under it
+    /// will be recorded.
+    pub fn unsampled(&self) -> bool {
+        self.0.as_ref().is_some_and(|cx| unsampled(cx))
+    }
+
+    /// The context of this trace's span, to carry with a message: `None`
+    /// when empty or not sampled (a receiver would record nothing under it).
     pub fn traceparent(&self) -> Option<TraceParent> {
         self.0
             .as_ref()
             .and_then(|cx| TraceParent::of(cx.span().span_context()))
+            .filter(TraceParent::sampled)
     }
 
     /// Makes this the current context on this thread until the guard drops
@@ -267,6 +289,10 @@ pub fn connection(
         Some(tp) => Context::new().with_remote_span_context(tp.remote(trace_state(tracestate))),
         None => Context::new(),
     };
+    if unsampled(&parent) {
+        // The caller's trace is not sampled: nothing under it is recorded.
+        return Trace(Some(parent));
+    }
     let span = tracer
         .span_builder(format!("connect {transport}"))
         .with_kind(SpanKind::Server)
@@ -286,6 +312,10 @@ pub fn publish_span(parent: &Trace, tenant: &str, channel: &str) -> Trace {
     let Some(tracer) = tracer() else {
         return Trace::NONE;
     };
+    if parent.unsampled() {
+        // Children of an unsampled span are dropped: build none.
+        return parent.clone();
+    }
     let parent = parent.parent();
     let span = tracer
         .span_builder(format!("publish {channel}"))
@@ -304,6 +334,9 @@ pub fn publish_span(parent: &Trace, tenant: &str, channel: &str) -> Trace {
 /// `deliver {channel}` (kind CONSUMER) for a message published under `tp`,
 /// recorded once per message on the node that delivers it. Ends when dropped.
 pub fn deliver_span(tp: TraceParent, tenant: &str, channel: &str, seq: u64) -> Option<BoxedSpan> {
+    if !tp.sampled() {
+        return None;
+    }
     let tracer = tracer()?;
     let parent = Context::new().with_remote_span_context(tp.remote(TraceState::default()));
     Some(
@@ -348,6 +381,9 @@ impl PluginSpan {
 /// current context (see [`Trace::attach`]). `None` when off.
 pub fn plugin_span(role: &'static str, plugin: &str, tenant: &str) -> Option<PluginSpan> {
     let tracer = tracer()?;
+    if Context::map_current(unsampled) {
+        return None;
+    }
     let cx = Context::current();
     let span = tracer
         .span_builder(format!("plugin {role}"))

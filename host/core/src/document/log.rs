@@ -385,7 +385,8 @@ impl DocumentLog for MemoryDocumentLog {
         let Some(d) = docs.get_mut(key).filter(|d| &*d.epoch == epoch) else {
             return Ok(());
         };
-        if version <= d.snapshot_version {
+        let head = d.entries.back().map_or(d.snapshot_version, |e| e.version);
+        if version <= d.snapshot_version || version > head {
             return Ok(());
         }
         d.snapshot_version = version;

@@ -12,6 +12,7 @@
 //! while a subscriber's head (snapshot or missed patches) is computed and
 //! spliced into the hub, so a subscriber sees every version exactly once.
 
+mod compaction;
 pub mod frame;
 pub mod log;
 pub mod lww;
@@ -164,6 +165,8 @@ struct Live {
     base_lamport: u64,
     /// Entries applied, newest last; always covers `(base_version, version]`.
     log: VecDeque<Arc<Entry>>,
+    /// The [`compaction::weight`] of the entries after `base_version`.
+    since_base: usize,
     dedupe: DedupeWindow,
     /// Size estimate for policies that cannot tell theirs.
     approx_bytes: usize,
@@ -197,6 +200,15 @@ impl Live {
         self.replica.size().unwrap_or(self.approx_bytes)
     }
 
+    /// Makes `snapshot` (the replica's state now) the base a rebuild starts from.
+    fn rebase(&mut self, snapshot: Bytes) {
+        self.approx_bytes = snapshot.len();
+        self.base = snapshot;
+        self.base_version = self.version;
+        self.base_lamport = self.lamport;
+        self.since_base = 0;
+    }
+
     /// Records an entry applied to the replica (ours or another node's).
     fn commit(&mut self, entry: Arc<Entry>, log_len: usize) {
         self.version = entry.version;
@@ -205,6 +217,7 @@ impl Live {
             self.dedupe.insert(id, entry.version);
         }
         self.approx_bytes += entry.delta.len();
+        self.since_base += compaction::weight(&entry);
         self.log.push_back(entry);
         while self.log.len() > log_len
             && self
@@ -354,9 +367,7 @@ impl Documents {
             let snapshot = live.replica.snapshot().map_err(merge_error)?;
             live.replica = policy.open(&snapshot).map_err(merge_error)?;
             live.policy = policy;
-            live.base = Bytes::from(snapshot);
-            live.base_version = live.version;
-            live.base_lamport = live.lamport;
+            live.rebase(Bytes::from(snapshot));
             return Ok(());
         }
         // Watch first: an append made while this loads is delivered after it.
@@ -392,6 +403,7 @@ impl Documents {
             base_version: s.snapshot_version,
             base_lamport: s.snapshot_lamport,
             log: VecDeque::new(),
+            since_base: 0,
             dedupe: DedupeWindow::new(self.limits.dedupe_window),
             last_used: Instant::now(),
         };
@@ -681,6 +693,9 @@ impl Documents {
         if let Some(entries) = entries
             && self.catch_up(key, live, entries)
         {
+            if !self.maybe_compact(key, live).await {
+                *guard = None;
+            }
             return;
         }
         if let Err(e) = self.recover_epoch(key, &mut guard).await {
@@ -702,6 +717,9 @@ impl Documents {
         match self.log.read_after(key, &live.epoch, live.version).await {
             Ok(Some(entries)) => {
                 if self.catch_up(key, live, entries) {
+                    if !self.maybe_compact(key, live).await {
+                        *guard = None;
+                    }
                     return;
                 }
             }
@@ -748,10 +766,7 @@ impl Documents {
                     "document store lost its history; re-seeded it from this node's replica"
                 );
                 live.epoch = stored.epoch.clone();
-                live.approx_bytes = snapshot.len();
-                live.base = snapshot.clone();
-                live.base_version = live.version;
-                live.base_lamport = live.lamport;
+                live.rebase(snapshot.clone());
                 live.log.clear();
                 let frame = state_frame(&key.channel, live, Kind::Snapshot, snapshot.to_vec());
                 self.hub.deliver_outgoing(key, live.version, out(frame));
@@ -770,13 +785,20 @@ impl Documents {
         Ok(())
     }
 
-    /// Takes a snapshot as the new base and compacts the log, every half log.
-    /// Returns false when the replica was lost (its plugin instance failed
-    /// while snapshotting and could not be rebuilt): the caller drops it and
-    /// the next use reloads it from the log.
+    /// Takes a snapshot as the new base and compacts the log when
+    /// [`compaction::due`]. Every replica does, whether the entries since its
+    /// base were its own writes or another node's (so a replica that only
+    /// follows stays bounded too); the log keeps the newest snapshot it is
+    /// given. Returns false when the replica was lost (its plugin instance
+    /// failed while snapshotting and could not be rebuilt): the caller drops
+    /// it and the next use reloads it from the log.
     async fn maybe_compact(&self, key: &ChannelKey, live: &mut Live) -> bool {
-        let every = (self.limits.log_len / 2).max(1) as u64;
-        if live.version - live.base_version < every {
+        if !compaction::due(
+            live.version - live.base_version,
+            live.since_base,
+            live.base.len(),
+            self.limits.log_len,
+        ) {
             return true;
         }
         let snapshot = match live.replica.snapshot() {
@@ -795,10 +817,7 @@ impl Documents {
                 return true;
             }
         };
-        live.approx_bytes = snapshot.len();
-        live.base = snapshot.clone();
-        live.base_version = live.version;
-        live.base_lamport = live.lamport;
+        live.rebase(snapshot.clone());
         let r = self
             .log
             .compact(

@@ -490,3 +490,78 @@ async fn a_lost_instance_costs_no_patch() {
         json!({"k0":0,"k1":1,"k2":2,"k3":3,"k4":4,"k5":5})
     );
 }
+
+/// The replica of `channel` (tenant `default`): its base version, the entries it holds.
+async fn replica_state(n: &Arc<Node>, channel: &str) -> (u64, usize, Arc<str>) {
+    let key = crate::channel::ChannelKey::new("default", channel);
+    let slot = n.documents.slots.get(&key).expect("open").clone();
+    let guard = slot.lock().await;
+    let live = guard.as_ref().expect("live");
+    (live.base_version, live.log.len(), live.epoch.clone())
+}
+
+#[tokio::test]
+async fn a_large_document_compacts_by_weight_not_every_half_log() {
+    // Half a log is 2 versions; the document is ~8 KB, each update ~80 weighed bytes.
+    let n = node("[limits]\ndocument_log_size = 4\n");
+    let mut s = open(&n, "s");
+    let big = format!(r#"{{"big":"{}"}}"#, "x".repeat(8000));
+    s.handle_binary(&patch_frame(1, "doc:w", &big, ""))
+        .await
+        .expect("patch");
+    let mut id = 2u64;
+    async fn small(s: &mut Session, id: &mut u64) {
+        *id += 1;
+        let f = patch_frame(*id, "doc:w", &format!(r#"{{"k":{id}}}"#), "");
+        s.handle_binary(&f).await.expect("patch");
+    }
+    small(&mut s, &mut id).await;
+    // Version 2: the first base (the empty document was all there was).
+    assert_eq!(replica_state(&n, "doc:w").await.0, 2);
+    for _ in 0..20 {
+        small(&mut s, &mut id).await;
+    }
+    // 20 updates of ~80 bytes weigh less than half of 8 KB: no snapshot yet.
+    assert_eq!(replica_state(&n, "doc:w").await.0, 2);
+    for _ in 0..60 {
+        small(&mut s, &mut id).await;
+    }
+    let (base, held, _) = replica_state(&n, "doc:w").await;
+    assert!(base > 2, "compacted once the updates weighed half the document");
+    assert!(held <= 60, "the log since the base is bounded: {held}");
+    drain(&s);
+    let mut c = open(&n, "c");
+    let f = subscribe(&mut c, 1, "doc:w", None).await;
+    assert_eq!(delta_json(patch(&f[1]))["k"], id);
+}
+
+#[tokio::test]
+async fn a_replica_that_only_follows_another_node_stays_bounded() {
+    let n = node("[limits]\ndocument_log_size = 4\n");
+    let mut s = open(&n, "s");
+    s.handle_binary(&patch_frame(1, "doc:f", r#"{"a":0}"#, ""))
+        .await
+        .expect("patch");
+    let key = crate::channel::ChannelKey::new("default", "doc:f");
+    let (_, _, epoch) = replica_state(&n, "doc:f").await;
+    // Another node's writes: in the log, then delivered to this replica.
+    for v in 2..=200u64 {
+        let e = super::log::Entry {
+            version: v,
+            delta: Bytes::from(format!(r#"{{"a":{v}}}"#)),
+            client_id: Arc::from("other"),
+            lamport: v,
+            msg_id: None,
+        };
+        let opts = n.documents.opts();
+        let r = n.documents.log.append(&key, &epoch, &e, &opts).await;
+        assert!(matches!(r, Ok(super::log::Appended::Done)), "{r:?}");
+        n.documents.apply_remote(&key, &epoch, e).await;
+    }
+    let (base, held, _) = replica_state(&n, "doc:f").await;
+    assert!(base >= 198, "the follower took its own bases: {base}");
+    assert!(held <= 8, "and holds a bounded log: {held}");
+    let mut c = open(&n, "c");
+    let f = subscribe(&mut c, 1, "doc:f", None).await;
+    assert_eq!(delta_json(patch(&f[1])), json!({"a":200}));
+}
