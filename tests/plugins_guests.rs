@@ -1,7 +1,9 @@
 //! The first-party and example plugins (`target/plugins/*.wasm`, built by
 //! `scripts/build-plugins.sh`) loaded by the real gateway and exercised through
-//! real WebSocket clients: jwt-auth, token-bucket, namespace-router, the Python
-//! twin of namespace-router, the Rust template; all load with the right role.
+//! real WebSocket clients: jwt-auth, token-bucket, namespace-router, the Rust
+//! template, and their twins in other languages, each passing its Rust twin's
+//! test: the Python and JavaScript routers, the JavaScript auth plugin (HS256),
+//! the C rate limiter; all load with the right role.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -155,22 +157,37 @@ impl From<Client> for Peer {
     }
 }
 
-#[tokio::test]
-async fn jwt_auth_connect_refusals_and_channel_claim() {
-    let gw = gateway(
-        &["jwt-auth"],
-        &format!(
-            r#"[tenants.t.policies.auth]
-plugin = "jwt-auth"
+/// An auth policy with an HS256 secret, audience, issuer and leeway (config keys
+/// that jwt-auth and js-auth share).
+fn auth_policy(plugin: &str) -> String {
+    format!(
+        r#"[tenants.t.policies.auth]
+plugin = "{plugin}"
 config = {{ hs256_secret = "{SECRET}", audience = "demo", issuer = "it", leeway_secs = 2 }}
 "#
-        ),
-    );
+    )
+}
+
+#[tokio::test]
+async fn jwt_auth_connect_refusals_and_channel_claim() {
+    let gw = gateway(&["jwt-auth"], &auth_policy("jwt-auth"));
+    auth_checks(&gw).await;
+}
+
+#[tokio::test]
+async fn js_auth_passes_the_same_test_as_its_rust_twin() {
+    let gw = hot_loaded("js-auth", "auth", &auth_policy("js-auth")).await;
+    auth_checks(&gw).await;
+}
+
+/// Connect refusals (401) and the channel claim (403 / `forbidden`) of an auth
+/// policy configured by [`auth_policy`], through a gateway whose tenant `t` maps it.
+async fn auth_checks(gw: &Gateway) {
     let now = now_secs();
     let good = json!({"sub":"alice","aud":"demo","iss":"it","exp":now + 300,"channels":["room:*"]});
 
     // Valid token: connects, may use room:*, nothing else.
-    let mut c = connect_bearer(&gw, Some(&hs256(good.clone(), SECRET)))
+    let mut c = connect_bearer(gw, Some(&hs256(good.clone(), SECRET)))
         .await
         .expect("valid token connects");
     c.subscribe(1, "room:lobby").await;
@@ -219,21 +236,37 @@ config = {{ hs256_secret = "{SECRET}", audience = "demo", issuer = "it", leeway_
         ("garbage", Some("not.a.jwt".to_owned())),
         ("missing", None),
     ] {
-        let got = connect_bearer(&gw, token.as_deref()).await.err();
+        let got = connect_bearer(gw, token.as_deref()).await.err();
         assert_eq!(got, Some(401), "{what} token must be refused with 401");
     }
 }
 
+/// A rate-limit policy: rate 1/s, burst 3, keyed by client (the built-in auth
+/// makes everyone anonymous); config keys that token-bucket and c-rate-limit share.
+fn rate_limit_policy(plugin: &str) -> String {
+    format!(
+        r#"[tenants.t.policies.rate_limit]
+plugin = "{plugin}"
+config = {{ rate = 1, burst = 3, key = "client" }}
+"#
+    )
+}
+
 #[tokio::test]
 async fn token_bucket_enforces_the_configured_rate() {
-    // rate 1/s, burst 3, keyed by client (the built-in auth makes everyone anonymous).
-    let gw = gateway(
-        &["token-bucket"],
-        r#"[tenants.t.policies.rate_limit]
-plugin = "token-bucket"
-config = { rate = 1, burst = 3, key = "client" }
-"#,
-    );
+    let gw = gateway(&["token-bucket"], &rate_limit_policy("token-bucket"));
+    rate_limit_checks(&gw).await;
+}
+
+#[tokio::test]
+async fn c_rate_limit_passes_the_same_test_as_its_rust_twin() {
+    let gw = gateway(&["c-rate-limit"], &rate_limit_policy("c-rate-limit"));
+    rate_limit_checks(&gw).await;
+}
+
+/// Burst, refusal, per-client buckets and refill of a policy configured by
+/// [`rate_limit_policy`], through a gateway whose tenant `t` maps it.
+async fn rate_limit_checks(gw: &Gateway) {
     let mut a = Peer::connect(&gw.ws_url("/ws/t")).await;
     let mut b = Peer::connect(&gw.ws_url("/ws/t")).await;
     let mut outcomes = Vec::new();
@@ -388,27 +421,37 @@ async fn namespace_router_rewrites_fans_out_and_drops() {
     router_scenario("namespace-router").await;
 }
 
-#[tokio::test]
-async fn python_router_passes_the_same_test_as_its_rust_twin() {
-    // The 18 MB Python component takes a while to compile in a debug build: start
-    // the gateway without it, then drop it in (hot reload) and wait until it serves.
+/// A gateway whose tenant `t` maps `policies`, started with an empty plugins
+/// folder into which the built plugin `name` is then dropped (hot reload), once
+/// it serves with the role `role`. For the large components (an embedded Python
+/// or JavaScript engine) that take a while to compile in a debug build.
+async fn hot_loaded(name: &str, role: &str, policies: &str) -> Gateway {
     let dir = plugins_dir(&[]);
-    let gw = gateway_in(&dir, &router_policy("python-router"));
-    let src = repo_root().join("target/plugins/python-router.wasm");
+    let gw = gateway_in(&dir, policies);
+    let src = repo_root().join(format!("target/plugins/{name}.wasm"));
     assert!(
         src.exists(),
         "{} is missing: run scripts/build-plugins.sh first",
         src.display()
     );
-    std::fs::copy(&src, dir.join("python-router.wasm.tmp")).expect("copy plugin");
-    std::fs::rename(
-        dir.join("python-router.wasm.tmp"),
-        dir.join("python-router.wasm"),
-    )
-    .expect("rename plugin");
+    let tmp = dir.join(format!("{name}.wasm.tmp"));
+    std::fs::copy(&src, &tmp).expect("copy plugin");
+    std::fs::rename(&tmp, dir.join(format!("{name}.wasm"))).expect("rename plugin");
     gw.signal(libc::SIGHUP); // rescans the folder (the config has watch = false)
-    let p = wait_loaded(&gw, "python-router", Duration::from_secs(300)).await;
-    assert_eq!(p["role"], "router", "{p}");
+    let p = wait_loaded(&gw, name, Duration::from_secs(300)).await;
+    assert_eq!(p["role"], role, "{p}");
+    gw
+}
+
+#[tokio::test]
+async fn python_router_passes_the_same_test_as_its_rust_twin() {
+    let gw = hot_loaded("python-router", "router", &router_policy("python-router")).await;
+    router_checks(&gw).await;
+}
+
+#[tokio::test]
+async fn js_router_passes_the_same_test_as_its_rust_twin() {
+    let gw = hot_loaded("js-router", "router", &router_policy("js-router")).await;
     router_checks(&gw).await;
 }
 
@@ -420,6 +463,7 @@ async fn every_built_plugin_loads_with_its_role() {
         ("namespace-router", "router"),
         ("lww-merge", "merge"),
         ("plugin-template", "router"),
+        ("c-rate-limit", "rate_limit"),
     ];
     let names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
     let gw = gateway(
