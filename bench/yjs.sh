@@ -216,6 +216,10 @@ documents = ["yjs:*"]
 
 [tenants.default.policies.merge]
 plugin = "yjs-merge"
+# The document lives in the instance's memory: at the default 64 MiB the
+# snapshot of a ~8 MB document (reached within a 12 s closed-loop run) trapped
+# (2026-12-02); the instance gets room for documents this large.
+memory_limit = 536870912
 EOF
 }
 

@@ -263,7 +263,9 @@ async fn an_unsampled_trace_records_nothing_under_it_on_any_node() {
     loud.inner().close(None).await.expect("close");
     let spans = rx
         .wait_for(SPANS, |s| {
-            let conn = find(s, |x| x.name == "connect websocket" && x.trace_id == sampled);
+            let conn = find(s, |x| {
+                x.name == "connect websocket" && x.trace_id == sampled
+            });
             let plugin = find(s, |x| x.name == "plugin router" && x.trace_id == sampled);
             let deliver = find(s, |x| x.name == "deliver room:u" && x.trace_id == sampled);
             (conn.is_some() && plugin.is_some() && deliver.is_some()).then(|| s.to_vec())
@@ -271,7 +273,11 @@ async fn an_unsampled_trace_records_nothing_under_it_on_any_node() {
         .await;
     let leaked: Vec<_> = spans
         .iter()
-        .filter(|x| x.trace_id == unsampled || x.trace_id == command || x.attr("switchyard.client") == "quiet")
+        .filter(|x| {
+            x.trace_id == unsampled
+                || x.trace_id == command
+                || x.attr("switchyard.client") == "quiet"
+        })
         .collect();
     assert!(leaked.is_empty(), "spans of unsampled traces: {leaked:?}");
     assert_eq!(rx.bad_requests(), 0);
