@@ -220,6 +220,9 @@ pub struct Limits {
     /// long (it reloads from the broker's snapshot and log on next use).
     #[serde(with = "humantime_serde")]
     pub document_idle_timeout: Duration,
+    /// Channels with more subscribers than this (cluster-wide, as far as a
+    /// node knows) send no presence events (`join` / `leave`).
+    pub presence_events_max: usize,
 }
 
 impl Default for Limits {
@@ -250,6 +253,7 @@ impl Default for Limits {
             document_log_size: 1000,
             documents_max_open: 10_000,
             document_idle_timeout: Duration::from_secs(60),
+            presence_events_max: crate::hub::PRESENCE_EVENTS_MAX,
         }
     }
 }

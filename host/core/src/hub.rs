@@ -6,9 +6,10 @@
 //! in a small pending buffer until [`Hub::activate`] splices them after the
 //! replayed ones, so recovery has no gap and no duplicate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -18,8 +19,9 @@ use crate::backpressure::{Outbox, Outgoing, PushError, WrittenHook};
 use crate::channel::ChannelKey;
 use crate::history::Message;
 use crate::metrics::Metrics;
-use crate::protocol::CloseCode;
+use crate::presence::Delta;
 use crate::protocol::encode::{self, PresenceEntry};
+use crate::protocol::{CloseCode, Frame};
 
 /// Identifies a session on this node.
 pub type SessionId = u64;
@@ -33,12 +35,47 @@ struct Subscriber {
     principal: Arc<str>,
     /// `Some` while recovering: live messages wait here (seq, frame).
     pending: Option<Vec<(u64, Outgoing)>>,
+    /// Subscribed with `"presence":true`: gets `join` / `leave` frames.
+    presence: bool,
 }
 
 #[derive(Debug, Default)]
 struct ChannelSubs {
     subs: Vec<Subscriber>,
+    /// Subscribers with `presence` set.
+    watchers: usize,
+    /// Other nodes' members, kept while `watchers > 0`.
+    remote: Option<Box<Remote>>,
 }
+
+/// (node, client) of a member on another node.
+type MemberKey = (String, String);
+
+/// What this node knows of a watched channel's members on other nodes.
+#[derive(Debug, Default)]
+struct Remote {
+    /// Present members: principal and when last confirmed (delta or read).
+    members: HashMap<MemberKey, (String, Instant)>,
+    /// Members a delta said left, and when: a presence read started before
+    /// that must not bring them back.
+    gone: HashMap<MemberKey, Instant>,
+    /// A first presence read was applied.
+    seeded: bool,
+    /// The channel is over `presence_events_max`: no events, no members kept.
+    over: bool,
+}
+
+impl Remote {
+    fn overflow(&mut self) {
+        self.members = HashMap::new();
+        self.gone = HashMap::new();
+        self.seeded = false;
+        self.over = true;
+    }
+}
+
+/// Default of `limits.presence_events_max`.
+pub const PRESENCE_EVENTS_MAX: usize = 1000;
 
 /// A connection known to this node.
 #[derive(Debug, Clone)]
@@ -76,6 +113,8 @@ pub struct Hub {
     registry_changed: tokio::sync::Notify,
     track_touched: AtomicBool,
     touched: Mutex<Touched>,
+    presence_max: AtomicUsize,
+    presence_wanted: tokio::sync::Notify,
 }
 
 /// Clients whose registration changed since the last [`Hub::take_touched`].
@@ -102,7 +141,20 @@ impl Hub {
             registry_changed: tokio::sync::Notify::new(),
             track_touched: AtomicBool::new(false),
             touched: Mutex::new(Touched::default()),
+            presence_max: AtomicUsize::new(PRESENCE_EVENTS_MAX),
+            presence_wanted: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Sets `limits.presence_events_max`: channels with more subscribers send
+    /// no presence events.
+    pub fn set_presence_events_max(&self, max: usize) {
+        self.presence_max.store(max, Ordering::Relaxed);
+    }
+
+    /// `limits.presence_events_max`.
+    pub fn presence_events_max(&self) -> usize {
+        self.presence_max.load(Ordering::Relaxed)
     }
 
     /// This node's id.
@@ -117,10 +169,16 @@ impl Hub {
 
     /// Delivers a message to every local subscriber of `key`: encoded once, shared by all.
     pub fn deliver(&self, key: &ChannelKey, msg: &Message) {
+        self.deliver_skipping(key, msg, None);
+    }
+
+    /// [`Hub::deliver`] to every local subscriber but session `skip` (the
+    /// publisher of a `"skipSelf":true` publish, when it is on this node).
+    pub fn deliver_skipping(&self, key: &ChannelKey, msg: &Message, skip: Option<SessionId>) {
         if !self.channels.contains_key(key) {
             return;
         }
-        self.deliver_outgoing(
+        self.deliver_with(
             key,
             msg.seq,
             Outgoing {
@@ -128,6 +186,8 @@ impl Hub {
                 published_at: Some(msg.published_at),
                 on_written: None,
             },
+            false,
+            skip,
         );
     }
 
@@ -141,13 +201,24 @@ impl Hub {
         msg: &Message,
         trace: Option<crate::telemetry::TraceParent>,
     ) {
+        self.deliver_traced_skipping(key, msg, trace, None);
+    }
+
+    /// [`Hub::deliver_traced`] that leaves out session `skip` ([`Hub::deliver_skipping`]).
+    pub fn deliver_traced_skipping(
+        &self,
+        key: &ChannelKey,
+        msg: &Message,
+        trace: Option<crate::telemetry::TraceParent>,
+        skip: Option<SessionId>,
+    ) {
         let _span = match trace {
             Some(tp) if crate::telemetry::enabled() && self.channels.contains_key(key) => {
                 crate::telemetry::deliver_span(tp, &key.tenant, &key.channel, msg.seq)
             }
             _ => None,
         };
-        self.deliver(key, msg);
+        self.deliver_skipping(key, msg, skip);
     }
 
     /// Like [`Hub::deliver`], for a message this node replays after it missed
@@ -164,6 +235,7 @@ impl Hub {
                 on_written: None,
             },
             true,
+            None,
         );
     }
 
@@ -171,15 +243,28 @@ impl Hub {
     /// version) on every local subscriber of `key`; recovering subscribers hold
     /// it for the splice in [`Hub::activate`].
     pub fn deliver_outgoing(&self, key: &ChannelKey, seq: u64, item: Outgoing) {
-        self.deliver_with(key, seq, item, false);
+        self.deliver_with(key, seq, item, false, None);
     }
 
-    fn deliver_with(&self, key: &ChannelKey, seq: u64, item: Outgoing, replay: bool) {
+    fn deliver_with(
+        &self,
+        key: &ChannelKey,
+        seq: u64,
+        item: Outgoing,
+        replay: bool,
+        skip: Option<SessionId>,
+    ) {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
             return;
         };
+        // Session ids start at 1: 0 matches nobody, so a delivery without
+        // `skipSelf` pays one integer comparison per subscriber.
+        let skip = skip.unwrap_or(0);
         let mut ch = entry.lock();
         for sub in &mut ch.subs {
+            if sub.session == skip {
+                continue;
+            }
             match &mut sub.pending {
                 Some(buf) if buf.len() < self.pending_limit => buf.push((seq, item.clone())),
                 Some(_) => {
@@ -200,19 +285,235 @@ impl Hub {
 
     /// Adds a subscriber in recovering state. Returns false if it was already there.
     pub fn add(&self, key: &ChannelKey, info: SubscriberInfo) -> bool {
+        self.add_watching(key, info, false)
+    }
+
+    /// [`Hub::add`]; with `presence` the subscriber also gets the channel's
+    /// `join` / `leave` frames. The channel's watchers get a `join` when this
+    /// is the client's first subscription to it on this node.
+    pub fn add_watching(&self, key: &ChannelKey, info: SubscriberInfo, presence: bool) -> bool {
         let entry = self.channels.entry(key.clone()).or_default().clone();
         let mut ch = entry.lock();
         if ch.subs.iter().any(|s| s.session == info.session) {
             return false;
         }
+        let max = self.presence_events_max();
+        // Only a watched channel within the bound pays for the client scan.
+        let announce = ch.watchers > 0
+            && ch.subs.len() < max
+            && !ch.subs.iter().any(|s| s.client == info.client);
+        let event = announce.then(|| PresenceEntry {
+            client: info.client.to_string(),
+            principal: info.principal.to_string(),
+            node: self.node_id.to_string(),
+        });
+        let session = info.session;
         ch.subs.push(Subscriber {
             session: info.session,
             outbox: info.outbox,
             client: info.client,
             principal: info.principal,
             pending: Some(Vec::new()),
+            presence,
         });
+        if presence {
+            ch.watchers += 1;
+            if ch.remote.is_none() {
+                ch.remote = Some(Box::default());
+                self.presence_wanted.notify_one();
+            }
+        }
+        if let Some(e) = event
+            && within(&ch, max)
+        {
+            let frame = encode::presence_event(true, &key.channel, &e);
+            self.emit(&mut ch, &frame, Some(session));
+        }
         true
+    }
+
+    /// Queues a presence frame on the channel's watchers (but `except`).
+    fn emit(&self, ch: &mut ChannelSubs, frame: &Frame, except: Option<SessionId>) {
+        let item = Outgoing {
+            frame: frame.clone(),
+            published_at: None,
+            on_written: None,
+        };
+        for sub in ch.subs.iter_mut().filter(|s| s.presence) {
+            if Some(sub.session) == except {
+                continue;
+            }
+            match &mut sub.pending {
+                // After the `subscribed` reply and whatever it replays.
+                Some(buf) if buf.len() < self.pending_limit => buf.push((u64::MAX, item.clone())),
+                Some(_) => {
+                    sub.outbox.close(CloseCode::SlowConsumer, false);
+                    self.metrics.send_queue_overflows.inc();
+                }
+                None => {
+                    if let Err(PushError::Full) = sub.outbox.push(item.clone()) {
+                        self.metrics.send_queue_overflows.inc();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies another node's [`Delta`] to channel `key` (a no-op unless the
+    /// channel has local watchers) and sends the `join` / `leave` frames of the
+    /// members it really changes.
+    pub fn presence_remote(&self, key: &ChannelKey, delta: &Delta) {
+        if *delta.node == *self.node_id {
+            return;
+        }
+        let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
+            return;
+        };
+        let mut ch = entry.lock();
+        if ch.watchers == 0 {
+            return;
+        }
+        let max = self.presence_events_max();
+        let local = ch.subs.len();
+        let Some(r) = ch.remote.as_deref_mut() else {
+            return;
+        };
+        if r.over {
+            return;
+        }
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for (client, principal) in &delta.joins {
+            let k = (delta.node.clone(), client.clone());
+            r.gone.remove(&k);
+            let prev = r.members.insert(k, (principal.clone(), now));
+            if prev.is_none_or(|(p, _)| p != *principal) {
+                events.push((true, client.clone(), principal.clone()));
+            }
+        }
+        for client in &delta.leaves {
+            let k = (delta.node.clone(), client.clone());
+            if let Some((principal, _)) = r.members.remove(&k) {
+                events.push((false, client.clone(), principal));
+            }
+            r.gone.insert(k, now);
+        }
+        if local + r.members.len() > max {
+            r.overflow();
+            return;
+        }
+        self.emit_events(&mut ch, &key.channel, &delta.node, events);
+    }
+
+    fn emit_events(
+        &self,
+        ch: &mut ChannelSubs,
+        channel: &str,
+        node: &str,
+        events: Vec<(bool, String, String)>,
+    ) {
+        for (join, client, principal) in events {
+            let e = PresenceEntry {
+                client,
+                principal,
+                node: node.to_owned(),
+            };
+            self.emit(ch, &encode::presence_event(join, channel, &e), None);
+        }
+    }
+
+    /// Diffs a presence read of `key` (`list`, requested at `started`) against
+    /// the other nodes' members this node knows, and sends the `join` /
+    /// `leave` frames of the differences: a member a delta confirmed after
+    /// `started` is kept, one a delta removed after `started` is not brought
+    /// back. The first read after the channel got watchers only learns (no
+    /// `join`s). Over `presence_events_max` members the channel is marked
+    /// over: no events and no member state until a read finds it within the
+    /// bound again (learning silently, so no burst follows).
+    pub fn presence_reconcile(&self, key: &ChannelKey, list: &[PresenceEntry], started: Instant) {
+        let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
+            return;
+        };
+        let mut ch = entry.lock();
+        if ch.watchers == 0 {
+            return;
+        }
+        let max = self.presence_events_max();
+        let local = ch.subs.len();
+        let node_id = self.node_id.clone();
+        let Some(r) = ch.remote.as_deref_mut() else {
+            return;
+        };
+        let remote: Vec<&PresenceEntry> = list.iter().filter(|e| *e.node != *node_id).collect();
+        if local + remote.len() > max {
+            r.overflow();
+            return;
+        }
+        let joins_silent = !r.seeded || r.over;
+        let leaves_silent = r.over;
+        r.over = false;
+        r.seeded = true;
+        let mut events: Vec<(String, bool, String, String)> = Vec::new();
+        let mut present: HashSet<MemberKey> = HashSet::with_capacity(remote.len());
+        for e in remote {
+            let k = (e.node.clone(), e.client.clone());
+            if r.gone.get(&k).is_some_and(|t| *t >= started) || !present.insert(k.clone()) {
+                continue;
+            }
+            match r.members.get_mut(&k) {
+                Some(m) if m.1 < started => *m = (e.principal.clone(), started),
+                Some(_) => {}
+                None => {
+                    r.members.insert(k, (e.principal.clone(), started));
+                    if !joins_silent {
+                        events.push((e.node.clone(), true, e.client.clone(), e.principal.clone()));
+                    }
+                }
+            }
+        }
+        r.members.retain(|k, (principal, at)| {
+            let keep = present.contains(k) || *at >= started;
+            if !keep && !leaves_silent {
+                events.push((k.0.clone(), false, k.1.clone(), principal.clone()));
+            }
+            keep
+        });
+        r.gone.retain(|_, t| *t >= started);
+        for (node, join, client, principal) in events {
+            let e = PresenceEntry {
+                client,
+                principal,
+                node,
+            };
+            self.emit(&mut ch, &encode::presence_event(join, &key.channel, &e), None);
+        }
+    }
+
+    /// Channels with local presence watchers (`unseeded`: only those whose
+    /// other nodes' members are not known yet).
+    pub fn presence_watched(&self, unseeded: bool) -> Vec<ChannelKey> {
+        let entries: Vec<(ChannelKey, Arc<Mutex<ChannelSubs>>)> = self
+            .channels
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        entries
+            .into_iter()
+            .filter(|(_, e)| {
+                let ch = e.lock();
+                ch.watchers > 0
+                    && ch
+                        .remote
+                        .as_ref()
+                        .is_some_and(|r| !unseeded || (!r.seeded && !r.over))
+            })
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Signalled when a channel gets its first local presence watcher.
+    pub fn presence_wanted(&self) -> &tokio::sync::Notify {
+        &self.presence_wanted
     }
 
     /// Ends recovery: queues `head` (the `subscribed` reply and replayed messages),
@@ -248,16 +549,45 @@ impl Hub {
         }
     }
 
-    /// Removes a subscriber. Returns whether it was subscribed.
+    /// Removes a subscriber. Returns whether it was subscribed. The channel's
+    /// watchers get a `leave` when it was the client's last subscription to
+    /// the channel on this node.
     pub fn remove(&self, key: &ChannelKey, session: SessionId) -> bool {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
             return false;
         };
         let (found, empty) = {
             let mut ch = entry.lock();
-            let before = ch.subs.len();
-            ch.subs.retain(|s| s.session != session);
-            (ch.subs.len() != before, ch.subs.is_empty())
+            let found = match ch.subs.iter().position(|s| s.session == session) {
+                Some(i) => {
+                    let before = ch.subs.len();
+                    let sub = ch.subs.remove(i);
+                    if sub.presence {
+                        ch.watchers -= 1;
+                        if ch.watchers == 0 {
+                            ch.remote = None;
+                        }
+                    }
+                    let max = self.presence_events_max();
+                    // Counted with the leaver, as its join was.
+                    if ch.watchers > 0
+                        && before <= max
+                        && within_with(&ch, max, 1)
+                        && !ch.subs.iter().any(|s| s.client == sub.client)
+                    {
+                        let e = PresenceEntry {
+                            client: sub.client.to_string(),
+                            principal: sub.principal.to_string(),
+                            node: self.node_id.to_string(),
+                        };
+                        let frame = encode::presence_event(false, &key.channel, &e);
+                        self.emit(&mut ch, &frame, None);
+                    }
+                    true
+                }
+                None => false,
+            };
+            (found, ch.subs.is_empty())
         };
         if empty {
             self.channels.remove_if(key, |_, e| {
@@ -432,6 +762,21 @@ impl Hub {
             }
         }
     }
+}
+
+/// Whether a channel's presence events are within `presence_events_max`:
+/// local sessions plus the other nodes' members this node knows, and not
+/// marked over.
+fn within(ch: &ChannelSubs, max: usize) -> bool {
+    within_with(ch, max, 0)
+}
+
+fn within_with(ch: &ChannelSubs, max: usize, extra: usize) -> bool {
+    let (remote, over) = ch
+        .remote
+        .as_ref()
+        .map_or((0, false), |r| (r.members.len(), r.over));
+    !over && ch.subs.len() + remote + extra <= max
 }
 
 #[cfg(test)]

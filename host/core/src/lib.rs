@@ -13,6 +13,7 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod policy;
+pub mod presence;
 pub mod protocol;
 pub mod publish;
 pub mod session;

@@ -61,6 +61,12 @@ impl Node {
             l.max_message_bytes,
         );
         documents.spawn_sweeper(std::time::Duration::from_secs(15).min(l.document_idle_timeout));
+        hub.set_presence_events_max(l.presence_events_max);
+        if let Some(every) = broker.presence_reconcile_interval()
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            crate::presence::spawn_reconciler(&hub, &broker, every);
+        }
         Arc::new(Self {
             documents,
             id: hub.node_id().clone(),

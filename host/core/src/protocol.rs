@@ -38,6 +38,8 @@ pub enum Command {
         since: Option<StreamPosition>,
         /// Document channels: base64 state vector asking for a `DIFF`.
         state_vector: Option<String>,
+        /// `"presence":true`: also send `join`/`leave` frames for the channel.
+        presence: bool,
     },
     /// Leave a channel.
     Unsubscribe {
@@ -60,6 +62,8 @@ pub enum Command {
         /// Read only while tracing is on (else always `None`); an invalid one
         /// is ignored.
         traceparent: Option<crate::telemetry::TraceParent>,
+        /// `"skipSelf":true`: not delivered back to the publishing connection.
+        skip_self: bool,
     },
     /// Application-level ping.
     Ping {
@@ -119,6 +123,18 @@ struct Envelope<'a> {
     state_vector: Option<String>,
     #[serde(borrow)]
     traceparent: Option<std::borrow::Cow<'a, str>>,
+    /// Only `true` turns it on; any other value (or none) is off.
+    #[serde(default, deserialize_with = "lenient_true")]
+    presence: bool,
+    #[serde(rename = "skipSelf", default, deserialize_with = "lenient_true")]
+    skip_self: bool,
+}
+
+/// `true` when the field is the JSON `true`; anything else (false, null, a
+/// string, …) is off, so an odd value never turns a command into an error.
+fn lenient_true<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    let v = Box::<RawValue>::deserialize(d)?;
+    Ok(v.get().trim() == "true")
 }
 
 /// Longest accepted `msgId`.
@@ -156,6 +172,7 @@ pub fn parse_command(text: &str) -> Result<Command, ParseError> {
             channel: channel(env.channel)?,
             since: env.since,
             state_vector: env.state_vector,
+            presence: env.presence,
         }),
         "unsubscribe" => Ok(Command::Unsubscribe {
             id: env.id,
@@ -181,6 +198,7 @@ pub fn parse_command(text: &str) -> Result<Command, ParseError> {
                     .traceparent
                     .filter(|_| crate::telemetry::enabled())
                     .and_then(|t| crate::telemetry::TraceParent::parse(&t)),
+                skip_self: env.skip_self,
             })
         }
         "ping" => Ok(Command::Ping { id: env.id }),
@@ -638,6 +656,22 @@ pub mod encode {
         Frame::from_string(s)
     }
 
+    /// `join` / `leave`: a client came into or left a channel (presence events).
+    pub fn presence_event(join: bool, channel: &str, e: &PresenceEntry) -> Frame {
+        let mut s = String::with_capacity(64 + channel.len() + e.client.len() + e.principal.len() + e.node.len());
+        s.push_str(if join { "{\"type\":\"join\"" } else { "{\"type\":\"leave\"" });
+        s.push_str(",\"channel\":");
+        json_str(&mut s, channel);
+        s.push_str(",\"client\":");
+        json_str(&mut s, &e.client);
+        s.push_str(",\"principal\":");
+        json_str(&mut s, &e.principal);
+        s.push_str(",\"node\":");
+        json_str(&mut s, &e.node);
+        s.push('}');
+        Frame::from_string(s)
+    }
+
     /// `SERVER_SHUTDOWN`
     pub fn shutdown(reconnect_in_ms: u64) -> Frame {
         Frame::from_string(format!(
@@ -677,6 +711,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn parses_presence_and_skip_self() {
+        let c = parse_command(r#"{"type":"subscribe","channel":"room:1","presence":true}"#)
+            .expect("ok");
+        assert!(matches!(c, Command::Subscribe { presence: true, .. }));
+        for odd in ["false", "null", "\"true\"", "1", "{\"a\":1}"] {
+            let c = parse_command(&format!(
+                r#"{{"type":"subscribe","channel":"room:1","presence":{odd}}}"#
+            ))
+            .expect("ok");
+            assert!(matches!(c, Command::Subscribe { presence: false, .. }), "{odd}");
+        }
+        let c = parse_command(r#"{"type":"subscribe","channel":"room:1"}"#).expect("ok");
+        assert!(matches!(c, Command::Subscribe { presence: false, .. }));
+        let c = parse_command(r#"{"type":"publish","channel":"room:1","data":1,"skipSelf":true}"#)
+            .expect("ok");
+        assert!(matches!(c, Command::Publish { skip_self: true, .. }));
+        let c = parse_command(r#"{"type":"publish","channel":"room:1","data":1,"skipSelf":0}"#)
+            .expect("ok");
+        assert!(matches!(c, Command::Publish { skip_self: false, .. }));
+        let e = encode::presence_event(
+            false,
+            "room:\"1",
+            &encode::PresenceEntry {
+                client: "c".into(),
+                principal: "".into(),
+                node: "n".into(),
+            },
+        );
+        let v: serde_json::Value = serde_json::from_str(e.as_str()).expect("json");
+        assert_eq!(
+            v,
+            serde_json::json!({"type":"leave","channel":"room:\"1","client":"c","principal":"","node":"n"})
+        );
     }
 
     #[test]

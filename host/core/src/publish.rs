@@ -8,6 +8,7 @@ use serde_json::value::RawValue;
 
 use crate::broker::BrokerError;
 use crate::channel::{self, ChannelKey};
+use crate::hub::SessionId;
 use crate::node::Node;
 use crate::policy::Principal;
 use crate::policy::{Denial, PublishRequest, RateDecision, RateKey, Route};
@@ -136,6 +137,28 @@ pub async fn publish_traced(
     by: Publisher,
     parent: &Trace,
 ) -> Result<Vec<Accepted>, PublishError> {
+    publish_from(
+        node, tenant, principal, client, channel, data, msg_id, by, parent, None,
+    )
+    .await
+}
+
+/// [`publish_traced`] by the connection `skip` on this node, when it asked
+/// not to get its own message back (`"skipSelf":true`): every channel the
+/// message goes to (routes too) delivers it to everyone but that session.
+#[allow(clippy::too_many_arguments)]
+pub async fn publish_from(
+    node: &Node,
+    tenant: &Tenant,
+    principal: &Principal,
+    client: &str,
+    channel: &str,
+    data: Box<RawValue>,
+    msg_id: Option<&str>,
+    by: Publisher,
+    parent: &Trace,
+    skip: Option<SessionId>,
+) -> Result<Vec<Accepted>, PublishError> {
     if !telemetry::enabled() {
         return run(
             node,
@@ -147,12 +170,13 @@ pub async fn publish_traced(
             msg_id,
             by,
             &Trace::NONE,
+            skip,
         )
         .await;
     }
     let span = telemetry::publish_span(parent, &tenant.id, channel);
     let r = run(
-        node, tenant, principal, client, channel, data, msg_id, by, &span,
+        node, tenant, principal, client, channel, data, msg_id, by, &span, skip,
     )
     .await;
     match &r {
@@ -177,6 +201,7 @@ async fn run(
     msg_id: Option<&str>,
     by: Publisher,
     span: &Trace,
+    skip: Option<SessionId>,
 ) -> Result<Vec<Accepted>, PublishError> {
     let trusted = by == Publisher::Server;
     channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
@@ -259,10 +284,7 @@ async fn run(
     if original {
         let key = ChannelKey::new(tenant.id.clone(), channel);
         let opts = tenant.publish_options(channel);
-        let p = node
-            .broker
-            .publish_traced(&key, data, msg_id, &opts, trace)
-            .await?;
+        let p = send(node, &key, data, msg_id, &opts, trace, skip).await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
@@ -281,10 +303,7 @@ async fn run(
         };
         let key = ChannelKey::new(tenant.id.clone(), t.channel.as_str());
         let opts = tenant.publish_options(&t.channel);
-        let p = node
-            .broker
-            .publish_traced(&key, payload, msg_id, &opts, trace)
-            .await?;
+        let p = send(node, &key, payload, msg_id, &opts, trace, skip).await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
@@ -394,5 +413,25 @@ mod tests {
             0,
             "the bucket was not touched"
         );
+    }
+}
+
+/// One broker publish, with the sender left out when `skip` names it.
+async fn send(
+    node: &Node,
+    key: &ChannelKey,
+    data: Arc<RawValue>,
+    msg_id: Option<&str>,
+    opts: &crate::broker::ChannelOptions,
+    trace: Option<crate::telemetry::TraceParent>,
+    skip: Option<SessionId>,
+) -> Result<crate::broker::Published, crate::broker::BrokerError> {
+    match skip {
+        None => node.broker.publish_traced(key, data, msg_id, opts, trace).await,
+        Some(s) => {
+            node.broker
+                .publish_skipping(key, data, msg_id, opts, trace, s)
+                .await
+        }
     }
 }

@@ -254,12 +254,13 @@ impl Session {
                 channel,
                 since,
                 state_vector,
+                presence,
             } => {
                 if self.tenant.is_document(&channel) {
                     self.subscribe_document(id, channel, since, state_vector)
                         .await;
                 } else {
-                    self.subscribe(id, channel, since).await;
+                    self.subscribe(id, channel, since, presence).await;
                 }
                 Ok(())
             }
@@ -274,7 +275,11 @@ impl Session {
                 data,
                 msg_id,
                 traceparent,
-            } => self.publish(id, channel, data, msg_id, traceparent).await,
+                skip_self,
+            } => {
+                self.publish(id, channel, data, msg_id, traceparent, skip_self)
+                    .await
+            }
             Command::Presence { id, channel } => {
                 self.presence(id, channel).await;
                 Ok(())
@@ -394,7 +399,7 @@ impl Session {
                 return self.error(id, ErrorCode::Invalid, &format!("stateVector: {e}"));
             }
         };
-        let Some((name, key)) = self.join(id, &channel).await else {
+        let Some((name, key)) = self.join(id, &channel, false).await else {
             return;
         };
         let since = since.map(|p| DocPosition {
@@ -426,11 +431,13 @@ impl Session {
 
     /// The steps every subscribe shares: subscription limit, authorize-subscribe,
     /// leaving a previous subscription to the channel, joining the hub as a
-    /// recovering subscriber. `None` = refused (the `error` reply is queued).
+    /// recovering subscriber (a presence watcher with `presence`). `None` =
+    /// refused (the `error` reply is queued).
     async fn join(
         &mut self,
         id: Option<&RawValue>,
         channel: &str,
+        presence: bool,
     ) -> Option<(Arc<str>, ChannelKey)> {
         let name: Arc<str> = Arc::from(channel);
         let resubscribe = self.subs.contains(&name);
@@ -457,7 +464,7 @@ impl Session {
         if resubscribe {
             self.unsubscribe(channel).await;
         }
-        self.node.hub.add(
+        self.node.hub.add_watching(
             &key,
             SubscriberInfo {
                 session: self.id,
@@ -465,6 +472,7 @@ impl Session {
                 client: self.client.clone(),
                 principal: self.principal_id.clone(),
             },
+            presence,
         );
         Some((name, key))
     }
@@ -474,12 +482,13 @@ impl Session {
         id: Option<CommandId>,
         channel: String,
         since: Option<StreamPosition>,
+        presence: bool,
     ) {
         let id = id.as_deref();
         if let Err(e) = channel::validate(&channel) {
             return self.error(id, ErrorCode::BadChannel, &e.to_string());
         }
-        let Some((name, key)) = self.join(id, &channel).await else {
+        let Some((name, key)) = self.join(id, &channel, presence).await else {
             return;
         };
         if let Err(e) = self.node.broker.watch(&key).await {
@@ -530,6 +539,7 @@ impl Session {
         data: Box<RawValue>,
         msg_id: Option<String>,
         traceparent: Option<crate::telemetry::TraceParent>,
+        skip_self: bool,
     ) -> Result<(), CloseCode> {
         let id = id.as_deref();
         let now = Instant::now();
@@ -549,7 +559,7 @@ impl Session {
             }
             None => &self.trace,
         };
-        let result = publish::publish_traced(
+        let result = publish::publish_from(
             &self.node,
             &self.tenant,
             &self.principal,
@@ -559,6 +569,7 @@ impl Session {
             msg_id.as_deref(),
             publish::Publisher::Client,
             trace,
+            skip_self.then_some(self.id),
         )
         .await;
         match result {
@@ -853,6 +864,176 @@ mod tests {
             .await
             .expect("ok");
         assert_eq!(frames(&s)[0], serde_json::json!({"type":"pong","id":"x"}));
+    }
+
+    #[tokio::test]
+    async fn skip_self_leaves_out_only_the_publisher() {
+        let n = node("");
+        let mut a = open(&n, "a");
+        let mut b = open(&n, "b");
+        for s in [&mut a, &mut b] {
+            s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+                .await
+                .expect("ok");
+            frames(s);
+        }
+        a.handle_text(r#"{"type":"publish","id":2,"channel":"room:1","data":1,"skipSelf":true}"#)
+            .await
+            .expect("ok");
+        let fa = frames(&a);
+        assert_eq!(fa.len(), 1, "only the ack: {fa:?}");
+        assert_eq!(fa[0]["type"], "ack");
+        assert_eq!(frames(&b)[0]["seq"], 1);
+        // without it, the publisher gets its own message as before
+        a.handle_text(r#"{"type":"publish","id":3,"channel":"room:1","data":2}"#)
+            .await
+            .expect("ok");
+        let fa = frames(&a);
+        assert_eq!(fa.len(), 2, "{fa:?}");
+        assert_eq!(frames(&b).len(), 1);
+    }
+
+    fn kinds(f: &[Value]) -> Vec<String> {
+        f.iter()
+            .map(|v| format!("{}:{}", v["type"].as_str().unwrap_or(""), v["client"].as_str().unwrap_or("")))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn presence_events_join_and_leave() {
+        let n = node("");
+        let mut w = open(&n, "watcher");
+        frames(&w);
+        w.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1","presence":true}"#)
+            .await
+            .expect("ok");
+        assert_eq!(kinds(&frames(&w)), vec!["subscribed:"], "no join of its own");
+        let mut c1 = open(&n, "c1");
+        c1.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
+        let f = frames(&w);
+        assert_eq!(
+            f[0],
+            serde_json::json!({"type":"join","channel":"room:1","client":"c1","principal":"","node":n.id.as_ref()})
+        );
+        // a second connection of the same client: no second join
+        let mut c1b = open(&n, "c1");
+        c1b.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
+        assert!(frames(&w).is_empty());
+        c1.handle_text(r#"{"type":"unsubscribe","id":2,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
+        assert!(frames(&w).is_empty(), "c1 still has a connection in the channel");
+        // disconnect (drop) of the last one: leave
+        drop(c1b);
+        assert_eq!(kinds(&frames(&w)), vec!["leave:c1"]);
+        // a plain subscriber gets no presence frames
+        let mut plain = open(&n, "plain");
+        plain
+            .handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
+        frames(&plain);
+        assert_eq!(kinds(&frames(&w)), vec!["join:plain"]);
+        let mut c2 = open(&n, "c2");
+        c2.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+            .await
+            .expect("ok");
+        assert!(frames(&plain).is_empty());
+        assert_eq!(kinds(&frames(&w)), vec!["join:c2"]);
+        c2.close().await;
+        assert_eq!(kinds(&frames(&w)), vec!["leave:c2"]);
+    }
+
+    #[tokio::test]
+    async fn presence_events_stop_over_the_limit() {
+        let n = node("[limits]\npresence_events_max = 3\n");
+        let mut w = open(&n, "w");
+        w.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1","presence":true}"#)
+            .await
+            .expect("ok");
+        frames(&w);
+        let mut others = Vec::new();
+        for i in 0..4 {
+            let mut s = open(&n, &format!("c{i}"));
+            s.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
+                .await
+                .expect("ok");
+            others.push(s);
+        }
+        // w + c0 + c1 = 3: joins sent; c2, c3 would make 4 and 5: none
+        assert_eq!(kinds(&frames(&w)), vec!["join:c0", "join:c1"]);
+        others.pop().expect("c3").close().await;
+        others.pop().expect("c2").close().await;
+        assert!(frames(&w).is_empty(), "their joins were not sent, nor their leaves");
+        others.pop().expect("c1").close().await;
+        assert_eq!(kinds(&frames(&w)), vec!["leave:c1"]);
+    }
+
+    #[tokio::test]
+    async fn remote_deltas_and_reconciliation() {
+        use crate::presence::Delta;
+        let n = node("");
+        let key = ChannelKey::new("default", "room:1");
+        let mut w = open(&n, "w");
+        w.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1","presence":true}"#)
+            .await
+            .expect("ok");
+        frames(&w);
+        let entry = |c: &str, node: &str| encode::PresenceEntry {
+            client: c.into(),
+            principal: format!("p-{c}"),
+            node: node.into(),
+        };
+        // first read: learns silently
+        let t0 = Instant::now();
+        n.hub.presence_reconcile(&key, &[entry("x", "other")], t0);
+        assert!(frames(&w).is_empty());
+        let d = Delta {
+            node: "other".into(),
+            joins: vec![("y".into(), "p-y".into()), ("x".into(), "p-x".into())],
+            leaves: vec![],
+        };
+        n.hub.presence_remote(&key, &d);
+        assert_eq!(kinds(&frames(&w)), vec!["join:y"], "x was known");
+        // a read started before y's join does not remove it
+        n.hub.presence_reconcile(&key, &[entry("x", "other")], t0);
+        assert!(frames(&w).is_empty());
+        n.hub.presence_remote(
+            &key,
+            &Delta {
+                node: "other".into(),
+                joins: vec![],
+                leaves: vec!["y".into()],
+            },
+        );
+        let f = frames(&w);
+        assert_eq!(kinds(&f), vec!["leave:y"]);
+        assert_eq!(f[0]["principal"], "p-y");
+        assert_eq!(f[0]["node"], "other");
+        // a stale read (before the leave) does not bring y back
+        n.hub.presence_reconcile(&key, &[entry("x", "other"), entry("y", "other")], t0);
+        assert!(frames(&w).is_empty());
+        // the node died: its entries expired, a fresh read has none
+        n.hub.presence_reconcile(&key, &[], Instant::now());
+        assert_eq!(kinds(&frames(&w)), vec!["leave:x"]);
+        // own node's entries in a read and own deltas are ignored
+        n.hub.presence_reconcile(&key, &[entry("w", &n.id)], Instant::now());
+        n.hub.presence_remote(
+            &key,
+            &Delta {
+                node: n.id.to_string(),
+                joins: vec![("z".into(), "".into())],
+                leaves: vec![],
+            },
+        );
+        assert!(frames(&w).is_empty());
+        // a reconcile finding a new member sends its join
+        n.hub.presence_reconcile(&key, &[entry("q", "third")], Instant::now());
+        assert_eq!(kinds(&frames(&w)), vec!["join:q"]);
     }
 
     #[tokio::test]

@@ -53,6 +53,11 @@ pub const H_PREV: &str = "Sy-Prev";
 pub const H_TIME: &str = "Sy-Time";
 /// Header: the publish span's W3C trace context.
 pub const H_TRACE: &str = "traceparent";
+/// Header: the connection a `"skipSelf"` publish leaves out, `<session> <node>`.
+pub const H_SKIP: &str = "Sy-Skip";
+/// Header: a core message on a live subject that is a presence delta, not a
+/// channel message (payload: the `Delta` JSON).
+pub const H_PRESENCE: &str = "Sy-Presence";
 /// JetStream dedupe id.
 pub const H_MSG_ID: &str = "Nats-Msg-Id";
 /// JetStream compare-and-append.
@@ -98,6 +103,8 @@ pub struct Rec {
     pub data: Option<Arc<RawValue>>,
     /// Trace context.
     pub trace: Option<TraceParent>,
+    /// The publishing connection to leave out: session, node.
+    pub skip: Option<(u64, String)>,
 }
 
 impl Rec {
@@ -120,6 +127,10 @@ impl Rec {
             time_ms: num(H_TIME).unwrap_or(0),
             data,
             trace: h.get(H_TRACE).and_then(|t| TraceParent::parse(t)),
+            skip: h.get(H_SKIP).and_then(|v| {
+                let (s, n) = v.split_once(' ')?;
+                Some((s.parse().ok()?, n.to_owned()))
+            }),
         })
     }
 
@@ -296,6 +307,7 @@ impl Channels {
         msg_id: Option<&str>,
         opts: &ChannelOptions,
         trace: Option<TraceParent>,
+        skip: Option<(u64, &str)>,
     ) -> Result<Published, BrokerError> {
         self.ensure(&key.tenant, opts).await?;
         let cell = self.head_cell(key);
@@ -348,6 +360,9 @@ impl Channels {
             }
             if let Some(tp) = trace {
                 h.insert(H_TRACE, tp.header().as_str());
+            }
+            if let Some((session, node)) = skip {
+                h.insert(H_SKIP, format!("{session} {node}").as_str());
             }
             match self.js.publish(subject.clone(), h, payload.clone()).await {
                 Ok(ack) if !ack.duplicate => {
@@ -431,6 +446,7 @@ impl Channels {
                         time_ms: now_ms(),
                         data: None,
                         trace: None,
+                        skip: None,
                     });
                 }
                 Err(e) if e.code() == Some(code::WRONG_LAST_SEQUENCE) => {}

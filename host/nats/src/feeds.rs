@@ -20,7 +20,7 @@ use switchyard_core::hub::Hub;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::channels::{Channels, H_STREAM_SEQ, Rec};
+use crate::channels::{Channels, H_PRESENCE, H_STREAM_SEQ, Rec};
 use crate::js::header_map;
 use crate::names;
 
@@ -194,6 +194,12 @@ async fn run(
             msg = sub.next() => {
                 let Some(msg) = msg else { return };
                 let h = header_map(msg.headers.as_ref());
+                if h.contains_key(H_PRESENCE) {
+                    if let Some(d) = switchyard_core::presence::Delta::decode(&msg.payload) {
+                        hub.presence_remote(&key, &d);
+                    }
+                    continue;
+                }
                 let stream_seq = h.get(H_STREAM_SEQ).and_then(|s| s.parse().ok()).unwrap_or(0);
                 match Rec::decode(stream_seq, &h, &msg.payload) {
                     Some(rec) => live(&key, &chans, &hub, &track, rec).await,
@@ -248,7 +254,12 @@ async fn live(key: &ChannelKey, chans: &Channels, hub: &Hub, track: &Mutex<Track
     t.last = rec.seq;
     drop(t);
     if let Some(msg) = rec.message() {
-        hub.deliver_traced(key, &msg, rec.trace);
+        let skip = rec
+            .skip
+            .as_ref()
+            .filter(|(_, node)| **node == **hub.node_id())
+            .map(|(session, _)| *session);
+        hub.deliver_traced_skipping(key, &msg, rec.trace, skip);
     }
 }
 

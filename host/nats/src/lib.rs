@@ -304,7 +304,7 @@ impl Broker for NatsBroker {
         msg_id: Option<&str>,
         opts: &ChannelOptions,
     ) -> Result<Published, BrokerError> {
-        self.chans.publish(key, data, msg_id, opts, None).await
+        self.chans.publish(key, data, msg_id, opts, None, None).await
     }
 
     async fn publish_traced(
@@ -315,7 +315,26 @@ impl Broker for NatsBroker {
         opts: &ChannelOptions,
         trace: Option<switchyard_core::telemetry::TraceParent>,
     ) -> Result<Published, BrokerError> {
-        self.chans.publish(key, data, msg_id, opts, trace).await
+        self.chans.publish(key, data, msg_id, opts, trace, None).await
+    }
+
+    async fn publish_skipping(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<switchyard_core::telemetry::TraceParent>,
+        skip: switchyard_core::hub::SessionId,
+    ) -> Result<Published, BrokerError> {
+        let node = self.hub.node_id().clone();
+        self.chans
+            .publish(key, data, msg_id, opts, trace, Some((skip, &node)))
+            .await
+    }
+
+    fn presence_reconcile_interval(&self) -> Option<Duration> {
+        Some(self.presence.reconcile_interval())
     }
 
     async fn recover(

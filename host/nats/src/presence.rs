@@ -6,6 +6,13 @@
 //! every `presence_ttl / 3`. Readers ignore entries past `exp`, so a node that
 //! dies disappears within the TTL; the bucket's `max_age` (the TTL) removes
 //! its keys for good.
+//!
+//! Presence events: once a channel's key is written, the node publishes the
+//! [`Delta`] (who joined, who left here) as a core NATS message with header
+//! `Sy-Presence` on the channel's live subject, which every node watching the
+//! channel reads; nothing for a channel with more than `presence_events_max`
+//! local members or a larger delta (reconciliation reads find those, see
+//! [`switchyard_core::presence`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,10 +26,11 @@ use serde_json::{Value, json};
 use switchyard_core::broker::BrokerError;
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::hub::Hub;
+use switchyard_core::presence::Delta;
 use switchyard_core::protocol::encode::PresenceEntry;
 use tokio::sync::{Notify, watch};
 
-use crate::channels::now_ms;
+use crate::channels::{H_PRESENCE, now_ms};
 use crate::js::{Ensured, Js, kv_config};
 use crate::names::{self, PRESENCE_BUCKET};
 
@@ -91,6 +99,29 @@ impl Presence {
             )
             .await
             .map_err(Into::into)
+    }
+
+    /// How often nodes with presence watchers re-read their channels'
+    /// presence: a third of the TTL, as the heartbeat.
+    pub fn reconcile_interval(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
+    }
+
+    /// Sends the delta of `key` between `before` and `now` to the nodes
+    /// watching the channel (after the write it describes).
+    async fn announce(&self, key: &ChannelKey, before: Option<&Members>, now: &Members) {
+        let max = self.hub.presence_events_max();
+        let delta = Delta::between(&self.node, before, now);
+        if delta.is_empty() || now.len() > max || delta.len() > max {
+            return;
+        }
+        let mut h = HeaderMap::new();
+        h.insert(H_PRESENCE, "1");
+        let _ = self
+            .js
+            .client
+            .publish_with_headers(names::live_subject(key), h, Bytes::from(delta.encode()))
+            .await;
     }
 
     /// The local subscribers of `key` changed.
@@ -205,6 +236,9 @@ impl Presence {
             )
             .await;
             for ((k, now), ok) in work.into_iter().zip(results) {
+                if ok {
+                    self.announce(&k, written.get(&k), &now).await;
+                }
                 if !ok {
                     self.dirty.lock().insert(k);
                 } else if now.is_empty() {
@@ -237,10 +271,12 @@ impl Presence {
     /// Withdraws everything this node wrote (graceful shutdown).
     pub async fn clear(&self) {
         let mut written = self.written.lock().await;
-        let keys: Vec<ChannelKey> = written.drain().map(|(k, _)| k).collect();
+        let all: Vec<(ChannelKey, Members)> = written.drain().collect();
         let empty = Members::new();
-        for chunk in keys.chunks(PARALLEL) {
-            join_all(chunk.iter().map(|k| self.put(k, &empty, 0))).await;
+        for chunk in all.chunks(PARALLEL) {
+            join_all(chunk.iter().map(|(k, _)| self.put(k, &empty, 0))).await;
+            // The other nodes' watchers get the leaves at once.
+            join_all(chunk.iter().map(|(k, before)| self.announce(k, Some(before), &empty))).await;
         }
     }
 }

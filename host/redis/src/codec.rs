@@ -1,7 +1,10 @@
 //! The live pub/sub payload: `seq \n epoch \n publish-ms \n data`, written by the
 //! publish script and decoded by every node. A traced publish puts an optional
 //! header line `tp:<traceparent>` before the data (JSON never starts with `t`
-//! followed by `p`, so a payload without it reads as before).
+//! followed by `p`, so a payload without it reads as before). A `"skipSelf"`
+//! publish puts `sk:<session> <node>\n` there too (the publishing connection,
+//! which its node leaves out). A payload starting `p\n` is not a message but
+//! a presence [`Delta`](switchyard_core::presence::Delta) of one node.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -35,6 +38,23 @@ pub struct LiveMessage<'a> {
     pub data: Arc<RawValue>,
     /// The publish span's context (the optional `tp:` header), when valid.
     pub trace: Option<TraceParent>,
+    /// The publishing connection to leave out (`sk:` header): session, node.
+    pub skip: Option<(u64, &'a str)>,
+}
+
+/// Prefix of the optional sender-exclusion header line.
+pub const SKIP_HEADER: &str = "sk:";
+
+/// Prefix of a presence delta payload on the live channel.
+pub const PRESENCE_PREFIX: &[u8] = b"p\n";
+
+/// The sender-exclusion header line for session `session` of `node`
+/// (`""` when the node id cannot be carried on one line).
+pub fn skip_header(session: u64, node: &str) -> String {
+    if node.contains('\n') {
+        return String::new();
+    }
+    format!("{SKIP_HEADER}{session} {node}\n")
 }
 
 /// Prefix of the optional trace header line.
@@ -66,11 +86,22 @@ pub fn decode(payload: &[u8]) -> Result<LiveMessage<'_>, DecodeError> {
         .ok_or(DecodeError::Malformed)?;
     let mut data = parts.next().ok_or(DecodeError::Malformed)?;
     let mut trace = None;
-    if let Some(rest) = data.strip_prefix(TRACE_HEADER) {
-        let (header, body) = rest.split_once('\n').ok_or(DecodeError::Malformed)?;
-        // An invalid header is ignored: the message is still delivered.
-        trace = TraceParent::parse(header);
-        data = body;
+    let mut skip = None;
+    loop {
+        if let Some(rest) = data.strip_prefix(TRACE_HEADER) {
+            let (header, body) = rest.split_once('\n').ok_or(DecodeError::Malformed)?;
+            // An invalid header is ignored: the message is still delivered.
+            trace = TraceParent::parse(header);
+            data = body;
+        } else if let Some(rest) = data.strip_prefix(SKIP_HEADER) {
+            let (header, body) = rest.split_once('\n').ok_or(DecodeError::Malformed)?;
+            skip = header
+                .split_once(' ')
+                .and_then(|(s, n)| Some((s.parse().ok()?, n)));
+            data = body;
+        } else {
+            break;
+        }
     }
     let data = RawValue::from_string(data.to_owned()).map_err(|_| DecodeError::Data)?;
     Ok(LiveMessage {
@@ -79,6 +110,7 @@ pub fn decode(payload: &[u8]) -> Result<LiveMessage<'_>, DecodeError> {
         published_ms,
         data: Arc::from(data),
         trace,
+        skip,
     })
 }
 
@@ -142,5 +174,20 @@ mod tests {
             DecodeError::Malformed
         );
         assert_eq!(trace_header(None), "");
+    }
+
+    #[test]
+    fn decodes_the_skip_header() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let header = format!("{}{}", trace_header(TraceParent::parse(tp)), skip_header(7, "node a"));
+        let payload = format!("3\ne\n1\n{header}{{\"sk\":1}}");
+        let m = decode(payload.as_bytes()).expect("ok");
+        assert_eq!(m.skip, Some((7, "node a")));
+        assert!(m.trace.is_some());
+        assert_eq!(m.data.get(), "{\"sk\":1}");
+        let m = decode(b"3\ne\n1\nsk:x n\n1").expect("ok");
+        assert_eq!((m.skip, m.data.get()), (None, "1"));
+        assert!(decode(b"3\ne\n1\n1").expect("ok").skip.is_none());
+        assert_eq!(skip_header(1, "a\nb"), "");
     }
 }

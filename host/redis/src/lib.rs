@@ -213,33 +213,15 @@ impl RedisBroker {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    d.as_millis().clamp(1, u128::from(u64::MAX / 4)) as u64
-}
-
-#[async_trait]
-impl Broker for RedisBroker {
-    fn kind(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn publish(
+impl RedisBroker {
+    /// A publish whose live payload carries `header` lines before the data.
+    async fn publish_with(
         &self,
         key: &ChannelKey,
         data: Arc<RawValue>,
         msg_id: Option<&str>,
         opts: &ChannelOptions,
-    ) -> Result<Published, BrokerError> {
-        self.publish_traced(key, data, msg_id, opts, None).await
-    }
-
-    async fn publish_traced(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<switchyard_core::telemetry::TraceParent>,
+        header: String,
     ) -> Result<Published, BrokerError> {
         let shard = self.shard(key);
         let keys = ChannelKeys::new(key);
@@ -262,7 +244,7 @@ impl Broker for RedisBroker {
                     .arg(&keys.live)
                     .arg(opts.limit.map_or(0, |l| l.rate))
                     .arg(opts.limit.map_or(0, |l| l.burst))
-                    .arg(codec::trace_header(trace))
+                    .arg(header)
                     .invoke_async::<redis::Value>(&mut conn),
             )
             .await?;
@@ -275,7 +257,7 @@ impl Broker for RedisBroker {
         })
     }
 
-    async fn recover(
+    async fn recover_at(
         &self,
         key: &ChannelKey,
         since: Option<&StreamPosition>,
@@ -318,6 +300,66 @@ impl Broker for RedisBroker {
             recovered: r.recovered,
             messages,
         })
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u128::from(u64::MAX / 4)) as u64
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn publish(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+    ) -> Result<Published, BrokerError> {
+        self.publish_traced(key, data, msg_id, opts, None).await
+    }
+
+    async fn publish_traced(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<switchyard_core::telemetry::TraceParent>,
+    ) -> Result<Published, BrokerError> {
+        self.publish_with(key, data, msg_id, opts, codec::trace_header(trace))
+            .await
+    }
+
+    async fn publish_skipping(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<switchyard_core::telemetry::TraceParent>,
+        skip: switchyard_core::hub::SessionId,
+    ) -> Result<Published, BrokerError> {
+        let mut header = codec::trace_header(trace);
+        header.push_str(&codec::skip_header(skip, self.hub.node_id()));
+        self.publish_with(key, data, msg_id, opts, header).await
+    }
+
+    fn presence_reconcile_interval(&self) -> Option<Duration> {
+        Some(self.presence.reconcile_interval())
+    }
+
+    async fn recover(
+        &self,
+        key: &ChannelKey,
+        since: Option<&StreamPosition>,
+        opts: &ChannelOptions,
+    ) -> Result<Recovery, BrokerError> {
+        self.recover_at(key, since, opts).await
     }
 
     async fn watch(&self, key: &ChannelKey) -> Result<(), BrokerError> {

@@ -7,6 +7,14 @@
 //! and sends only the changes (debounced), and refreshes every TTL by
 //! `presence_ttl / 3`. A node that dies stops refreshing, so its hash expires
 //! within the TTL and readers drop it from the index.
+//!
+//! Presence events: after the writes of a channel, the same pipeline
+//! PUBLISHes the [`Delta`] (who joined, who left on this node) on the
+//! channel's live pub/sub channel (`p\n` + JSON), so every node watching the
+//! channel hands it to its hub; nothing is published for a channel with more
+//! than `presence_events_max` local members or a larger delta (the other
+//! nodes' reconciliation reads find those changes, see
+//! [`switchyard_core::presence`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -16,10 +24,12 @@ use parking_lot::Mutex;
 use switchyard_core::broker::BrokerError;
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::hub::Hub;
+use switchyard_core::presence::Delta;
 use switchyard_core::protocol::encode::PresenceEntry;
 use tokio::sync::{Notify, watch};
 
-use crate::keys::ChannelKeys;
+use crate::codec::PRESENCE_PREFIX;
+use crate::keys::{self, ChannelKeys};
 use crate::replies;
 use crate::scripts::{self, PRESENCE_GET, PRESENCE_TOUCH};
 use crate::shard::Shard;
@@ -62,6 +72,12 @@ impl Presence {
 
     fn shard(&self, key: &ChannelKey) -> &Arc<Shard> {
         &self.shards[channel_shard(&key.tenant, &key.channel, self.shards.len())]
+    }
+
+    /// How often nodes with presence watchers re-read their channels'
+    /// presence: a third of the TTL, as the heartbeat.
+    pub fn reconcile_interval(&self) -> Duration {
+        (self.ttl / 3).max(Duration::from_millis(100))
     }
 
     /// The local subscribers of `key` changed.
@@ -183,9 +199,17 @@ impl Presence {
         let keys = ChannelKeys::new(key);
         let mine = format!("{}{}", keys.presence_node_prefix, self.node);
         let ttl_ms = self.ttl.as_millis().max(1) as i64;
+        // After the writes below, in the same pipeline: a node that gets the
+        // delta and then reads the hashes sees them written.
+        let max = self.hub.presence_events_max();
+        let delta = Delta::between(&self.node, before, now);
+        let announce = !delta.is_empty() && now.len() <= max && delta.len() <= max;
         if now.is_empty() {
             pipe.del(&mine).ignore();
             pipe.hdel(&keys.presence_index, &*self.node).ignore();
+            if announce {
+                publish_delta(pipe, key, &delta);
+            }
             return;
         }
         let empty = HashMap::new();
@@ -208,6 +232,9 @@ impl Presence {
         pipe.pexpire(&mine, ttl_ms).ignore();
         pipe.hset(&keys.presence_index, &*self.node, 1).ignore();
         pipe.pexpire(&keys.presence_index, ttl_ms).ignore();
+        if announce {
+            publish_delta(pipe, key, &delta);
+        }
     }
 
     /// Heartbeat: extends the expiry of everything this node wrote (one pipeline
@@ -270,12 +297,20 @@ impl Presence {
     /// Removes everything this node wrote (graceful shutdown).
     pub async fn clear(&self) {
         let mut written = self.written.lock().await;
-        for (key, _) in written.drain() {
+        for (key, before) in written.drain() {
             let shard = self.shard(&key);
             let mut pipe = redis::pipe();
-            self.add_ops(&mut pipe, &key, None, &HashMap::new());
+            // The other nodes' watchers get the leaves at once.
+            self.add_ops(&mut pipe, &key, Some(&before), &HashMap::new());
             let mut conn = shard.conn();
             let _ = shard.run(pipe.exec_async(&mut conn)).await;
         }
     }
+}
+
+/// PUBLISHes a presence delta on the channel's live pub/sub channel.
+fn publish_delta(pipe: &mut redis::Pipeline, key: &ChannelKey, delta: &Delta) {
+    let mut payload = PRESENCE_PREFIX.to_vec();
+    payload.extend_from_slice(delta.encode().as_bytes());
+    pipe.publish(keys::live_channel(key), payload).ignore();
 }

@@ -426,6 +426,15 @@ async fn warm_up_once(shard: &Shard) -> bool {
 /// it opens a new epoch past seq 1 on a channel this node followed: the new
 /// epoch's earlier messages must be fetched first ([`catch_up_new_epoch`]).
 fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: &[u8]) -> bool {
+    if let Some(delta) = payload.strip_prefix(codec::PRESENCE_PREFIX) {
+        if let (Some(key), Some(d)) = (
+            keys::parse_live_channel(name),
+            switchyard_core::presence::Delta::decode(delta),
+        ) {
+            hub.presence_remote(&key, &d);
+        }
+        return false;
+    }
     let live = match codec::decode(payload) {
         Ok(m) => m,
         Err(e) => {
@@ -457,8 +466,12 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
     }
     track.last = live.seq;
     let trace = live.trace;
+    let skip = live
+        .skip
+        .filter(|(_, node)| **node == **hub.node_id())
+        .map(|(session, _)| session);
     let msg = live.into_message(track.epoch.clone());
-    hub.deliver_traced(&track.key, &msg, trace);
+    hub.deliver_traced_skipping(&track.key, &msg, trace, skip);
     false
 }
 

@@ -162,7 +162,9 @@ export class SwitchyardClient {
 
   /**
    * Listens to `open`, `close`, `reconnecting`, `transport`, `error`,
-   * `recovery`, `direct`. Returns a function that removes the listener.
+   * `recovery`, `direct`, `presence` (`{channel, change: 'join' | 'leave',
+   * client, principal, node}` for channels subscribed with `{presence: true}`).
+   * Returns a function that removes the listener.
    * @param {string} event
    * @param {(payload: any) => void} fn
    */
@@ -208,19 +210,25 @@ export class SwitchyardClient {
   /**
    * Subscribes `handler(data, frame)` to `channel`. Returns a function that
    * unsubscribes it; its `ready` promise resolves with the first `subscribed`
-   * reply (or rejects with the gateway's error).
+   * reply (or rejects with the gateway's error). With `{presence: true}` the
+   * gateway also sends the channel's `join` / `leave` events (the `presence`
+   * event of {@link SwitchyardClient#on}); once asked, they stay on for the
+   * channel until it is unsubscribed.
    * @param {string} channel
    * @param {(data: any, frame: any) => void} handler
+   * @param {{presence?: boolean}} [options]
    * @returns {(() => void) & {ready: Promise<any>}}
    */
-  subscribe(channel, handler) {
+  subscribe(channel, handler, options = {}) {
     if (this.#docs.has(channel)) throw new SwitchyardError('invalid', `${channel} is open as a document`);
     let sub = this.#subs.get(channel);
     const fresh = !sub;
     if (!sub) {
-      sub = { handlers: new Set(), confirmed: false, recovering: false, waiters: [] };
+      sub = { handlers: new Set(), confirmed: false, recovering: false, waiters: [], presence: false };
       this.#subs.set(channel, sub);
     }
+    const wantsPresence = options.presence === true && !sub.presence;
+    if (wantsPresence) sub.presence = true;
     sub.handlers.add(handler);
     const s = sub;
     const ready = new Promise((resolve, reject) => {
@@ -228,7 +236,9 @@ export class SwitchyardClient {
       else s.waiters.push({ resolve, reject });
     });
     ready.catch(() => {});
-    if (fresh && this.#state === 'open') this.#sendSubscribe(channel);
+    // A new `presence` wish on a live subscription: subscribe again (with
+    // `since`, so nothing is missed or repeated).
+    if ((fresh || wantsPresence) && this.#state === 'open') this.#sendSubscribe(channel);
     const unsubscribe = () => {
       const cur = this.#subs.get(channel);
       if (!cur || cur !== s || !cur.handlers.delete(handler) || cur.handlers.size > 0) return;
@@ -247,18 +257,20 @@ export class SwitchyardClient {
    * Publishes `data` to `channel`; resolves with the acknowledged seq (null
    * when the router dropped it). The message carries a `msgId` (a new UUID
    * unless given) that is reused when it is resent after a reconnect, so the
-   * gateway's dedupe delivers it once.
+   * gateway's dedupe delivers it once. With `{skipSelf: true}` the gateway
+   * does not deliver it back to this connection (`"skipSelf"`).
    * @param {string} channel
    * @param {any} data
-   * @param {{msgId?: string, timeout?: number}} [options]
+   * @param {{msgId?: string, timeout?: number, skipSelf?: boolean}} [options]
    * @returns {Promise<number | null>}
    */
   publish(channel, data, options = {}) {
     if (this.#state === 'closed') return Promise.reject(new SwitchyardError('closed', 'client was closed'));
     const msgId = options.msgId ?? randomId();
+    const skipSelf = options.skipSelf === true;
     return new Promise((resolve, reject) => {
       const key = this.#nextPublish++;
-      const p = { key, msgId, channel, data, resolve, reject, id: /** @type {number | null} */ (null), sends: 0, timer: /** @type {any} */ (null) };
+      const p = { key, msgId, channel, data, skipSelf, resolve, reject, id: /** @type {number | null} */ (null), sends: 0, timer: /** @type {any} */ (null) };
       p.timer = setTimeout(() => {
         this.#publishes.delete(key);
         if (p.id !== null) this.#pending.delete(p.id);
@@ -644,6 +656,7 @@ export class SwitchyardClient {
     /** @type {any} */
     const frame = { type: 'subscribe', id, channel };
     if (since) frame.since = since;
+    if (this.#subs.get(channel)?.presence) frame.presence = true;
     this.#transport.send(frame);
   }
 
@@ -653,7 +666,10 @@ export class SwitchyardClient {
     p.id = this.#nextId++;
     p.sends++;
     this.#pending.set(p.id, { kind: 'publish', key: p.key });
-    this.#transport.send({ type: 'publish', id: p.id, channel: p.channel, data: p.data, msgId: p.msgId });
+    /** @type {any} */
+    const frame = { type: 'publish', id: p.id, channel: p.channel, data: p.data, msgId: p.msgId };
+    if (p.skipSelf) frame.skipSelf = true;
+    this.#transport.send(frame);
   }
 
   /** @param {any} frame @returns {Promise<any>} */
@@ -681,6 +697,18 @@ export class SwitchyardClient {
         return;
       case 'direct':
         this.#emitter.emit('direct', frame);
+        return;
+      case 'join':
+      case 'leave':
+        if (typeof frame.channel === 'string' && typeof frame.client === 'string') {
+          this.#emitter.emit('presence', {
+            channel: frame.channel,
+            change: frame.type,
+            client: frame.client,
+            principal: typeof frame.principal === 'string' ? frame.principal : '',
+            node: typeof frame.node === 'string' ? frame.node : '',
+          });
+        }
         return;
       case 'SERVER_SHUTDOWN':
         this.#shutdownIn = Number(frame.reconnectIn) >= 0 ? Number(frame.reconnectIn) : this.#reconnect.baseDelay;

@@ -279,3 +279,59 @@ test('a silent connection is probed with ping; no pong in time means reconnect',
   assert.ok(log[0].closed, 'the dead transport was closed');
   c.close();
 });
+
+test('presence: subscribe({presence: true}) asks for events, keeps asking after a reconnect, and emits them', async () => {
+  const log = [];
+  const c = client(log);
+  const events = [];
+  c.on('presence', (e) => events.push(e));
+  c.subscribe('room:1', () => {}, { presence: true });
+  c.subscribe('room:2', () => {});
+  const opened = c.connect();
+  log[0].welcome();
+  await opened;
+  const subs = log[0].sent.filter((f) => f.type === 'subscribe');
+  assert.equal(subs.find((f) => f.channel === 'room:1').presence, true);
+  assert.equal(subs.find((f) => f.channel === 'room:2').presence, undefined, 'off unless asked');
+  for (const f of subs) log[0].frame({ type: 'subscribed', id: f.id, channel: f.channel, epoch: 'e', seq: 0, recovered: false });
+  log[0].frame({ type: 'join', channel: 'room:1', client: 'bob', principal: 'u-1', node: 'node-b' });
+  log[0].frame({ type: 'leave', channel: 'room:1', client: 'bob', principal: 'u-1', node: 'node-b' });
+  log[0].frame({ type: 'join', channel: 5, client: 'bad' }); // malformed: ignored
+  assert.deepEqual(events, [
+    { channel: 'room:1', change: 'join', client: 'bob', principal: 'u-1', node: 'node-b' },
+    { channel: 'room:1', change: 'leave', client: 'bob', principal: 'u-1', node: 'node-b' },
+  ]);
+  // asking later on a live subscription subscribes again, with since
+  c.subscribe('room:2', () => {}, { presence: true });
+  const again = log[0].sent.filter((f) => f.type === 'subscribe' && f.channel === 'room:2');
+  assert.equal(again.length, 2);
+  assert.equal(again[1].presence, true);
+  assert.deepEqual(again[1].since, { epoch: 'e', seq: 0 });
+  log[0].drop(1006);
+  await until(() => log.length === 2, 'reconnect');
+  log[1].welcome();
+  const resub = log[1].sent.filter((f) => f.type === 'subscribe');
+  assert.deepEqual(resub.map((f) => [f.channel, f.presence]).sort(), [['room:1', true], ['room:2', true]]);
+  c.close();
+});
+
+test('publish({skipSelf: true}) sends skipSelf, also when resent after a reconnect', async () => {
+  const log = [];
+  const c = client(log);
+  const opened = c.connect();
+  log[0].welcome();
+  await opened;
+  const acked = c.publish('room:1', 1, { skipSelf: true });
+  c.publish('room:1', 2).catch(() => {});
+  const [first, plain] = log[0].sent.filter((f) => f.type === 'publish');
+  assert.equal(first.skipSelf, true);
+  assert.equal(plain.skipSelf, undefined, 'off unless asked');
+  log[0].drop(1006);
+  await until(() => log.length === 2, 'reconnect');
+  log[1].welcome();
+  const again = log[1].sent.find((f) => f.type === 'publish' && f.msgId === first.msgId);
+  assert.equal(again.skipSelf, true);
+  log[1].frame({ type: 'ack', id: again.id, seq: 3 });
+  assert.equal(await acked, 3);
+  c.close();
+});

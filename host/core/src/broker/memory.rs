@@ -13,7 +13,7 @@ use crate::backpressure::TokenBucket;
 use crate::channel::ChannelKey;
 use crate::dedupe::DedupeWindow;
 use crate::history::{History, Message, Recovery};
-use crate::hub::Hub;
+use crate::hub::{Hub, SessionId};
 use crate::protocol::StreamPosition;
 use crate::protocol::encode::PresenceEntry;
 
@@ -85,51 +85,14 @@ impl MemoryBroker {
         });
     }
 
-    /// Channels currently tracked.
-    pub fn channel_count(&self) -> usize {
-        self.channels.len()
-    }
-
-    /// Runs [`MemoryBroker::sweep`] periodically until the broker is dropped.
-    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration, idle: Duration) {
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match weak.upgrade() {
-                    Some(b) => b.sweep(idle),
-                    None => return,
-                }
-            }
-        });
-    }
-}
-
-#[async_trait]
-impl Broker for MemoryBroker {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    async fn publish(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-    ) -> Result<Published, BrokerError> {
-        self.publish_traced(key, data, msg_id, opts, None).await
-    }
-
-    async fn publish_traced(
+    fn publish_at(
         &self,
         key: &ChannelKey,
         data: Arc<RawValue>,
         msg_id: Option<&str>,
         opts: &ChannelOptions,
         trace: Option<crate::telemetry::TraceParent>,
+        skip: Option<SessionId>,
     ) -> Result<Published, BrokerError> {
         let state = self.state(key, opts);
         let mut st = state.lock();
@@ -177,13 +140,74 @@ impl Broker for MemoryBroker {
         st.history.set_limits(opts.history_size, opts.history_ttl);
         st.history.push(now, msg.clone());
         // Delivered under the channel lock so every subscriber sees seq order.
-        self.hub.deliver_traced(key, &msg, trace);
+        self.hub.deliver_traced_skipping(key, &msg, trace, skip);
         Ok(Published {
             seq: msg.seq,
             epoch: msg.epoch,
             duplicate: false,
             limited: None,
         })
+    }
+
+    /// Channels currently tracked.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Runs [`MemoryBroker::sweep`] periodically until the broker is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration, idle: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(b) => b.sweep(idle),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn publish(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+    ) -> Result<Published, BrokerError> {
+        self.publish_traced(key, data, msg_id, opts, None).await
+    }
+
+    async fn publish_traced(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<crate::telemetry::TraceParent>,
+    ) -> Result<Published, BrokerError> {
+        self.publish_at(key, data, msg_id, opts, trace, None)
+    }
+
+    async fn publish_skipping(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<crate::telemetry::TraceParent>,
+        skip: SessionId,
+    ) -> Result<Published, BrokerError> {
+        self.publish_at(key, data, msg_id, opts, trace, Some(skip))
     }
 
     async fn recover(

@@ -123,6 +123,33 @@ pub trait Broker: Send + Sync + 'static {
         self.publish(key, data, msg_id, opts).await
     }
 
+    /// [`Broker::publish_traced`] from a client connection that asked not to
+    /// get its own message back (`"skipSelf":true`): the node holding session
+    /// `skip` (this node) leaves it out when it delivers the message. Other
+    /// nodes deliver as usual; history and recovery keep the message for all.
+    /// The default (a broker without sender exclusion) publishes with no skip.
+    async fn publish_skipping(
+        &self,
+        key: &ChannelKey,
+        data: Arc<RawValue>,
+        msg_id: Option<&str>,
+        opts: &ChannelOptions,
+        trace: Option<crate::telemetry::TraceParent>,
+        skip: crate::hub::SessionId,
+    ) -> Result<Published, BrokerError> {
+        let _ = skip;
+        self.publish_traced(key, data, msg_id, opts, trace).await
+    }
+
+    /// How often a node with presence watchers re-reads the presence of their
+    /// channels to find what deltas missed — above all the `leave`s of a node
+    /// that died, whose entries expire after `presence_ttl`
+    /// ([`crate::presence`]). `None` (the default): this broker serves one
+    /// node, the hub sees every change itself.
+    fn presence_reconcile_interval(&self) -> Option<Duration> {
+        None
+    }
+
     /// Current epoch and seq, plus missed messages after `since` when still in history.
     async fn recover(
         &self,
