@@ -1,5 +1,8 @@
-//! Helpers of the multi-node suites (`tests/redis.rs`, `tests/nats.rs`):
-//! gateways sharing a broker, driven over WebSocket and HTTP.
+//! Helpers of the shared broker suite (`tests/brokers.rs`): gateways sharing
+//! a broker, driven over WebSocket and HTTP; [`broker`] is the fixture that
+//! starts the broker (memory, Redis or NATS).
+
+pub mod broker;
 
 use std::time::{Duration, Instant};
 
