@@ -17,11 +17,10 @@
 //! `tests/js/node_modules` (`npm ci` is run when a package is missing) and
 //! `target/plugins/jwt-auth.wasm` (`scripts/build-plugins.sh`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use switchyard_tests::node::{ensure_node_modules, run_node_tests};
 use switchyard_tests::{Gateway, repo_root, scratch_dir};
 
 const API_KEY: &str = "centrifuge-key";
@@ -44,28 +43,6 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(180);
 
 /// The npm packages the script imports (from the committed lockfile).
 const NODE_PACKAGES: &[&str] = &["centrifuge", "ws"];
-
-fn node() -> String {
-    std::env::var("NODE").unwrap_or_else(|_| "node".to_owned())
-}
-
-/// `npm ci` in tests/js when one of the packages is not installed.
-fn ensure_node_modules(js: &Path) {
-    if NODE_PACKAGES.iter().all(|p| {
-        js.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .exists()
-    }) {
-        return;
-    }
-    let st = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(js)
-        .status()
-        .expect("run npm ci (is npm installed?)");
-    assert!(st.success(), "npm ci in tests/js failed: {st}");
-}
 
 /// A plugins folder with the first-party `jwt-auth`.
 fn plugins() -> PathBuf {
@@ -111,82 +88,24 @@ history_size = 2
 
 #[test]
 fn centrifuge_js_clients() {
-    let root = repo_root();
-    let js = root.join("tests/js");
     let plugins = plugins();
-    ensure_node_modules(&js);
+    ensure_node_modules(NODE_PACKAGES);
     let gw = Gateway::start(&config(&plugins));
 
-    let mut child = Command::new(node())
-        .args(["--test", "--test-reporter=tap"])
-        .arg(js.join("centrifuge-clients.test.mjs"))
-        .current_dir(&root)
-        .env("GW", gw.http_url(""))
-        .env("API_KEY", API_KEY)
-        .env("JWT_SECRET", JWT_SECRET)
-        .env("JWT_AUDIENCE", JWT_AUDIENCE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run node --test tests/js/centrifuge-clients.test.mjs");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let err = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for node") {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&plugins);
-    let status = status.unwrap_or_else(|| {
-        panic!(
-            "centrifuge-clients.test.mjs exceeded {SCRIPT_LIMIT:?}:\n{stdout}\n{stderr}\n{}",
-            gw.logs()
-        )
-    });
-    assert!(
-        status.success(),
-        "centrifuge-clients.test.mjs failed ({status}):\n{stdout}\n{stderr}\n{}",
-        gw.logs()
+    let url = gw.http_url("");
+    run_node_tests(
+        "centrifuge-clients.test.mjs",
+        &[
+            ("GW", &url),
+            ("API_KEY", API_KEY),
+            ("JWT_SECRET", JWT_SECRET),
+            ("JWT_AUDIENCE", JWT_AUDIENCE),
+        ],
+        SCRIPT_LIMIT,
+        SCENARIOS,
+        || gw.logs(),
     );
-    assert!(stdout.contains("# fail 0"), "{stdout}");
-    for s in SCENARIOS {
-        assert!(
-            stdout.lines().any(|l| {
-                let l = l.trim_start();
-                l.starts_with("ok ") && l.contains(&format!(" - {s}"))
-            }),
-            "scenario {s:?} did not pass:\n{stdout}"
-        );
-    }
+    let _ = std::fs::remove_dir_all(&plugins);
 }
 
 /// The protobuf format is not offered: a client asking for the

@@ -15,12 +15,11 @@
 //! is run when a package is missing) and `target/plugins/{yjs-merge,jwt-auth}.wasm`
 //! (`scripts/build-plugins.sh`).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
+use switchyard_tests::node::{ensure_node_modules, run_node_tests};
 use switchyard_tests::redis::RedisServer;
 use switchyard_tests::{Client, Gateway, repo_root, scratch_dir};
 use tokio_tungstenite::tungstenite::Message;
@@ -48,28 +47,6 @@ const SCRIPT_LIMIT: Duration = Duration::from_secs(300);
 
 /// The npm packages the scenarios import (from the committed lockfile).
 const NODE_PACKAGES: &[&str] = &["yjs", "y-websocket", "y-protocols", "lib0", "ws"];
-
-fn node() -> String {
-    std::env::var("NODE").unwrap_or_else(|_| "node".to_owned())
-}
-
-/// `npm ci` in tests/js when one of the packages is not installed.
-fn ensure_node_modules(js: &Path) {
-    if NODE_PACKAGES.iter().all(|p| {
-        js.join("node_modules")
-            .join(p)
-            .join("package.json")
-            .exists()
-    }) {
-        return;
-    }
-    let st = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(js)
-        .status()
-        .expect("run npm ci (is npm installed?)");
-    assert!(st.success(), "npm ci in tests/js failed: {st}");
-}
 
 /// A plugins folder with the first-party `yjs-merge` and `jwt-auth`.
 fn plugins() -> PathBuf {
@@ -125,80 +102,27 @@ config = {{ hs256_secret = "{JWT_SECRET}", audience = "{JWT_AUDIENCE}" }}
 
 #[test]
 fn y_websocket_clients_on_two_nodes() {
-    let root = repo_root();
-    let js = root.join("tests/js");
     let plugins = plugins();
-    ensure_node_modules(&js);
+    ensure_node_modules(NODE_PACKAGES);
     let redis = RedisServer::start();
     let a = Gateway::start(&config("node-a", &redis, &plugins));
     let b = Gateway::start(&config("node-b", &redis, &plugins));
 
-    let mut child = Command::new(node())
-        .args(["--test", "--test-reporter=tap"])
-        .arg(js.join("yjs.test.mjs"))
-        .current_dir(&root)
-        .env("GW_A", a.http_url(""))
-        .env("GW_B", b.http_url(""))
-        .env("API_KEY", API_KEY)
-        .env("JWT_SECRET", JWT_SECRET)
-        .env("JWT_AUDIENCE", JWT_AUDIENCE)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run node --test tests/js/yjs.test.mjs");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let out = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let err = std::thread::spawn(move || {
-        let mut all = String::new();
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("{line}");
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("wait for node") {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&plugins);
-    let status = status
-        .unwrap_or_else(|| panic!("yjs.test.mjs exceeded {SCRIPT_LIMIT:?}:\n{stdout}\n{stderr}"));
-    assert!(
-        status.success(),
-        "yjs.test.mjs failed ({status}):\n{stdout}\n{stderr}"
+    let (url_a, url_b) = (a.http_url(""), b.http_url(""));
+    run_node_tests(
+        "yjs.test.mjs",
+        &[
+            ("GW_A", &url_a),
+            ("GW_B", &url_b),
+            ("API_KEY", API_KEY),
+            ("JWT_SECRET", JWT_SECRET),
+            ("JWT_AUDIENCE", JWT_AUDIENCE),
+        ],
+        SCRIPT_LIMIT,
+        SCENARIOS,
+        || format!("{}\n{}", a.logs(), b.logs()),
     );
-    assert!(stdout.contains("# fail 0"), "{stdout}");
-    for s in SCENARIOS {
-        assert!(
-            stdout.lines().any(|l| {
-                let l = l.trim_start();
-                l.starts_with("ok ") && l.contains(&format!(" - {s}"))
-            }),
-            "scenario {s:?} did not pass:\n{stdout}"
-        );
-    }
+    let _ = std::fs::remove_dir_all(&plugins);
     drop((a, b, redis));
 }
 

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod doc;
 pub mod nats;
+pub mod node;
 pub mod otlp;
 pub mod redis;
 
