@@ -14,7 +14,7 @@ rustup component list --installed | grep -q '^clippy' || rustup component add cl
 step "system packages"
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-command -v nats-server >/dev/null 2>&1 || need+=(nats-server)   # tests/nats.rs (JetStream, Debian package)
+command -v nats-server >/dev/null 2>&1 || need+=(nats-server)   # tests/brokers.rs (JetStream, Debian package)
 [ -x /usr/bin/chromium ] || need+=(chromium)   # tests/browser.rs (headless)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -28,7 +28,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const KEY: &str = "k";
 
-/// A gateway of a two-node cluster on `redis` (as in `tests/redis.rs`), with
+/// A gateway of a two-node cluster on `redis` (as in `tests/brokers.rs`), with
 /// publish limits high enough that the load never meets `rate_limited` and a
 /// history long enough for every recovery in these tests.
 fn cluster_config(node: &str, redis: &RedisServer) -> String {

@@ -1,7 +1,7 @@
 //! Document channels (state sync) against the real binary over real sockets:
 //! the same protocol suite for the built-in LWW merge and the `lww-merge`
 //! plugin, a trapping merge plugin contained to its tenant, and the HTTP API.
-//! Cross-node documents over a real redis-server are in `tests/redis.rs`.
+//! Cross-node documents over real Redis and NATS servers are in `tests/brokers.rs`.
 
 use std::path::PathBuf;
 
