@@ -110,7 +110,7 @@ if [[ "${SWITCHYARD_SKIP_JS:-0}" != 1 || "${SWITCHYARD_SKIP_C:-0}" != 1 ]]; then
     done
     lock_hash="$(cat "$ROOT/examples/js-router/package.json" "$ROOT/examples/js-router/package-lock.json" | sha256sum | cut -d' ' -f1)"
     if [[ ! -x "$JS_TOOLS/node_modules/.bin/componentize-js" || "$(cat "$JS_TOOLS/.inputs" 2>/dev/null)" != "$lock_hash" ]]; then
-        say "installing componentize-js and jco into target/js-tools (npm ci, ~40 s)"
+        say "installing componentize-js and jco into target/js-tools (npm ci, under a minute)"
         mkdir -p "$JS_TOOLS"
         rm -f "$JS_TOOLS/.inputs"
         cp "$ROOT/examples/js-router/package.json" "$ROOT/examples/js-router/package-lock.json" "$JS_TOOLS/"
@@ -129,7 +129,7 @@ build_js() {
     if [[ -f "$built" && -f "$stamp" && "$(cat "$stamp")" == "$inputs" ]]; then
         say "examples/$name up to date"
     else
-        say "building examples/$name (componentize-js, ~1 min)"
+        say "building examples/$name (componentize-js, under a minute)"
         mkdir -p "$(dirname "$built")"
         rm -f "$stamp"
         # --disable: no WASI imports at all (no stdio, random, clocks, http); the
