@@ -527,7 +527,10 @@ async fn a_large_document_compacts_by_weight_not_every_half_log() {
         small(&mut s, &mut id).await;
     }
     let (base, held, _) = replica_state(&n, "doc:w").await;
-    assert!(base > 2, "compacted once the updates weighed half the document");
+    assert!(
+        base > 2,
+        "compacted once the updates weighed half the document"
+    );
     assert!(held <= 60, "the log since the base is bounded: {held}");
     drain(&s);
     let mut c = open(&n, "c");
