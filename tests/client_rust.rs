@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 use switchyard_client::{
-    Backoff, Client, DocumentKind, Event, Events, LwwMap, Options, ReconnectReason,
+    Backoff, Client, DocumentKind, Event, Events, LwwMap, Options, PresenceChange, PublishOptions,
+    ReconnectReason,
 };
 use switchyard_tests::doc::{self, Got};
 use switchyard_tests::redis::RedisServer;
@@ -197,6 +198,69 @@ async fn subscribe_publish_presence_and_direct_messages() {
     })
     .await;
     assert_eq!(closed, None);
+}
+
+/// Presence events (`subscribe_with(channel, true)` → `Event::Presence`) and
+/// sender exclusion (`PublishOptions::skip_self`) against the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_and_skip_self() {
+    let gw = Gateway::start(&config(""));
+    let (client, mut events) = Client::connect(options(&gw, "watcher"))
+        .await
+        .expect("connect");
+    client
+        .subscribe_with("room:p", true)
+        .await
+        .expect("subscribe");
+    let mut raw = Raw::connect(&gw.ws_url("/ws?client_id=raw-1")).await;
+    raw.subscribe(1, "room:p").await;
+    let mut skipped = Vec::new();
+    let join = until(&mut events, "join", &mut skipped, |e| match e {
+        Event::Presence {
+            channel,
+            change,
+            client,
+            node,
+            ..
+        } => Some((channel.clone(), *change, client.clone(), node.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        join,
+        (
+            "room:p".to_owned(),
+            PresenceChange::Join,
+            "raw-1".to_owned(),
+            "node-a".to_owned()
+        )
+    );
+    drop(raw);
+    let leave = until(&mut events, "leave", &mut skipped, |e| match e {
+        Event::Presence { change, client, .. } => Some((*change, client.clone())),
+        _ => None,
+    })
+    .await;
+    assert_eq!(leave, (PresenceChange::Leave, "raw-1".to_owned()));
+
+    // skip_self: acked, not delivered back; the next plain publish is the
+    // first message the client sees
+    let ack = client
+        .publish_with(
+            "room:p",
+            json!("mine"),
+            PublishOptions {
+                skip_self: true,
+                ..PublishOptions::default()
+            },
+        )
+        .await
+        .expect("ack");
+    assert_eq!(ack.seq, Some(1));
+    client.publish("room:p", json!("echo")).await.expect("ack");
+    let (seq, _, data) = message(&mut events, "room:p").await;
+    assert_eq!((seq, data), (2, json!("echo")));
+    client.close();
 }
 
 /// A drained gateway (SIGTERM → `SERVER_SHUTDOWN`, close 1001) restarts with

@@ -762,6 +762,10 @@ export class SwitchyardClient {
     if (!pub) return;
     this.#publishes.delete(p.key);
     clearTimeout(pub.timer);
+    // never delivered to us: not a gap in our position
+    if (frame.type === 'ack' && pub.skipSelf && Number.isSafeInteger(frame.seq) && frame.routes === undefined && this.#subs.has(pub.channel)) {
+      this.#positions.onSkipped(pub.channel, frame.seq);
+    }
     if (frame.type === 'ack') pub.resolve(frame.seq ?? null);
     else pub.reject(new SwitchyardError(frame.code ?? 'bad_reply', frame.message ?? `unexpected ${frame.type}`));
   }

@@ -21,6 +21,13 @@
 export class Positions {
   /** @type {Map<string, Position>} */
   #map = new Map();
+  /**
+   * Seqs of this connection's own `skipSelf` publishes (from their acks): the
+   * gateway never sends them here, so they are not a gap, and a replay of one
+   * is dropped.
+   * @type {Map<string, Set<number>>}
+   */
+  #skipped = new Map();
 
   /**
    * The position to resume `channel` from, if any.
@@ -35,6 +42,27 @@ export class Positions {
   /** @param {string} channel */
   delete(channel) {
     this.#map.delete(channel);
+    this.#skipped.delete(channel);
+  }
+
+  /**
+   * A `skipSelf` publish to `channel` was acked with `seq`: the position
+   * moves over it (and over earlier skipped ones it now reaches).
+   * @param {string} channel @param {number} seq
+   */
+  onSkipped(channel, seq) {
+    let set = this.#skipped.get(channel);
+    if (!set) this.#skipped.set(channel, (set = new Set()));
+    if (set.size >= 4096) set.delete(set.values().next().value);
+    set.add(toSeq(seq));
+    const p = this.#map.get(channel);
+    if (p) this.#advance(p, set);
+  }
+
+  /** @param {Position} p @param {Set<number>} set */
+  #advance(p, set) {
+    while (set.delete(p.seq + 1)) p.seq++;
+    for (const s of set) if (s <= p.seq) set.delete(s);
   }
 
   /**
@@ -67,11 +95,20 @@ export class Positions {
     }
     if (prev.epoch !== frame.epoch) {
       this.#map.set(frame.channel, { epoch: String(frame.epoch), seq });
+      this.#skipped.delete(frame.channel);
       return 'epoch';
     }
     if (seq <= prev.seq) return 'duplicate';
-    if (seq > prev.seq + 1) return 'gap';
+    const set = this.#skipped.get(frame.channel);
+    if (set?.has(seq)) return 'duplicate'; // our own skipSelf message, replayed
+    if (seq > prev.seq + 1) {
+      const missing = seq - prev.seq - 1;
+      let covered = !!set && missing <= set.size;
+      for (let s = prev.seq + 1; covered && s < seq; s++) covered = set.has(s);
+      if (!covered) return 'gap';
+    }
     prev.seq = seq;
+    if (set) this.#advance(prev, set);
     return 'deliver';
   }
 }

@@ -335,3 +335,40 @@ test('publish({skipSelf: true}) sends skipSelf, also when resent after a reconne
   assert.equal(await acked, 3);
   c.close();
 });
+
+test('positions: own skipSelf seqs are not gaps, and their replay is dropped', () => {
+  const p = new Positions();
+  p.onSubscribed({ channel: 'c:1', epoch: 'e1', seq: 3, recovered: false });
+  p.onSkipped('c:1', 4);
+  assert.deepEqual(p.get('c:1'), { epoch: 'e1', seq: 4 });
+  assert.equal(p.onMessage({ channel: 'c:1', epoch: 'e1', seq: 5 }), 'deliver');
+  // the next message (7) before the ack of our 6
+  assert.equal(p.onMessage({ channel: 'c:1', epoch: 'e1', seq: 7 }), 'gap');
+  p.onSkipped('c:1', 6);
+  assert.equal(p.onMessage({ channel: 'c:1', epoch: 'e1', seq: 7 }), 'deliver');
+  p.onSkipped('c:1', 9);
+  assert.equal(p.onMessage({ channel: 'c:1', epoch: 'e1', seq: 9 }), 'duplicate', 'a replay of our own');
+  assert.equal(p.onMessage({ channel: 'c:1', epoch: 'e1', seq: 8 }), 'deliver');
+  assert.deepEqual(p.get('c:1'), { epoch: 'e1', seq: 9 });
+  assert.equal(p.onMessage({ channel: 'c:1', epoch: 'e1', seq: 11 }), 'gap', 'a real gap still is one');
+});
+
+test('a skipSelf publish acked on a subscribed channel moves the position over its seq', async () => {
+  const log = [];
+  const c = client(log);
+  const got = [];
+  c.subscribe('room:1', (d) => got.push(d));
+  const opened = c.connect();
+  log[0].welcome();
+  await opened;
+  const sub = log[0].sent.find((f) => f.type === 'subscribe');
+  log[0].frame({ type: 'subscribed', id: sub.id, channel: 'room:1', epoch: 'e', seq: 0, recovered: false });
+  const acked = c.publish('room:1', 'mine', { skipSelf: true });
+  const pub = log[0].sent.find((f) => f.type === 'publish');
+  log[0].frame({ type: 'ack', id: pub.id, seq: 1 });
+  assert.equal(await acked, 1);
+  log[0].frame({ type: 'message', channel: 'room:1', epoch: 'e', seq: 2, data: 'theirs' });
+  assert.deepEqual(got, ['theirs']);
+  assert.equal(log[0].sent.filter((f) => f.type === 'subscribe').length, 1, 'no resubscribe: not a gap');
+  c.close();
+});

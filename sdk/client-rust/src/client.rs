@@ -1364,10 +1364,18 @@ impl Driver {
                 let Some(p) = self.publishes.remove(&key) else {
                     return;
                 };
+                let seq = v.get("seq").and_then(Value::as_u64);
+                if ty == "ack"
+                    && p.skip_self
+                    && let Some(s) = seq
+                    && v.get("routes").is_none()
+                {
+                    // never delivered to us: not a gap in our position
+                    self.positions.on_skipped(&p.channel, s);
+                    self.sync_positions(&p.channel);
+                }
                 let r = match ty {
-                    "ack" => Ok(Ack {
-                        seq: v.get("seq").and_then(Value::as_u64),
-                    }),
+                    "ack" => Ok(Ack { seq }),
                     "error" => Err(server_error(&v)),
                     other => Err(Error::bad_frame(format!("reply to publish: {other}"))),
                 };

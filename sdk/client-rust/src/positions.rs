@@ -2,7 +2,7 @@
 //! reconnect resumes from (`subscribe` with `since`), and the check that drops
 //! duplicates and notices gaps in live delivery.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 /// Where a channel's stream stands: its epoch and the last seq delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,7 +31,14 @@ pub(crate) enum Verdict {
 #[derive(Debug, Default)]
 pub(crate) struct Positions {
     map: HashMap<String, Position>,
+    /// Seqs of this connection's own `skipSelf` publishes (from their acks):
+    /// the gateway never sends them here, so they are not a gap, and a
+    /// replay of one is dropped.
+    skipped: HashMap<String, BTreeSet<u64>>,
 }
+
+/// Own skipped seqs remembered per channel at most.
+const SKIPPED_MAX: usize = 4096;
 
 impl Positions {
     pub(crate) fn get(&self, channel: &str) -> Option<&Position> {
@@ -40,6 +47,24 @@ impl Positions {
 
     pub(crate) fn remove(&mut self, channel: &str) {
         self.map.remove(channel);
+        self.skipped.remove(channel);
+    }
+
+    /// A `skipSelf` publish to `channel` was acked with `seq`: the position
+    /// moves over it (and over earlier skipped ones it now reaches).
+    pub(crate) fn on_skipped(&mut self, channel: &str, seq: u64) {
+        let set = self.skipped.entry(channel.to_owned()).or_default();
+        if set.len() >= SKIPPED_MAX {
+            set.pop_first();
+        }
+        set.insert(seq);
+        if let Some(p) = self.map.get_mut(channel) {
+            while set.contains(&(p.seq + 1)) {
+                p.seq += 1;
+            }
+            let below = p.seq;
+            set.retain(|s| *s > below);
+        }
     }
 
     /// Applies a `subscribed` reply; returns `(recovered, resumed)`. With
@@ -84,15 +109,35 @@ impl Positions {
                 epoch: epoch.to_owned(),
                 seq,
             };
+            self.skipped.remove(channel);
             return Verdict::Epoch;
         }
         if seq <= prev.seq {
             return Verdict::Duplicate;
         }
+        let skipped = self.skipped.get_mut(channel);
+        if let Some(set) = &skipped
+            && set.contains(&seq)
+        {
+            // our own skipSelf message, replayed by a recovery
+            return Verdict::Duplicate;
+        }
         if seq > prev.seq + 1 {
-            return Verdict::Gap;
+            let missing = seq - prev.seq - 1;
+            let covered = skipped.as_ref().is_some_and(|set| {
+                missing <= set.len() as u64 && (prev.seq + 1..seq).all(|s| set.contains(&s))
+            });
+            if !covered {
+                return Verdict::Gap;
+            }
         }
         prev.seq = seq;
+        if let Some(set) = skipped {
+            set.retain(|s| *s > seq);
+            while set.remove(&(prev.seq + 1)) {
+                prev.seq += 1;
+            }
+        }
         Verdict::Deliver
     }
 }
@@ -119,6 +164,30 @@ mod tests {
                 seq: 1
             })
         );
+    }
+
+    #[test]
+    fn own_skipped_messages_are_not_gaps() {
+        let mut p = Positions::default();
+        p.on_subscribed("c:1", "e1", 3, false);
+        // ack of our skipSelf publish (seq 4) before the next message
+        p.on_skipped("c:1", 4);
+        assert_eq!(p.get("c:1").map(|p| p.seq), Some(4));
+        assert_eq!(p.on_message("c:1", "e1", 5), Verdict::Deliver);
+        // the next message (7) arrives before the ack of our 6
+        assert_eq!(p.on_message("c:1", "e1", 7), Verdict::Gap);
+        p.on_skipped("c:1", 6);
+        assert_eq!(p.get("c:1").map(|p| p.seq), Some(6));
+        assert_eq!(p.on_message("c:1", "e1", 7), Verdict::Deliver);
+        // a skipped seq ahead: a later message past it is in order
+        p.on_skipped("c:1", 8);
+        assert_eq!(p.on_message("c:1", "e1", 9), Verdict::Deliver);
+        // a replay of our own skipped message is dropped
+        p.on_skipped("c:1", 11);
+        assert_eq!(p.on_message("c:1", "e1", 11), Verdict::Duplicate);
+        assert_eq!(p.on_message("c:1", "e1", 10), Verdict::Deliver);
+        assert_eq!(p.get("c:1").map(|p| p.seq), Some(11));
+        assert_eq!(p.on_message("c:1", "e1", 13), Verdict::Gap, "a real gap still is one");
     }
 
     #[test]
