@@ -41,6 +41,25 @@ fn redis_node(node: &str, redis: &RedisServer, plugins: &Path, telemetry: &str) 
     )
 }
 
+/// A receiver and two traced gateways (`node-a`, `node-b`, sample 1.0) on
+/// one redis-server, the test router plugin loaded on both.
+fn two_traced_nodes() -> (Receiver, RedisServer, Gateway, Gateway) {
+    let redis = RedisServer::start();
+    let rx = Receiver::start();
+    let plugins = scratch_dir("plugins");
+    std::fs::copy(test_plugin("router-v1"), plugins.join("router.wasm")).expect("router");
+    let node = |name: &str| {
+        Gateway::start(&redis_node(
+            name,
+            &redis,
+            &plugins,
+            &telemetry(&rx.endpoint(), name),
+        ))
+    };
+    let (a, b) = (node("node-a"), node("node-b"));
+    (rx, redis, a, b)
+}
+
 async fn connect(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Client {
     let mut req = gw.ws_url(path).into_client_request().expect("request");
     for (k, v) in headers {
@@ -81,22 +100,7 @@ fn find(spans: &[Span], f: impl Fn(&Span) -> bool) -> Option<&Span> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_from_client_through_publish_on_a_to_deliver_on_b() {
-    let redis = RedisServer::start();
-    let rx = Receiver::start();
-    let plugins = scratch_dir("plugins");
-    std::fs::copy(test_plugin("router-v1"), plugins.join("router.wasm")).expect("router");
-    let a = Gateway::start(&redis_node(
-        "node-a",
-        &redis,
-        &plugins,
-        &telemetry(&rx.endpoint(), "node-a"),
-    ));
-    let b = Gateway::start(&redis_node(
-        "node-b",
-        &redis,
-        &plugins,
-        &telemetry(&rx.endpoint(), "node-b"),
-    ));
+    let (rx, _redis, a, b) = two_traced_nodes();
     let mut sub = Client::connect(&b.ws_url("/ws?client_id=sub")).await;
     sub.subscribe(1, "room:1").await;
     let tp = traceparent(TRACE, PARENT);
@@ -205,22 +209,7 @@ async fn one_trace_from_client_through_publish_on_a_to_deliver_on_b() {
 /// sampled client on the same nodes is traced as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsampled_trace_records_nothing_under_it_on_any_node() {
-    let redis = RedisServer::start();
-    let rx = Receiver::start();
-    let plugins = scratch_dir("plugins");
-    std::fs::copy(test_plugin("router-v1"), plugins.join("router.wasm")).expect("router");
-    let a = Gateway::start(&redis_node(
-        "node-a",
-        &redis,
-        &plugins,
-        &telemetry(&rx.endpoint(), "node-a"),
-    ));
-    let b = Gateway::start(&redis_node(
-        "node-b",
-        &redis,
-        &plugins,
-        &telemetry(&rx.endpoint(), "node-b"),
-    ));
+    let (rx, _redis, a, b) = two_traced_nodes();
     let mut sub = Client::connect(&b.ws_url("/ws?client_id=sub")).await;
     sub.subscribe(1, "room:u").await;
     let unsampled = "5ce929d0e0e473664bf92f3577b34da6";
