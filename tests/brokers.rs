@@ -45,42 +45,35 @@ mod memory {
     );
 }
 
+/// Every scenario of a multi-node broker (Redis, NATS), as tests on `$kind`.
+macro_rules! multi_node {
+    ($kind:ident) => {
+        on!($kind:
+            cross_node_publish_reaches_everyone_with_the_same_seq,
+            concurrent_publishes_make_one_gapless_sequence_and_msg_ids_dedupe,
+            recovery_is_served_by_another_node,
+            directed_send_reaches_a_client_on_another_node,
+            a_killed_nodes_presence_expires_and_its_directed_messages_wait_for_it,
+            graceful_stop_withdraws_presence_and_directory_at_once,
+            gateways_survive_a_broker_restart,
+            data_loss_new_epoch_reaches_a_subscriber_on_another_node,
+            data_loss_new_epoch_reaches_a_subscriber_on_the_same_node,
+            concurrent_editors_converge_on_one_version_sequence,
+            a_document_outlives_broker_data_loss_reseeded_from_a_live_replica,
+            a_channel_limit_holds_cluster_wide,
+            a_channel_limit_holds_cluster_wide_for_document_patches,
+        );
+    };
+}
+
 mod redis {
     use super::*;
-    on!(Redis:
-        cross_node_publish_reaches_everyone_with_the_same_seq,
-        concurrent_publishes_make_one_gapless_sequence_and_msg_ids_dedupe,
-        recovery_is_served_by_another_node,
-        directed_send_reaches_a_client_on_another_node,
-        a_killed_nodes_presence_expires_and_its_directed_messages_wait_for_it,
-        graceful_stop_withdraws_presence_and_directory_at_once,
-        gateways_survive_a_broker_restart,
-        data_loss_new_epoch_reaches_a_subscriber_on_another_node,
-        data_loss_new_epoch_reaches_a_subscriber_on_the_same_node,
-        concurrent_editors_converge_on_one_version_sequence,
-        a_document_outlives_broker_data_loss_reseeded_from_a_live_replica,
-        a_channel_limit_holds_cluster_wide,
-        a_channel_limit_holds_cluster_wide_for_document_patches,
-    );
+    multi_node!(Redis);
 }
 
 mod nats {
     use super::*;
-    on!(Nats:
-        cross_node_publish_reaches_everyone_with_the_same_seq,
-        concurrent_publishes_make_one_gapless_sequence_and_msg_ids_dedupe,
-        recovery_is_served_by_another_node,
-        directed_send_reaches_a_client_on_another_node,
-        a_killed_nodes_presence_expires_and_its_directed_messages_wait_for_it,
-        graceful_stop_withdraws_presence_and_directory_at_once,
-        gateways_survive_a_broker_restart,
-        data_loss_new_epoch_reaches_a_subscriber_on_another_node,
-        data_loss_new_epoch_reaches_a_subscriber_on_the_same_node,
-        concurrent_editors_converge_on_one_version_sequence,
-        a_document_outlives_broker_data_loss_reseeded_from_a_live_replica,
-        a_channel_limit_holds_cluster_wide,
-        a_channel_limit_holds_cluster_wide_for_document_patches,
-    );
+    multi_node!(Nats);
 }
 
 /// Three nodes (memory: one) publish over WebSocket and HTTP, one after the
