@@ -95,7 +95,13 @@ fn event(kind: &str, channel: &str, client: &str, node: &str) -> Value {
 }
 
 /// Publishes and returns the frames up to its `ack` (inclusive).
-async fn publish_frames(c: &mut Client, id: u64, channel: &str, data: Value, skip_self: bool) -> Vec<Value> {
+async fn publish_frames(
+    c: &mut Client,
+    id: u64,
+    channel: &str,
+    data: Value,
+    skip_self: bool,
+) -> Vec<Value> {
     let mut cmd = json!({"type":"publish","id":id,"channel":channel,"data":data});
     if skip_self {
         cmd["skipSelf"] = json!(true);
@@ -146,11 +152,16 @@ async fn skip_self_over_websocket_and_long_poll() {
     // first message it sees, so the skipped one never came
     let frames = publish_frames(&mut a, 3, "room:1", json!("echoed"), false).await;
     let m = own_message(&mut a, &frames).await;
-    assert_eq!((m["seq"].clone(), m["data"].clone()), (json!(2), json!("echoed")));
+    assert_eq!(
+        (m["seq"].clone(), m["data"].clone()),
+        (json!(2), json!("echoed"))
+    );
     assert_eq!(next_message(&mut b).await["seq"], 2);
 
     // long-poll: the same, commands over POST
-    let (st, body) = gw.post_json("/poll?channels=room:1&client_id=lp", None, "").await;
+    let (st, body) = gw
+        .post_json("/poll?channels=room:1&client_id=lp", None, "")
+        .await;
     assert_eq!(st, 200, "{body}");
     let open: Value = serde_json::from_str(&body).expect("json");
     let id = open["session"].as_str().expect("session").to_owned();
@@ -161,7 +172,10 @@ async fn skip_self_over_websocket_and_long_poll() {
             gw.addr,
             "POST",
             &path,
-            &[("content-type", "application/json"), ("x-switchyard-csrf", &csrf)],
+            &[
+                ("content-type", "application/json"),
+                ("x-switchyard-csrf", &csrf),
+            ],
             Some(body),
         )
         .await
@@ -169,14 +183,20 @@ async fn skip_self_over_websocket_and_long_poll() {
     };
     let mut seen: Vec<Value> = open["frames"].as_array().expect("frames").clone();
     let poll = async |seen: &mut Vec<Value>, until_id: &str| {
-        while !seen.iter().any(|f| f["id"] == until_id && f["type"] == "ack") {
+        while !seen
+            .iter()
+            .any(|f| f["id"] == until_id && f["type"] == "ack")
+        {
             let (st, b) = gw.get(&format!("{path}?wait=5")).await;
             assert_eq!(st, 200, "{b}");
             seen.extend(serde_json::from_str::<Vec<Value>>(&b).expect("json"));
         }
     };
     assert_eq!(
-        post(r#"{"type":"publish","id":"p1","channel":"room:1","data":"lp-skipped","skipSelf":true}"#).await,
+        post(
+            r#"{"type":"publish","id":"p1","channel":"room:1","data":"lp-skipped","skipSelf":true}"#
+        )
+        .await,
         202
     );
     poll(&mut seen, "p1").await;
@@ -188,7 +208,10 @@ async fn skip_self_over_websocket_and_long_poll() {
     poll(&mut seen, "p2").await;
     assert_eq!(next_message(&mut b).await["data"], "lp-echoed");
     // the session's own echo of p2 arrives; the p1 message never does
-    while !seen.iter().any(|f| f["type"] == "message" && f["data"] == "lp-echoed") {
+    while !seen
+        .iter()
+        .any(|f| f["type"] == "message" && f["data"] == "lp-echoed")
+    {
         let (_, b) = gw.get(&format!("{path}?wait=5")).await;
         seen.extend(serde_json::from_str::<Vec<Value>>(&b).expect("json"));
     }
@@ -248,27 +271,42 @@ async fn presence_events_on_one_node_and_the_limit() {
     subscribe(&mut w, 1, "room:p", true).await;
     let mut c1 = client(&gw, "c1").await;
     subscribe(&mut c1, 1, "room:p", false).await;
-    assert_eq!(next_event(&mut w).await, event("join", "room:p", "c1", &node));
+    assert_eq!(
+        next_event(&mut w).await,
+        event("join", "room:p", "c1", &node)
+    );
     let mut c2 = client(&gw, "c2").await;
     subscribe(&mut c2, 1, "room:p", false).await;
-    assert_eq!(next_event(&mut w).await, event("join", "room:p", "c2", &node));
+    assert_eq!(
+        next_event(&mut w).await,
+        event("join", "room:p", "c2", &node)
+    );
     // a 4th subscriber is over the limit of 3: no join; the next frame the
     // watcher gets is c3's message
     let mut c3 = client(&gw, "c3").await;
     subscribe(&mut c3, 1, "room:p", false).await;
     publish_frames(&mut c3, 2, "room:p", json!("marker"), false).await;
     let v = w.recv_json().await;
-    assert_eq!((v["type"].clone(), v["data"].clone()), (json!("message"), json!("marker")), "{v}");
-    c3.send_json(json!({"type":"unsubscribe","id":3,"channel":"room:p"})).await;
+    assert_eq!(
+        (v["type"].clone(), v["data"].clone()),
+        (json!("message"), json!("marker")),
+        "{v}"
+    );
+    c3.send_json(json!({"type":"unsubscribe","id":3,"channel":"room:p"}))
+        .await;
     c3.recv_type("unsubscribed").await;
     // back within the limit: unsubscribe and disconnect give leaves
-    c1.send_json(json!({"type":"unsubscribe","id":3,"channel":"room:p"})).await;
+    c1.send_json(json!({"type":"unsubscribe","id":3,"channel":"room:p"}))
+        .await;
     c1.recv_type("unsubscribed").await;
     let first = next_event(&mut w).await;
     // c3's leave (4 members counted with it) is not sent either
     assert_eq!(first, event("leave", "room:p", "c1", &node));
     drop(c2);
-    assert_eq!(next_event(&mut w).await, event("leave", "room:p", "c2", &node));
+    assert_eq!(
+        next_event(&mut w).await,
+        event("leave", "room:p", "c2", &node)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +343,8 @@ async fn presence_across(a: Gateway, mut b: Gateway) {
     assert_eq!(skip_watchers(&mut wa).await, want);
     assert_eq!(skip_watchers(&mut wb).await, want);
     // unsubscribe on B, disconnect on A
-    cb.send_json(json!({"type":"unsubscribe","id":2,"channel":ch})).await;
+    cb.send_json(json!({"type":"unsubscribe","id":2,"channel":ch}))
+        .await;
     cb.recv_type("unsubscribed").await;
     let want = event("leave", ch, "alice", "node-b");
     assert_eq!(skip_watchers(&mut wa).await, want);
@@ -318,9 +357,15 @@ async fn presence_across(a: Gateway, mut b: Gateway) {
     // presence entries expired (presence_ttl), never before B died.
     let mut carol = client(&b, "carol").await;
     subscribe(&mut carol, 1, ch, false).await;
-    assert_eq!(skip_watchers(&mut wa).await, event("join", ch, "carol", "node-b"));
+    assert_eq!(
+        skip_watchers(&mut wa).await,
+        event("join", ch, "carol", "node-b")
+    );
     b.signal(libc::SIGKILL);
-    assert!(b.wait_exit(Duration::from_secs(10)).is_some(), "node-b exited");
+    assert!(
+        b.wait_exit(Duration::from_secs(10)).is_some(),
+        "node-b exited"
+    );
     let started = std::time::Instant::now();
     let mut left = std::collections::BTreeSet::new();
     while left.len() < 2 {
@@ -343,7 +388,11 @@ async fn presence_across(a: Gateway, mut b: Gateway) {
 async fn skip_watchers(c: &mut Client) -> Value {
     loop {
         let v = next_event(c).await;
-        if !v["client"].as_str().unwrap_or_default().starts_with("watch-") {
+        if !v["client"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("watch-")
+        {
             return v;
         }
     }

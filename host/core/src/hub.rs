@@ -485,7 +485,11 @@ impl Hub {
                 principal,
                 node,
             };
-            self.emit(&mut ch, &encode::presence_event(join, &key.channel, &e), None);
+            self.emit(
+                &mut ch,
+                &encode::presence_event(join, &key.channel, &e),
+                None,
+            );
         }
     }
 

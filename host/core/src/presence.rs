@@ -59,7 +59,12 @@ impl Delta {
             .map(|(c, p)| (c.clone(), p.clone()))
             .collect();
         let leaves = before
-            .map(|b| b.keys().filter(|c| !now.contains_key(*c)).cloned().collect())
+            .map(|b| {
+                b.keys()
+                    .filter(|c| !now.contains_key(*c))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         Delta {
             node: node.to_owned(),
@@ -93,7 +98,8 @@ impl Delta {
 /// `broker` until either is dropped: every `every`, and at once for a channel
 /// that just got its first watcher (so it learns the other nodes' members).
 pub fn spawn_reconciler(hub: &Arc<Hub>, broker: &Arc<dyn Broker>, every: Duration) {
-    let (hub, broker): (Weak<Hub>, Weak<dyn Broker>) = (Arc::downgrade(hub), Arc::downgrade(broker));
+    let (hub, broker): (Weak<Hub>, Weak<dyn Broker>) =
+        (Arc::downgrade(hub), Arc::downgrade(broker));
     let every = every.max(Duration::from_millis(50));
     tokio::spawn(async move {
         let mut next = tokio::time::Instant::now() + every;

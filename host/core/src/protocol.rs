@@ -658,8 +658,14 @@ pub mod encode {
 
     /// `join` / `leave`: a client came into or left a channel (presence events).
     pub fn presence_event(join: bool, channel: &str, e: &PresenceEntry) -> Frame {
-        let mut s = String::with_capacity(64 + channel.len() + e.client.len() + e.principal.len() + e.node.len());
-        s.push_str(if join { "{\"type\":\"join\"" } else { "{\"type\":\"leave\"" });
+        let mut s = String::with_capacity(
+            64 + channel.len() + e.client.len() + e.principal.len() + e.node.len(),
+        );
+        s.push_str(if join {
+            "{\"type\":\"join\""
+        } else {
+            "{\"type\":\"leave\""
+        });
         s.push_str(",\"channel\":");
         json_str(&mut s, channel);
         s.push_str(",\"client\":");
@@ -723,16 +729,43 @@ mod tests {
                 r#"{{"type":"subscribe","channel":"room:1","presence":{odd}}}"#
             ))
             .expect("ok");
-            assert!(matches!(c, Command::Subscribe { presence: false, .. }), "{odd}");
+            assert!(
+                matches!(
+                    c,
+                    Command::Subscribe {
+                        presence: false,
+                        ..
+                    }
+                ),
+                "{odd}"
+            );
         }
         let c = parse_command(r#"{"type":"subscribe","channel":"room:1"}"#).expect("ok");
-        assert!(matches!(c, Command::Subscribe { presence: false, .. }));
+        assert!(matches!(
+            c,
+            Command::Subscribe {
+                presence: false,
+                ..
+            }
+        ));
         let c = parse_command(r#"{"type":"publish","channel":"room:1","data":1,"skipSelf":true}"#)
             .expect("ok");
-        assert!(matches!(c, Command::Publish { skip_self: true, .. }));
+        assert!(matches!(
+            c,
+            Command::Publish {
+                skip_self: true,
+                ..
+            }
+        ));
         let c = parse_command(r#"{"type":"publish","channel":"room:1","data":1,"skipSelf":0}"#)
             .expect("ok");
-        assert!(matches!(c, Command::Publish { skip_self: false, .. }));
+        assert!(matches!(
+            c,
+            Command::Publish {
+                skip_self: false,
+                ..
+            }
+        ));
         let e = encode::presence_event(
             false,
             "room:\"1",

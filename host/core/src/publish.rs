@@ -317,6 +317,30 @@ async fn run(
     Ok(out)
 }
 
+/// One broker publish, with the sender left out when `skip` names it.
+async fn send(
+    node: &Node,
+    key: &ChannelKey,
+    data: Arc<RawValue>,
+    msg_id: Option<&str>,
+    opts: &crate::broker::ChannelOptions,
+    trace: Option<crate::telemetry::TraceParent>,
+    skip: Option<SessionId>,
+) -> Result<crate::broker::Published, crate::broker::BrokerError> {
+    match skip {
+        None => {
+            node.broker
+                .publish_traced(key, data, msg_id, opts, trace)
+                .await
+        }
+        Some(s) => {
+            node.broker
+                .publish_skipping(key, data, msg_id, opts, trace, s)
+                .await
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -413,25 +437,5 @@ mod tests {
             0,
             "the bucket was not touched"
         );
-    }
-}
-
-/// One broker publish, with the sender left out when `skip` names it.
-async fn send(
-    node: &Node,
-    key: &ChannelKey,
-    data: Arc<RawValue>,
-    msg_id: Option<&str>,
-    opts: &crate::broker::ChannelOptions,
-    trace: Option<crate::telemetry::TraceParent>,
-    skip: Option<SessionId>,
-) -> Result<crate::broker::Published, crate::broker::BrokerError> {
-    match skip {
-        None => node.broker.publish_traced(key, data, msg_id, opts, trace).await,
-        Some(s) => {
-            node.broker
-                .publish_skipping(key, data, msg_id, opts, trace, s)
-                .await
-        }
     }
 }

@@ -895,7 +895,13 @@ mod tests {
 
     fn kinds(f: &[Value]) -> Vec<String> {
         f.iter()
-            .map(|v| format!("{}:{}", v["type"].as_str().unwrap_or(""), v["client"].as_str().unwrap_or("")))
+            .map(|v| {
+                format!(
+                    "{}:{}",
+                    v["type"].as_str().unwrap_or(""),
+                    v["client"].as_str().unwrap_or("")
+                )
+            })
             .collect()
     }
 
@@ -907,7 +913,11 @@ mod tests {
         w.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1","presence":true}"#)
             .await
             .expect("ok");
-        assert_eq!(kinds(&frames(&w)), vec!["subscribed:"], "no join of its own");
+        assert_eq!(
+            kinds(&frames(&w)),
+            vec!["subscribed:"],
+            "no join of its own"
+        );
         let mut c1 = open(&n, "c1");
         c1.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1"}"#)
             .await
@@ -926,7 +936,10 @@ mod tests {
         c1.handle_text(r#"{"type":"unsubscribe","id":2,"channel":"room:1"}"#)
             .await
             .expect("ok");
-        assert!(frames(&w).is_empty(), "c1 still has a connection in the channel");
+        assert!(
+            frames(&w).is_empty(),
+            "c1 still has a connection in the channel"
+        );
         // disconnect (drop) of the last one: leave
         drop(c1b);
         assert_eq!(kinds(&frames(&w)), vec!["leave:c1"]);
@@ -968,7 +981,10 @@ mod tests {
         assert_eq!(kinds(&frames(&w)), vec!["join:c0", "join:c1"]);
         others.pop().expect("c3").close().await;
         others.pop().expect("c2").close().await;
-        assert!(frames(&w).is_empty(), "their joins were not sent, nor their leaves");
+        assert!(
+            frames(&w).is_empty(),
+            "their joins were not sent, nor their leaves"
+        );
         others.pop().expect("c1").close().await;
         assert_eq!(kinds(&frames(&w)), vec!["leave:c1"]);
     }
@@ -1015,13 +1031,15 @@ mod tests {
         assert_eq!(f[0]["principal"], "p-y");
         assert_eq!(f[0]["node"], "other");
         // a stale read (before the leave) does not bring y back
-        n.hub.presence_reconcile(&key, &[entry("x", "other"), entry("y", "other")], t0);
+        n.hub
+            .presence_reconcile(&key, &[entry("x", "other"), entry("y", "other")], t0);
         assert!(frames(&w).is_empty());
         // the node died: its entries expired, a fresh read has none
         n.hub.presence_reconcile(&key, &[], Instant::now());
         assert_eq!(kinds(&frames(&w)), vec!["leave:x"]);
         // own node's entries in a read and own deltas are ignored
-        n.hub.presence_reconcile(&key, &[entry("w", &n.id)], Instant::now());
+        n.hub
+            .presence_reconcile(&key, &[entry("w", &n.id)], Instant::now());
         n.hub.presence_remote(
             &key,
             &Delta {
@@ -1032,7 +1050,8 @@ mod tests {
         );
         assert!(frames(&w).is_empty());
         // a reconcile finding a new member sends its join
-        n.hub.presence_reconcile(&key, &[entry("q", "third")], Instant::now());
+        n.hub
+            .presence_reconcile(&key, &[entry("q", "third")], Instant::now());
         assert_eq!(kinds(&frames(&w)), vec!["join:q"]);
     }
 

@@ -304,7 +304,9 @@ impl Broker for NatsBroker {
         msg_id: Option<&str>,
         opts: &ChannelOptions,
     ) -> Result<Published, BrokerError> {
-        self.chans.publish(key, data, msg_id, opts, None, None).await
+        self.chans
+            .publish(key, data, msg_id, opts, None, None)
+            .await
     }
 
     async fn publish_traced(
@@ -315,7 +317,9 @@ impl Broker for NatsBroker {
         opts: &ChannelOptions,
         trace: Option<switchyard_core::telemetry::TraceParent>,
     ) -> Result<Published, BrokerError> {
-        self.chans.publish(key, data, msg_id, opts, trace, None).await
+        self.chans
+            .publish(key, data, msg_id, opts, trace, None)
+            .await
     }
 
     async fn publish_skipping(

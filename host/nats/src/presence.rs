@@ -276,7 +276,12 @@ impl Presence {
         for chunk in all.chunks(PARALLEL) {
             join_all(chunk.iter().map(|(k, _)| self.put(k, &empty, 0))).await;
             // The other nodes' watchers get the leaves at once.
-            join_all(chunk.iter().map(|(k, before)| self.announce(k, Some(before), &empty))).await;
+            join_all(
+                chunk
+                    .iter()
+                    .map(|(k, before)| self.announce(k, Some(before), &empty)),
+            )
+            .await;
         }
     }
 }

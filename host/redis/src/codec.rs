@@ -179,7 +179,11 @@ mod tests {
     #[test]
     fn decodes_the_skip_header() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let header = format!("{}{}", trace_header(TraceParent::parse(tp)), skip_header(7, "node a"));
+        let header = format!(
+            "{}{}",
+            trace_header(TraceParent::parse(tp)),
+            skip_header(7, "node a")
+        );
         let payload = format!("3\ne\n1\n{header}{{\"sk\":1}}");
         let m = decode(payload.as_bytes()).expect("ok");
         assert_eq!(m.skip, Some((7, "node a")));

@@ -187,7 +187,11 @@ mod tests {
         assert_eq!(p.on_message("c:1", "e1", 11), Verdict::Duplicate);
         assert_eq!(p.on_message("c:1", "e1", 10), Verdict::Deliver);
         assert_eq!(p.get("c:1").map(|p| p.seq), Some(11));
-        assert_eq!(p.on_message("c:1", "e1", 13), Verdict::Gap, "a real gap still is one");
+        assert_eq!(
+            p.on_message("c:1", "e1", 13),
+            Verdict::Gap,
+            "a real gap still is one"
+        );
     }
 
     #[test]
