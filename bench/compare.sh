@@ -8,6 +8,7 @@
 #
 # Usage: bench/compare.sh [--quick] [--duration 10s] [--repeat 1]
 #                         [--cases echo,echo10k,idle,fanout,fanout-rate,fanout-ch,cross-node,telemetry,shadow]
+#                         (telemetry-echo, telemetry-fanout: one of the telemetry rows)
 #                         [--out DIR] [--no-doc] [--no-build] [--idle-conns N]
 #        bench/compare.sh --report-only DIR [--no-doc]   (table from DIR/results.jsonl again)
 # Before each run the script waits (up to QUIET_WAIT=120 s) for both cores to
@@ -341,15 +342,20 @@ if has_case echo; then
   run_case echo-100c-64B echo "$SY" -- \
     --url "{URL}/ws" --proto switchyard -c 100 -s 64 -d "$DURATION"
 fi
-if has_case telemetry; then
-  # Tracing off, on at 1% and on at 100% (spans per publish, per delivering
-  # node and per plugin call, exported to a sink): what tracing costs.
+# Tracing off, on at 1% and on at 100% (spans per publish, per delivering
+# node and per plugin call, exported to a sink): what tracing costs.
+# `telemetry` runs both rows; `telemetry-echo` / `telemetry-fanout` one each.
+if has_case telemetry || has_case telemetry-echo; then
   run_case telemetry-echo-100c-64B echo "switchyard switchyard-otel-0.01 switchyard-otel-1" -- \
     --url "{URL}/ws" --proto switchyard -c 100 -s 64 -d "$DURATION" \
     --ref-server switchyard --target "sample 0.01 costs ≤ 3% msgs/s"
+fi
+if has_case telemetry || has_case telemetry-fanout; then
   run_case telemetry-fanout-1x10000s-100B fanout "switchyard switchyard-otel-0.01 switchyard-otel-1" -- \
     --pub-url "{URL}/ws" --proto switchyard -n 10000 -s 100 -d "$DURATION" \
     --ref-server switchyard --target "sample 0.01 costs ≤ 3% deliveries/s"
+fi
+if has_case telemetry || has_case telemetry-echo || has_case telemetry-fanout; then
   stop_otlp_sink
 fi
 if has_case shadow; then
