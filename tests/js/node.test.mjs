@@ -36,6 +36,36 @@ async function roundTrip(transports, expected) {
     assert.deepEqual((await a.presence(channel)).map((c) => c.client), [`node-a-${expected}`]);
     assert.ok((await a.ping()) >= 0);
     await assert.rejects(a.publish('bad channel', 1), { code: 'bad_channel' });
+
+    // presence events (join/leave of b, seen by a) and skipSelf (a's own
+    // message reaches b, not a)
+    const room = `${channel}-presence`;
+    const joined = new Promise((resolve) => a.on('presence', (e) => {
+      if (e.channel === room && e.change === 'join' && e.client === b.clientId) resolve(e);
+    }));
+    const left = new Promise((resolve) => a.on('presence', (e) => {
+      if (e.channel === room && e.change === 'leave' && e.client === b.clientId) resolve(e);
+    }));
+    const gotA = [];
+    let echo;
+    const echoed = new Promise((r) => (echo = r));
+    const unsubA = a.subscribe(room, (d) => { gotA.push(d); if (d === 'echoed') echo(); }, { presence: true });
+    await unsubA.ready; // a watches before b comes
+    const gotB = [];
+    let bothB;
+    const bDone = new Promise((r) => (bothB = r));
+    const unsubB = b.subscribe(room, (d) => { gotB.push(d); if (gotB.length === 2) bothB(); });
+    await unsubB.ready;
+    const j = await joined;
+    assert.equal(typeof j.node, 'string');
+    await a.publish(room, 'skipped', { skipSelf: true });
+    await a.publish(room, 'echoed');
+    await echoed;
+    await bDone;
+    assert.deepEqual(gotA, ['echoed'], 'the skipSelf message is not delivered back');
+    assert.deepEqual(gotB, ['skipped', 'echoed']);
+    unsubB();
+    await left;
   } finally {
     a.close();
     b.close();
