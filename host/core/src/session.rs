@@ -1056,6 +1056,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn remote_overflow_and_back() {
+        use crate::presence::Delta;
+        let n = node("[limits]\npresence_events_max = 2\n");
+        let key = ChannelKey::new("default", "room:1");
+        let mut w = open(&n, "w");
+        w.handle_text(r#"{"type":"subscribe","id":1,"channel":"room:1","presence":true}"#)
+            .await
+            .expect("ok");
+        frames(&w);
+        n.hub.presence_reconcile(&key, &[], Instant::now());
+        let d = |j: &[&str], l: &[&str]| Delta {
+            node: "b".into(),
+            joins: j.iter().map(|c| ((*c).to_owned(), String::new())).collect(),
+            leaves: l.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        n.hub.presence_remote(&key, &d(&["c1"], &[]));
+        assert_eq!(kinds(&frames(&w)), vec!["join:c1"]);
+        n.hub.presence_remote(&key, &d(&["c2"], &[]));
+        n.hub.presence_remote(&key, &d(&[], &["c2", "c1"]));
+        assert!(frames(&w).is_empty(), "over: nothing");
+        let e = encode::PresenceEntry {
+            client: "c4".into(),
+            principal: String::new(),
+            node: "b".into(),
+        };
+        n.hub.presence_reconcile(&key, &[e], Instant::now());
+        assert!(frames(&w).is_empty(), "learns silently");
+        n.hub.presence_remote(&key, &d(&[], &["c4"]));
+        assert_eq!(kinds(&frames(&w)), vec!["leave:c4"]);
+        n.hub.presence_remote(&key, &d(&["c4"], &[]));
+        assert_eq!(kinds(&frames(&w)), vec!["join:c4"]);
+    }
+
+    #[tokio::test]
     async fn teardown_leaves_channels_and_registry() {
         let n = node("");
         let mut s = open(&n, "s");
