@@ -49,4 +49,10 @@ scripts/fuzz.sh --short
 step "first-party plugin unit tests (native, against the SDK's host stand-in)"
 (cd plugins && CARGO_TARGET_DIR="$PWD/../target/plugins-native" cargo test)
 
+step "plugin examples' own unit tests (Python router rules, JavaScript router and auth, C rate-limit config)"
+python3 -m unittest discover -s examples/python-router -p 'test_*.py'
+(cd examples/js-router && node --test)
+(cd examples/js-auth && node --test)
+make -s -C examples/c-rate-limit test OUT="$PWD/target/c-rate-limit-native"
+
 step "all tests passed"
