@@ -225,7 +225,7 @@ impl Trace {
     /// Whether this trace's span is valid but not sampled: nothing under it
     /// will be recorded.
     pub fn unsampled(&self) -> bool {
-        self.0.as_ref().is_some_and(|cx| unsampled(cx))
+        self.0.as_ref().is_some_and(unsampled)
     }
 
     /// The context of this trace's span, to carry with a message: `None`
