@@ -311,4 +311,20 @@ async fn delivery_latency_is_recorded_on_every_transport() {
     }
     gw.wait_metric_value("switchyard_outbound_frame_size_bytes_count", |v| v >= 3.0)
         .await;
+    // The same samples by tenant: each of the three connections' first
+    // delivery at least, and never more than the per-transport series hold.
+    let series = "switchyard_tenant_publish_to_deliver_seconds_count{tenant=\"default\"}";
+    gw.wait_metric_value(series, |v| v >= 3.0).await;
+    let (_, text) = gw.get("/metrics").await;
+    let by_tenant = switchyard_tests::metric_value(&text, series).unwrap_or(0.0);
+    let by_transport: f64 = ["ws", "sse", "poll"]
+        .iter()
+        .filter_map(|t| {
+            switchyard_tests::metric_value(
+                &text,
+                &format!("switchyard_publish_to_deliver_seconds_count{{transport=\"{t}\"}}"),
+            )
+        })
+        .sum();
+    assert!(by_tenant <= by_transport, "{by_tenant} > {by_transport}");
 }

@@ -44,6 +44,8 @@ pub const DELIVERY_SAMPLE: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct DeliveryMetrics {
     latency: Histogram,
+    /// The connection's tenant's series of the same samples, when known.
+    tenant_latency: Option<Histogram>,
     size: Histogram,
 }
 
@@ -93,8 +95,11 @@ impl DeliverySample {
                 m.size.observe(f64::from(*len));
             }
             if let Some(t) = at {
-                m.latency
-                    .observe(now.saturating_duration_since(*t).as_secs_f64());
+                let secs = now.saturating_duration_since(*t).as_secs_f64();
+                m.latency.observe(secs);
+                if let Some(h) = &m.tenant_latency {
+                    h.observe(secs);
+                }
             }
         }
         self.n = 0;
@@ -168,6 +173,8 @@ pub struct Metrics {
     pub tenant_messages_in: Family<TenantLabel, Counter>,
     /// Outbound frames by tenant.
     pub tenant_messages_out: Family<TenantLabel, Counter>,
+    /// Publish-to-deliver latency by tenant (the same samples as `publish_latency`).
+    pub tenant_publish_latency: Family<TenantLabel, Histogram>,
 }
 
 impl Default for Metrics {
@@ -202,6 +209,7 @@ impl Metrics {
             tenant_connections: Family::default(),
             tenant_messages_in: Family::default(),
             tenant_messages_out: Family::default(),
+            tenant_publish_latency: Family::new_with_constructor(latency_histogram),
         };
         for transport in Self::DELIVERY_TRANSPORTS {
             drop(
@@ -230,6 +238,11 @@ impl Metrics {
                 "switchyard_tenant_messages_out",
                 "Outbound frames taken for the socket, by tenant",
                 m.tenant_messages_out.clone(),
+            );
+            r.register(
+                "switchyard_tenant_publish_to_deliver_seconds",
+                "Time from publish accepted to frame written, by tenant (the samples of switchyard_publish_to_deliver_seconds)",
+                m.tenant_publish_latency.clone(),
             );
             r.register(
                 "switchyard_documents_open",
@@ -336,12 +349,21 @@ impl Metrics {
     pub const DELIVERY_TRANSPORTS: [&'static str; 4] = ["ws", "sse", "poll", "yjs"];
 
     /// The delivery histograms of one transport, resolved once per connection.
-    pub fn deliveries(&self, transport: &'static str) -> DeliveryMetrics {
+    /// `tenant` is the connection's tenant label (see [`Metrics::for_tenant`];
+    /// `None`: no tenant series, e.g. the echo endpoint).
+    pub fn deliveries(&self, transport: &'static str, tenant: Option<&str>) -> DeliveryMetrics {
         DeliveryMetrics {
             latency: self
                 .publish_latency
                 .get_or_create(&TransportLabel { transport })
                 .clone(),
+            tenant_latency: tenant.map(|t| {
+                self.tenant_publish_latency
+                    .get_or_create(&TenantLabel {
+                        tenant: t.to_owned(),
+                    })
+                    .clone()
+            }),
             size: self.frame_size_out.clone(),
         }
     }
@@ -397,7 +419,7 @@ mod tests {
     #[test]
     fn one_delivery_in_eight_is_recorded_per_delivery_not_per_batch() {
         let m = Metrics::new();
-        let d = m.deliveries("sse");
+        let d = m.deliveries("sse", Some("acme"));
         let t = std::time::Instant::now();
         // Two batches of 40 deliveries and one of 8 replies (no publish time).
         for _ in 0..2 {
@@ -420,6 +442,11 @@ mod tests {
         let size = count_of(&text, "switchyard_outbound_frame_size_bytes_count ");
         assert_eq!(lat, 10, "80 deliveries / 8, not 2 batches:\n{text}");
         assert_eq!(size, 11, "88 frames / 8");
+        let by_tenant = count_of(
+            &text,
+            "switchyard_tenant_publish_to_deliver_seconds_count{tenant=\"acme\"} ",
+        );
+        assert_eq!(by_tenant, 10, "the same samples by tenant");
     }
 
     #[test]

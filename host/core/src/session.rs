@@ -59,6 +59,11 @@ pub trait Handler: Send {
     fn wire(&self) -> Option<Arc<dyn WireFormat>> {
         None
     }
+    /// The tenant label of this connection's per-tenant metric series
+    /// (`telemetry.tenant_labels`); `None` (the default): none.
+    fn tenant_label(&self) -> Option<Arc<String>> {
+        None
+    }
 }
 
 /// One client's protocol state.
@@ -667,6 +672,10 @@ impl<H: Handler> Handler for &mut H {
     fn wire(&self) -> Option<Arc<dyn WireFormat>> {
         (**self).wire()
     }
+
+    fn tenant_label(&self) -> Option<Arc<String>> {
+        (**self).tenant_label()
+    }
 }
 
 impl Handler for Session {
@@ -683,6 +692,10 @@ impl Handler for Session {
 
     fn outbox(&self) -> &Arc<Outbox> {
         &self.outbox
+    }
+
+    fn tenant_label(&self) -> Option<Arc<String>> {
+        Some(self.tenant.metric_label())
     }
 }
 

@@ -943,6 +943,10 @@ impl Handler for CentrifugeSession {
     fn wire(&self) -> Option<Arc<dyn WireFormat>> {
         Some(self.wire.clone())
     }
+
+    fn tenant_label(&self) -> Option<Arc<String>> {
+        self.session.tenant_label()
+    }
 }
 
 /// Sends a close with `code` and reads until the client's close reply or EOF

@@ -85,6 +85,7 @@ fn open(
         .inc();
     let csrf = uuid::Uuid::new_v4().simple().to_string();
     let tenant = admitted.tenant.clone();
+    let label = tenant.metric_label();
     let slot = admitted.slot; // the address's connection slot, held by the session task
     let session = Session::open_with(
         node.clone(),
@@ -108,7 +109,7 @@ fn open(
         poll: tokio::sync::Mutex::new(()),
         last_poll: parking_lot::Mutex::new(tokio::time::Instant::now()),
         closed: parking_lot::Mutex::new(None),
-        deliveries: node.metrics.deliveries(transport),
+        deliveries: node.metrics.deliveries(transport, Some(label.as_str())),
     });
     server.conn_opened();
     server.fallbacks.insert(name.clone(), handle.clone());

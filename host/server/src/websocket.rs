@@ -173,6 +173,7 @@ where
 {
     let outbox = handler.outbox().clone();
     let wire = handler.wire();
+    let tenant = handler.tenant_label();
     let (mut sink, mut stream) = ws.split();
     let last_seen = AtomicU64::new(now_micros());
     let peer_close = AtomicU64::new(0);
@@ -259,7 +260,10 @@ where
 
     let writer = async {
         let mut batch: VecDeque<Outgoing> = VecDeque::new();
-        let deliveries = metrics.deliveries(wire.as_ref().map_or("ws", |w| w.transport()));
+        let deliveries = metrics.deliveries(
+            wire.as_ref().map_or("ws", |w| w.transport()),
+            tenant.as_deref().map(String::as_str),
+        );
         let mut sample = switchyard_core::metrics::DeliverySample::default();
         let start = tokio::time::Instant::now() + limits.heartbeat_interval;
         let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);

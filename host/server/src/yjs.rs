@@ -926,6 +926,10 @@ impl Handler for YjsSession {
     fn wire(&self) -> Option<Arc<dyn WireFormat>> {
         Some(self.wire.clone())
     }
+
+    fn tenant_label(&self) -> Option<Arc<String>> {
+        self.session.tenant_label()
+    }
 }
 
 #[cfg(test)]
