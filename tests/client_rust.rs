@@ -3,9 +3,11 @@
 //! direct messages; recovery after the gateway restarts (memory broker: the
 //! history is gone, `recovered:false`; Redis: `recovered:true` with no gap);
 //! a publish whose ack was lost is retried with its msgId and applied once;
-//! documents converge between the Rust client and a raw protocol client.
+//! documents converge between the Rust client and a raw protocol client, and
+//! between the Rust client and our JS client (sdk/client-js, in Node).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
@@ -14,6 +16,7 @@ use switchyard_client::{
     ReconnectReason,
 };
 use switchyard_tests::doc::{self, Got};
+use switchyard_tests::node::{ensure_node_modules, run_node_tests};
 use switchyard_tests::redis::RedisServer;
 use switchyard_tests::{Client as Raw, Gateway, WAIT, scratch_dir};
 
@@ -613,6 +616,249 @@ async fn documents_converge_between_the_rust_client_and_a_raw_client() {
     raw_state.insert("offline".into(), json!("edit"));
     raw_state.remove("raw");
     assert_eq!(map.state(), &raw_state);
+    client.close();
+}
+
+/// `{key: value}`.
+fn one_key(key: String, value: Value) -> Value {
+    Value::Object(Map::from_iter([(key, value)]))
+}
+
+/// Applies `channel`'s changes from `events` to `map` until `done(map)`;
+/// each change must be the next version (no gap, no duplicate). Returns the
+/// authors (client ids) of the patches applied, in order.
+async fn follow_until(
+    events: &mut Events,
+    channel: &str,
+    map: &mut LwwMap,
+    what: &str,
+    done: impl Fn(&LwwMap) -> bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut authors = Vec::new();
+    while !done(map) {
+        let c = until(events, what, &mut seen, |e| match e {
+            Event::Document(c) if c.channel == channel => Some(c.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(c.kind, DocumentKind::Patch, "{c:?}");
+        assert_eq!(Some(c.version), map.version().map(|v| v + 1), "in order");
+        map.apply(&c).expect("patch");
+        authors.push(c.client_id);
+    }
+    authors
+}
+
+/// What the Rust client did in
+/// [`documents_converge_between_the_rust_client_and_the_js_client`].
+struct RustEdits {
+    /// Acknowledged version of every patch (ready, keys, shared writes, done).
+    acks: Vec<u64>,
+    /// (acked version, value) of each write to `shared`.
+    shared: Vec<(u64, String)>,
+    /// Authors of the patches the Rust replica applied, in version order.
+    authors: Vec<String>,
+}
+
+/// The Rust side: `rust:ready`; once `js:ready` shows, `keys` keys `rust:{i}`
+/// and `shared_writes` writes to `shared`, one after the other; then
+/// `rust:done`; then it follows until it has every `js:{i}` and both `done`
+/// keys (after which neither side writes).
+async fn rust_edits(
+    client: &Client,
+    events: &mut Events,
+    channel: &str,
+    map: &mut LwwMap,
+    keys: u64,
+    shared_writes: u64,
+) -> RustEdits {
+    let mut acks = vec![
+        client
+            .patch(channel, &json!({"rust:ready": true}))
+            .await
+            .expect("ack of rust:ready"),
+    ];
+    let mut authors = follow_until(events, channel, map, "js:ready", |m| {
+        m.get("js:ready") == Some(&json!(true))
+    })
+    .await;
+    // one patch in flight at a time, so that the two sides' patches interleave
+    let every = keys / shared_writes;
+    let mut shared = Vec::new();
+    for i in 0..keys {
+        let key = one_key(format!("rust:{i}"), json!(i));
+        acks.push(client.patch(channel, &key).await.expect("patch ack"));
+        if i % every == 0 {
+            let value = format!("rust-{i}");
+            let v = client
+                .patch(channel, &json!({"shared": value}))
+                .await
+                .expect("patch ack");
+            acks.push(v);
+            shared.push((v, value));
+        }
+    }
+    acks.push(
+        client
+            .patch(channel, &json!({"rust:done": true}))
+            .await
+            .expect("ack of rust:done"),
+    );
+    authors.extend(
+        follow_until(
+            events,
+            channel,
+            map,
+            "every js key and both done keys",
+            |m| {
+                m.get("rust:done") == Some(&json!(true))
+                    && m.get("js:done") == Some(&json!(true))
+                    && (0..keys).all(|i| m.get(&format!("js:{i}")) == Some(&json!(i)))
+            },
+        )
+        .await,
+    );
+    RustEdits {
+        acks,
+        shared,
+        authors,
+    }
+}
+
+/// The Rust client and our JS client (tests/js/documents-rust.test.mjs, in
+/// Node) edit one document at once: each writes distinct keys and several
+/// times one shared key, coordinating only through the document. Both
+/// replicas and the gateway's state end equal at one version, which counts
+/// every patch of both; `shared` holds the write acknowledged last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_converge_between_the_rust_client_and_the_js_client() {
+    const DOC: &str = "doc:rust-js";
+    const KEYS: u64 = 20;
+    const SHARED_WRITES: u64 = 5;
+    ensure_node_modules(&["ws"]);
+    let gw = Arc::new(Gateway::start(&config("")));
+    let (client, mut events) = Client::connect(options(&gw, "rust-editor"))
+        .await
+        .expect("connect");
+    let sub = client.document(DOC).await.expect("document");
+    let mut map = LwwMap::default();
+    let mut seen = Vec::new();
+    let snap = until(&mut events, "snapshot", &mut seen, |e| match e {
+        Event::Document(c) if c.channel == DOC => Some(c.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((snap.kind, snap.version), (DocumentKind::Snapshot, sub.seq));
+    map.apply(&snap).expect("snapshot");
+    let start = snap.version;
+
+    let result_file = scratch_dir("client-rust-js").join("js-replica.json");
+    let mut node = {
+        let gw = gw.clone();
+        let env = [
+            ("GATEWAY_URL", gw.http_url("")),
+            ("DOC", DOC.to_owned()),
+            ("KEYS", KEYS.to_string()),
+            ("SHARED_WRITES", SHARED_WRITES.to_string()),
+            ("RESULT_FILE", result_file.display().to_string()),
+        ];
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            run_node_tests(
+                "documents-rust.test.mjs",
+                &env,
+                Duration::from_secs(120),
+                &["the JS replica converges with the Rust client"],
+                || gw.logs(),
+            );
+        })
+    };
+    // The Rust side edits while the script runs; a failing script ends the test at once.
+    let rust = {
+        let edits = rust_edits(&client, &mut events, DOC, &mut map, KEYS, SHARED_WRITES);
+        tokio::pin!(edits);
+        tokio::select! {
+            rust = &mut edits => {
+                if let Err(e) = (&mut node).await {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                rust
+            }
+            script = &mut node => {
+                if let Err(e) = script {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+                edits.await
+            }
+        }
+    };
+
+    let js: Value = serde_json::from_str(
+        &std::fs::read_to_string(&result_file).expect("the script's result file"),
+    )
+    .expect("json");
+    // ready + keys + shared writes + done, from each side
+    let total = 2 * (KEYS + SHARED_WRITES + 2);
+    let mut js_acks: Vec<u64> = js["acks"]
+        .as_array()
+        .expect("acks")
+        .iter()
+        .map(|a| a["version"].as_u64().expect("version"))
+        .collect();
+    js_acks.push(js["ready"].as_u64().expect("ready"));
+    js_acks.push(js["done"].as_u64().expect("done"));
+    let mut all: Vec<u64> = rust.acks.iter().copied().chain(js_acks).collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (start + 1..=start + total).collect::<Vec<_>>(),
+        "every patch of both sides has its own version"
+    );
+
+    let (st, body) = http_get_doc(&gw, DOC).await;
+    assert_eq!(st, 200, "{body}");
+    let server: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(map.version(), Some(start + total), "the Rust replica");
+    // (its snapshot came before or after rust:ready, the only patch before js:ready)
+    let js_start = js["start"].as_u64().expect("start");
+    assert!(
+        (start..=start + 1).contains(&js_start),
+        "JS snapshot at {js_start}"
+    );
+    assert_eq!(js["version"], start + total, "the JS replica");
+    assert_eq!(
+        server["version"],
+        start + total,
+        "the gateway's state: {body}"
+    );
+    assert_eq!(js["epoch"].as_str(), Some(snap.epoch.as_str()), "one epoch");
+    assert_eq!(js["state"], map.to_value(), "the two replicas converge");
+    assert_eq!(server["state"], map.to_value(), "and equal the gateway's");
+
+    // the state: every key of both, and `shared` from the write acked last
+    for i in 0..KEYS {
+        assert_eq!(map.get(&format!("rust:{i}")), Some(&json!(i)));
+        assert_eq!(map.get(&format!("js:{i}")), Some(&json!(i)));
+    }
+    let js_shared = js["acks"].as_array().expect("acks").iter().filter_map(|a| {
+        Some((
+            a["version"].as_u64()?,
+            a.get("shared")?.as_str()?.to_owned(),
+        ))
+    });
+    let shared: Vec<(u64, String)> = rust.shared.iter().cloned().chain(js_shared).collect();
+    assert_eq!(shared.len() as u64, 2 * SHARED_WRITES);
+    let last = shared.iter().max().expect("shared writes");
+    assert_eq!(map.get("shared"), Some(&json!(last.1)), "{shared:?}");
+    assert_eq!(map.state().len() as u64, 2 * (KEYS + 2) + 1, "{map:?}");
+
+    let switches = rust.authors.windows(2).filter(|w| w[0] != w[1]).count();
+    eprintln!(
+        "converged at version {} (from {start}); author changed {switches} times along the {} patches",
+        start + total,
+        rust.authors.len()
+    );
     client.close();
 }
 
