@@ -404,7 +404,11 @@ async fn after_a_restart_with_redis_the_client_recovers_without_a_gap() {
 /// A publish on the wire when the connection breaks gets no ack there; the
 /// client resends it with the same msgId after reconnecting, and the gateway
 /// delivers it once (the second send is acknowledged with the first's seq).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// One thread: the publish and the connection drop are both queued before the
+/// client's driver runs, so the publish is written and its ack never read (on
+/// more threads the driver could write it and read the ack before the drop
+/// arrives, and nothing would be resent).
+#[tokio::test(flavor = "current_thread")]
 async fn a_publish_retried_after_a_disconnect_is_applied_once() {
     let gw = Gateway::start(&config(""));
     let mut watcher = Raw::connect(&gw.ws_url("/ws?client_id=watcher")).await;
