@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 
 use crate::broker::BrokerError;
+use crate::broker::PublishMeta;
 use crate::channel::{self, ChannelKey};
 use crate::hub::SessionId;
 use crate::node::Node;
@@ -273,7 +274,12 @@ async fn run(
     if original {
         let key = ChannelKey::new(tenant.id.clone(), channel);
         let opts = tenant.publish_options(channel);
-        let p = send(node, &key, data, msg_id, &opts, trace, skip).await?;
+        let meta = PublishMeta {
+            msg_id,
+            trace,
+            skip,
+        };
+        let p = node.broker.publish(&key, data, &opts, meta).await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
@@ -292,7 +298,12 @@ async fn run(
         };
         let key = ChannelKey::new(tenant.id.clone(), t.channel.as_str());
         let opts = tenant.publish_options(&t.channel);
-        let p = send(node, &key, payload, msg_id, &opts, trace, skip).await?;
+        let meta = PublishMeta {
+            msg_id,
+            trace,
+            skip,
+        };
+        let p = node.broker.publish(&key, payload, &opts, meta).await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
@@ -307,29 +318,6 @@ async fn run(
 }
 
 /// One broker publish, with the sender left out when `skip` names it.
-async fn send(
-    node: &Node,
-    key: &ChannelKey,
-    data: Arc<RawValue>,
-    msg_id: Option<&str>,
-    opts: &crate::broker::ChannelOptions,
-    trace: Option<crate::telemetry::TraceParent>,
-    skip: Option<SessionId>,
-) -> Result<crate::broker::Published, crate::broker::BrokerError> {
-    match skip {
-        None => {
-            node.broker
-                .publish_traced(key, data, msg_id, opts, trace)
-                .await
-        }
-        Some(s) => {
-            node.broker
-                .publish_skipping(key, data, msg_id, opts, trace, s)
-                .await
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

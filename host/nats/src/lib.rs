@@ -39,7 +39,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng as _;
 use serde_json::value::RawValue;
 use switchyard_core::Config;
-use switchyard_core::broker::{Broker, BrokerError, BrokerHealth, ChannelOptions, Published};
+use switchyard_core::broker::{
+    Broker, BrokerError, BrokerHealth, ChannelOptions, PublishMeta, Published,
+};
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::history::Recovery;
 use switchyard_core::hub::Hub;
@@ -301,39 +303,13 @@ impl Broker for NatsBroker {
         &self,
         key: &ChannelKey,
         data: Arc<RawValue>,
-        msg_id: Option<&str>,
         opts: &ChannelOptions,
-    ) -> Result<Published, BrokerError> {
-        self.chans
-            .publish(key, data, msg_id, opts, None, None)
-            .await
-    }
-
-    async fn publish_traced(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<switchyard_core::telemetry::TraceParent>,
-    ) -> Result<Published, BrokerError> {
-        self.chans
-            .publish(key, data, msg_id, opts, trace, None)
-            .await
-    }
-
-    async fn publish_skipping(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<switchyard_core::telemetry::TraceParent>,
-        skip: switchyard_core::hub::SessionId,
+        meta: PublishMeta<'_>,
     ) -> Result<Published, BrokerError> {
         let node = self.hub.node_id().clone();
+        let skip = meta.skip.map(|s| (s, &*node));
         self.chans
-            .publish(key, data, msg_id, opts, trace, Some((skip, &node)))
+            .publish(key, data, meta.msg_id, opts, meta.trace, skip)
             .await
     }
 

@@ -35,7 +35,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use serde_json::value::RawValue;
 use switchyard_core::Config;
 use switchyard_core::broker::memory::new_epoch;
-use switchyard_core::broker::{Broker, BrokerError, BrokerHealth, ChannelOptions, Published};
+use switchyard_core::broker::{
+    Broker, BrokerError, BrokerHealth, ChannelOptions, PublishMeta, Published,
+};
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::history::{Message, Recovery};
 use switchyard_core::hub::Hub;
@@ -317,36 +319,15 @@ impl Broker for RedisBroker {
         &self,
         key: &ChannelKey,
         data: Arc<RawValue>,
-        msg_id: Option<&str>,
         opts: &ChannelOptions,
+        meta: PublishMeta<'_>,
     ) -> Result<Published, BrokerError> {
-        self.publish_traced(key, data, msg_id, opts, None).await
-    }
-
-    async fn publish_traced(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<switchyard_core::telemetry::TraceParent>,
-    ) -> Result<Published, BrokerError> {
-        self.publish_with(key, data, msg_id, opts, codec::trace_header(trace))
+        let mut header = codec::trace_header(meta.trace);
+        if let Some(skip) = meta.skip {
+            header.push_str(&codec::skip_header(skip, self.hub.node_id()));
+        }
+        self.publish_with(key, data, meta.msg_id, opts, header)
             .await
-    }
-
-    async fn publish_skipping(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<switchyard_core::telemetry::TraceParent>,
-        skip: switchyard_core::hub::SessionId,
-    ) -> Result<Published, BrokerError> {
-        let mut header = codec::trace_header(trace);
-        header.push_str(&codec::skip_header(skip, self.hub.node_id()));
-        self.publish_with(key, data, msg_id, opts, header).await
     }
 
     fn presence_reconcile_interval(&self) -> Option<Duration> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use switchyard_core::backpressure::Outbox;
-use switchyard_core::broker::{Broker, BrokerError, BrokerHealth, ChannelOptions};
+use switchyard_core::broker::{Broker, BrokerError, BrokerHealth, ChannelOptions, PublishMeta};
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::hub::{Hub, SubscriberInfo};
 use switchyard_core::metrics::Metrics;
@@ -152,8 +152,8 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
             .publish(
                 &key,
                 data(&format!("{{\"n\":{i}}}")),
-                Some(&format!("m{i}")),
                 &OPTS,
+                PublishMeta::msg_id(Some(&format!("m{i}"))),
             )
             .await
             .expect("publish");
@@ -163,7 +163,12 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
         assert_eq!(Some(&p.epoch), epoch.as_ref());
     }
     let dup = b
-        .publish(&key, data("{\"n\":99}"), Some("m3"), &OPTS)
+        .publish(
+            &key,
+            data("{\"n\":99}"),
+            &OPTS,
+            PublishMeta::msg_id(Some("m3")),
+        )
         .await
         .expect("dup");
     assert_eq!((dup.seq, dup.duplicate), (3, true));
@@ -227,7 +232,7 @@ async fn publish_sequences_dedupes_delivers_and_recovers() {
     let mut e2 = String::new();
     for i in 1..=6 {
         e2 = b
-            .publish(&k2, data(&i.to_string()), None, &small)
+            .publish(&k2, data(&i.to_string()), &small, PublishMeta::msg_id(None))
             .await
             .expect("publish")
             .epoch
@@ -258,10 +263,10 @@ async fn lost_history_gets_a_new_epoch() {
     let b = broker(&redis, hub("n1")).await;
     let key = ChannelKey::new("t", "room:e");
     let first = b
-        .publish(&key, data("1"), None, &OPTS)
+        .publish(&key, data("1"), &OPTS, PublishMeta::msg_id(None))
         .await
         .expect("publish");
-    b.publish(&key, data("2"), None, &OPTS)
+    b.publish(&key, data("2"), &OPTS, PublishMeta::msg_id(None))
         .await
         .expect("publish");
     redis.cmd(&["FLUSHALL"]);
@@ -273,7 +278,7 @@ async fn lost_history_gets_a_new_epoch() {
     assert!(!r.recovered);
     assert_ne!(*r.epoch, *first.epoch);
     let p = b
-        .publish(&key, data("3"), None, &OPTS)
+        .publish(&key, data("3"), &OPTS, PublishMeta::msg_id(None))
         .await
         .expect("publish");
     assert_eq!(p.seq, 1);
@@ -295,7 +300,10 @@ async fn survives_redis_restart_and_resubscribes() {
 
     redis.kill();
     until("health down", async || b.health() == BrokerHealth::Down).await;
-    let err = b.publish(&key, data("1"), None, &OPTS).await.unwrap_err();
+    let err = b
+        .publish(&key, data("1"), &OPTS, PublishMeta::msg_id(None))
+        .await
+        .unwrap_err();
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
     let other = ChannelKey::new("t", "room:other");
     assert!(matches!(
@@ -307,7 +315,12 @@ async fn survives_redis_restart_and_resubscribes() {
     until("health up", async || b.health() == BrokerHealth::Up).await;
     until("resubscribed", async || numsub(&redis, &key) == 1).await;
     let p = b
-        .publish(&key, data("{\"after\":true}"), None, &OPTS)
+        .publish(
+            &key,
+            data("{\"after\":true}"),
+            &OPTS,
+            PublishMeta::msg_id(None),
+        )
         .await
         .expect("publish");
     assert_eq!(p.seq, 1, "fresh Redis: new epoch, seq restarts");
@@ -339,7 +352,7 @@ async fn catches_up_history_missed_while_pubsub_was_down() {
     subscribe_local(&h, &key, 1, &outbox);
     b.watch(&key).await.expect("watch");
     publisher
-        .publish(&key, data("1"), None, &OPTS)
+        .publish(&key, data("1"), &OPTS, PublishMeta::msg_id(None))
         .await
         .expect("publish");
     let mut got = Vec::new();
@@ -352,7 +365,7 @@ async fn catches_up_history_missed_while_pubsub_was_down() {
     redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     for i in 2..=4 {
         publisher
-            .publish(&key, data(&i.to_string()), None, &OPTS)
+            .publish(&key, data(&i.to_string()), &OPTS, PublishMeta::msg_id(None))
             .await
             .expect("publish");
     }
@@ -362,7 +375,7 @@ async fn catches_up_history_missed_while_pubsub_was_down() {
     })
     .await;
     publisher
-        .publish(&key, data("5"), None, &OPTS)
+        .publish(&key, data("5"), &OPTS, PublishMeta::msg_id(None))
         .await
         .expect("publish");
     until("live again", async || {
@@ -391,7 +404,7 @@ async fn catch_up_starts_at_the_recovered_position_before_any_live_message() {
     let publisher = broker(&redis, hub("n2")).await;
     let key = ChannelKey::new("t", "room:q");
     publisher
-        .publish(&key, data("1"), None, &OPTS)
+        .publish(&key, data("1"), &OPTS, PublishMeta::msg_id(None))
         .await
         .expect("publish");
     let outbox = Arc::new(Outbox::new(64));
@@ -402,7 +415,7 @@ async fn catch_up_starts_at_the_recovered_position_before_any_live_message() {
     redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     for i in 2..=3 {
         publisher
-            .publish(&key, data(&i.to_string()), None, &OPTS)
+            .publish(&key, data(&i.to_string()), &OPTS, PublishMeta::msg_id(None))
             .await
             .expect("publish");
     }

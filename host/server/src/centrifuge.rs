@@ -1381,7 +1381,12 @@ mod tests {
         for n in 1..=5 {
             let data = Arc::from(RawValue::from_string(n.to_string()).expect("raw"));
             node.broker
-                .publish(&key, data, None, &opts)
+                .publish(
+                    &key,
+                    data,
+                    &opts,
+                    switchyard_core::broker::PublishMeta::default(),
+                )
                 .await
                 .expect("publish");
         }

@@ -49,6 +49,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use prost::Message as _;
 use switchyard_core::backpressure::Outbox;
+use switchyard_core::broker::PublishMeta;
 use switchyard_core::document::frame::{self, Kind, StatePatch};
 use switchyard_core::hub::SessionId;
 use switchyard_core::node::Node;
@@ -520,7 +521,11 @@ impl YjsWire {
                 let Ok(raw) = serde_json::value::RawValue::from_string(data.to_string()) else {
                     return;
                 };
-                if let Err(e) = node.broker.publish(&key, Arc::from(raw), None, &opts).await {
+                if let Err(e) = node
+                    .broker
+                    .publish(&key, Arc::from(raw), &opts, PublishMeta::default())
+                    .await
+                {
                     tracing::debug!(error = %e, "awareness answer not published");
                     return;
                 }

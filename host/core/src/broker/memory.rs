@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
-use super::{Broker, BrokerError, ChannelOptions, Published};
+use super::{Broker, BrokerError, ChannelOptions, PublishMeta, Published};
 use crate::backpressure::TokenBucket;
 use crate::channel::ChannelKey;
 use crate::dedupe::DedupeWindow;
@@ -181,33 +181,10 @@ impl Broker for MemoryBroker {
         &self,
         key: &ChannelKey,
         data: Arc<RawValue>,
-        msg_id: Option<&str>,
         opts: &ChannelOptions,
+        meta: PublishMeta<'_>,
     ) -> Result<Published, BrokerError> {
-        self.publish_traced(key, data, msg_id, opts, None).await
-    }
-
-    async fn publish_traced(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<crate::telemetry::TraceParent>,
-    ) -> Result<Published, BrokerError> {
-        self.publish_at(key, data, msg_id, opts, trace, None)
-    }
-
-    async fn publish_skipping(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<crate::telemetry::TraceParent>,
-        skip: SessionId,
-    ) -> Result<Published, BrokerError> {
-        self.publish_at(key, data, msg_id, opts, trace, Some(skip))
+        self.publish_at(key, data, meta.msg_id, opts, meta.trace, meta.skip)
     }
 
     async fn recover(

@@ -86,6 +86,28 @@ pub enum BrokerHealth {
     Down,
 }
 
+/// What travels with a publish besides its channel, data and options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PublishMeta<'a> {
+    /// Dedupe id (`msgId`): a repeat within the window is acked with the
+    /// first one's seq and not delivered again.
+    pub msg_id: Option<&'a str>,
+    /// The publish span's context, carried with the message.
+    pub trace: Option<crate::telemetry::TraceParent>,
+    /// A session of this node that is not to get the message (`skipSelf`).
+    pub skip: Option<crate::hub::SessionId>,
+}
+
+impl<'a> PublishMeta<'a> {
+    /// Just a dedupe id.
+    pub fn msg_id(msg_id: Option<&'a str>) -> Self {
+        Self {
+            msg_id,
+            ..Self::default()
+        }
+    }
+}
+
 /// Sequencing, history and fan-out across nodes.
 ///
 /// `watch`/`unwatch` are called once per local subscription (the broker keeps
@@ -96,50 +118,21 @@ pub trait Broker: Send + Sync + 'static {
     /// Short name for logs and metrics (`memory`, `redis`).
     fn kind(&self) -> &'static str;
 
-    /// Publishes on a channel: dedupes by `msg_id`, takes a token from the
-    /// channel's limit (`opts.limit`; when empty: `Published::limited`, nothing
-    /// published), assigns the next seq, records history and delivers to every
-    /// watching node.
+    /// Publishes on a channel: dedupes by `meta.msg_id`, takes a token from
+    /// the channel's limit (`opts.limit`; when empty: `Published::limited`,
+    /// nothing published), assigns the next seq, records history and delivers
+    /// to every watching node — with `meta.trace` carried along (so the
+    /// delivering nodes' `deliver` spans join the publish's trace) and, when
+    /// `meta.skip` names a session of this node (`"skipSelf":true`), to
+    /// everyone but that session (history and recovery keep the message for
+    /// all). A broker that cannot carry a trace or a skip publishes without.
     async fn publish(
         &self,
         key: &ChannelKey,
         data: Arc<RawValue>,
-        msg_id: Option<&str>,
         opts: &ChannelOptions,
+        meta: PublishMeta<'_>,
     ) -> Result<Published, BrokerError>;
-
-    /// [`Broker::publish`] carrying the publish span's trace context with the
-    /// message, so the delivering nodes' `deliver` spans join its trace. A
-    /// broker that cannot carry it publishes without it (the default).
-    async fn publish_traced(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<crate::telemetry::TraceParent>,
-    ) -> Result<Published, BrokerError> {
-        let _ = trace;
-        self.publish(key, data, msg_id, opts).await
-    }
-
-    /// [`Broker::publish_traced`] from a client connection that asked not to
-    /// get its own message back (`"skipSelf":true`): the node holding session
-    /// `skip` (this node) leaves it out when it delivers the message. Other
-    /// nodes deliver as usual; history and recovery keep the message for all.
-    /// The default (a broker without sender exclusion) publishes with no skip.
-    async fn publish_skipping(
-        &self,
-        key: &ChannelKey,
-        data: Arc<RawValue>,
-        msg_id: Option<&str>,
-        opts: &ChannelOptions,
-        trace: Option<crate::telemetry::TraceParent>,
-        skip: crate::hub::SessionId,
-    ) -> Result<Published, BrokerError> {
-        let _ = skip;
-        self.publish_traced(key, data, msg_id, opts, trace).await
-    }
 
     /// How often a node with presence watchers re-reads the presence of their
     /// channels to find what deltas missed — above all the `leave`s of a node
