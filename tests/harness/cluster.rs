@@ -88,7 +88,7 @@ pub async fn publish_until_accepted(gw: &Gateway, key: &str, channel: &str, data
         }
         assert_eq!(
             st, 503,
-            "only unavailable while the broker is back: {reply}"
+            "only unavailable while the broker is back: {st} {reply}"
         );
         assert!(Instant::now() < deadline, "publish never accepted again");
         tokio::time::sleep(Duration::from_millis(20)).await;

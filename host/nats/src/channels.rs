@@ -244,27 +244,41 @@ impl Channels {
 
     /// The channel's last stored record.
     pub async fn last(&self, key: &ChannelKey) -> Result<Option<Rec>, BrokerError> {
+        let stream = names::channel_stream(&key.tenant);
         let m = self
             .js
-            .last(
-                &names::channel_stream(&key.tenant),
-                &names::channel_subject(key),
-            )
-            .await
-            .map_err(broker)?;
+            .last(&stream, &names::channel_subject(key))
+            .await;
+        let m = self.unless_stream_lost(&stream, m)?;
         Ok(m.as_ref().and_then(Rec::of))
     }
 
     /// The record at stream sequence `seq`.
     pub async fn at(&self, key: &ChannelKey, seq: u64) -> Result<Option<Rec>, BrokerError> {
-        let m = self
-            .js
-            .at(&names::channel_stream(&key.tenant), seq)
-            .await
-            .map_err(broker)?;
+        let stream = names::channel_stream(&key.tenant);
+        let m = self.js.at(&stream, seq).await;
+        let m = self.unless_stream_lost(&stream, m)?;
         Ok(m.as_ref()
             .filter(|m| m.subject == names::channel_subject(key))
             .and_then(Rec::of))
+    }
+
+    /// A read of `stream` that found no stream (JetStream lost its data, e.g.
+    /// restarted with an empty store) holds nothing: `None`, and the stream is
+    /// created again by the next write instead of every read failing with an
+    /// internal error until then.
+    fn unless_stream_lost(
+        &self,
+        stream: &str,
+        r: Result<Option<crate::js::StoredMsg>, crate::js::JsError>,
+    ) -> Result<Option<crate::js::StoredMsg>, BrokerError> {
+        match r {
+            Err(e) if e.code() == Some(code::STREAM_NOT_FOUND) => {
+                self.ensured.forget(stream);
+                Ok(None)
+            }
+            r => r.map_err(broker),
+        }
     }
 
     /// Records of `from`'s epoch with seq in `(down_to, from.seq]`, walking
