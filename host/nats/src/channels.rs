@@ -245,10 +245,7 @@ impl Channels {
     /// The channel's last stored record.
     pub async fn last(&self, key: &ChannelKey) -> Result<Option<Rec>, BrokerError> {
         let stream = names::channel_stream(&key.tenant);
-        let m = self
-            .js
-            .last(&stream, &names::channel_subject(key))
-            .await;
+        let m = self.js.last(&stream, &names::channel_subject(key)).await;
         let m = self.unless_stream_lost(&stream, m)?;
         Ok(m.as_ref().and_then(Rec::of))
     }
