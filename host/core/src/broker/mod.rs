@@ -66,7 +66,9 @@ pub struct Published {
 /// Broker failures. Each maps to a protocol `error` code or HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
-    /// The backing store cannot be reached (`unavailable`, HTTP 503).
+    /// The backing store cannot be reached (`unavailable`, HTTP 503). For a
+    /// write the outcome may be unknown (the call was sent, the answer was
+    /// lost): callers retry with the same message id.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
     /// No node holds the addressed client (HTTP 404).
