@@ -218,6 +218,19 @@ impl Lane {
         u64::from(next_random()) < self.threshold
     }
 
+    /// Makes the serving call, then offers a job built from its answer by
+    /// `job` (only when sampled). A serving call that failed is not offered:
+    /// what it returns is its `on_error` fallback, no decision of the plugin
+    /// to compare the shadow's with.
+    fn serve<T>(&self, call: impl FnOnce() -> T, job: impl FnOnce(&T) -> Job) -> T {
+        take_failure(); // a failure left by an earlier call on this thread
+        let r = call();
+        if !take_failure() {
+            self.offer(|| job(&r));
+        }
+        r
+    }
+
     /// Offers a job built by `job` (only when sampled); a full queue drops it.
     fn offer(&self, job: impl FnOnce() -> Job) {
         if !self.sampled() {
@@ -519,22 +532,24 @@ pub(crate) struct ShadowedAuth {
 
 impl AuthPolicy for ShadowedAuth {
     fn authenticate(&self, req: &Arc<ConnectRequest>) -> Result<Principal, Denial> {
-        let r = self.serving.authenticate(req);
-        self.lane.offer(|| Job::Authenticate {
-            req: req.clone(),
-            serving: r.clone(),
-        });
-        r
+        self.lane.serve(
+            || self.serving.authenticate(req),
+            |r| Job::Authenticate {
+                req: req.clone(),
+                serving: r.clone(),
+            },
+        )
     }
 
     fn authorize_subscribe(&self, principal: &Principal, channel: &str) -> Result<(), Denial> {
-        let r = self.serving.authorize_subscribe(principal, channel);
-        self.lane.offer(|| Job::Subscribe {
-            who: principal.clone(),
-            channel: channel.to_owned(),
-            serving: r.clone(),
-        });
-        r
+        self.lane.serve(
+            || self.serving.authorize_subscribe(principal, channel),
+            |r| Job::Subscribe {
+                who: principal.clone(),
+                channel: channel.to_owned(),
+                serving: r.clone(),
+            },
+        )
     }
 
     fn authorize_publish(
@@ -543,14 +558,15 @@ impl AuthPolicy for ShadowedAuth {
         channel: &str,
         data: &RawValue,
     ) -> Result<(), Denial> {
-        let r = self.serving.authorize_publish(principal, channel, data);
-        self.lane.offer(|| Job::Publish {
-            who: principal.clone(),
-            channel: channel.to_owned(),
-            data: data.to_owned(),
-            serving: r.clone(),
-        });
-        r
+        self.lane.serve(
+            || self.serving.authorize_publish(principal, channel, data),
+            |r| Job::Publish {
+                who: principal.clone(),
+                channel: channel.to_owned(),
+                data: data.to_owned(),
+                serving: r.clone(),
+            },
+        )
     }
 }
 
@@ -562,15 +578,16 @@ pub(crate) struct ShadowedRouter {
 
 impl RouterPolicy for ShadowedRouter {
     fn route(&self, req: &PublishRequest<'_>) -> Result<Route, Denial> {
-        let r = self.serving.route(req);
-        self.lane.offer(|| Job::Route {
-            who: req.principal.clone(),
-            client: req.client.to_owned(),
-            channel: req.channel.to_owned(),
-            data: req.data.to_owned(),
-            serving: r.clone(),
-        });
-        r
+        self.lane.serve(
+            || self.serving.route(req),
+            |r| Job::Route {
+                who: req.principal.clone(),
+                client: req.client.to_owned(),
+                channel: req.channel.to_owned(),
+                data: req.data.to_owned(),
+                serving: r.clone(),
+            },
+        )
     }
 }
 
@@ -582,15 +599,16 @@ pub(crate) struct ShadowedRateLimit {
 
 impl RateLimitPolicy for ShadowedRateLimit {
     fn check(&self, key: &RateKey<'_>, cost: u32) -> RateDecision {
-        let r = self.serving.check(key, cost);
-        self.lane.offer(|| Job::Rate {
-            principal: key.principal.to_owned(),
-            client: key.client.to_owned(),
-            channel: key.channel.to_owned(),
-            cost,
-            serving: r,
-        });
-        r
+        self.lane.serve(
+            || self.serving.check(key, cost),
+            |r| Job::Rate {
+                principal: key.principal.to_owned(),
+                client: key.client.to_owned(),
+                channel: key.channel.to_owned(),
+                cost,
+                serving: *r,
+            },
+        )
     }
 }
 
