@@ -683,6 +683,60 @@ mod tests {
         assert!(c.ends_with('…'));
     }
 
+    /// A lane with no thread behind it: every call sampled, jobs left in `rx`.
+    fn bare_lane() -> (Lane, Receiver<Job>) {
+        let (tx, rx) = sync_channel(QUEUE);
+        let counters = ShadowCounters {
+            same: Counter::default(),
+            differ: Counter::default(),
+            error: Counter::default(),
+            dropped: Counter::default(),
+        };
+        let stats = Arc::new(ShadowStats::new("t", "rate_limit", "a", "b", 1.0, counters));
+        let lane = Lane {
+            tx,
+            stats,
+            threshold: u64::MAX,
+        };
+        (lane, rx)
+    }
+
+    fn rate_job(serving: &RateDecision) -> Job {
+        Job::Rate {
+            principal: "u".into(),
+            client: "c".into(),
+            channel: "a:1".into(),
+            cost: 1,
+            serving: *serving,
+        }
+    }
+
+    #[test]
+    fn a_failed_serving_call_is_not_offered() {
+        let (lane, rx) = bare_lane();
+        let r = lane.serve(
+            || {
+                note_failure();
+                RateDecision::Allow
+            },
+            rate_job,
+        );
+        assert_eq!(r, RateDecision::Allow, "the serving answer is returned");
+        assert!(
+            rx.try_recv().is_err(),
+            "a fallback is no decision to compare"
+        );
+        assert!(!take_failure(), "the failure mark is consumed");
+    }
+
+    #[test]
+    fn an_answered_serving_call_is_offered_despite_an_earlier_failure() {
+        let (lane, rx) = bare_lane();
+        note_failure(); // left behind by an unrelated call on this thread
+        lane.serve(|| RateDecision::Allow, rate_job);
+        assert!(matches!(rx.try_recv(), Ok(Job::Rate { .. })));
+    }
+
     #[test]
     fn sampling_follows_the_ratio() {
         let t = |s: f64| (s.clamp(0.0, 1.0) * f64::from(u32::MAX)) as u64 + 1;
