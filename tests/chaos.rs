@@ -441,11 +441,47 @@ struct MoverLog {
     resubscribed: Value,
     /// The `since.seq` it resubscribed with.
     since: u64,
+    /// How many messages it had received on node A (index of the first one
+    /// from node B in `seqs`).
+    moved_at: usize,
 }
 
 struct MoverState {
     last_seq: Vec<AtomicU64>,
     moved: AtomicUsize,
+}
+
+/// Says how a mover's log departs from `1..=last`: each duplicated seq with
+/// the positions it was received at and on which node, the first missing
+/// ones, and the `subscribed` reply on node B, so a rare failure can be
+/// diagnosed from the CI log alone.
+fn describe_mismatch(log: &MoverLog, last: u64) -> String {
+    let node = |pos: usize| if pos < log.moved_at { "A" } else { "B" };
+    let mut seen: HashMap<u64, Vec<usize>> = HashMap::new();
+    for (pos, s) in log.seqs.iter().enumerate() {
+        seen.entry(*s).or_default().push(pos);
+    }
+    let mut dups: Vec<(u64, Vec<String>)> = seen
+        .iter()
+        .filter(|(_, at)| at.len() > 1)
+        .map(|(s, at)| (*s, at.iter().map(|p| format!("{p}@{}", node(*p))).collect()))
+        .collect();
+    dups.sort_unstable();
+    let missing: Vec<u64> = (1..=last)
+        .filter(|s| !seen.contains_key(s))
+        .take(20)
+        .collect();
+    let out_of_order = log.seqs.windows(2).position(|w| w[1] <= w[0]);
+    format!(
+        "seqs not 1..={last} gapless: {} received, {} on node A then resubscribed with \
+         since {} ({}); duplicates (seq, positions@node) {:?}; first missing {missing:?}; \
+         first out of order at position {out_of_order:?}",
+        log.seqs.len(),
+        log.moved_at,
+        log.since,
+        log.resubscribed,
+        dups.iter().take(20).collect::<Vec<_>>(),
+    )
 }
 
 /// A subscriber of [`MOVE_CHANNEL`] on node A that, when its connection drops,
@@ -462,6 +498,7 @@ async fn mover(
     let mut epoch: Option<String> = None;
     let mut resubscribed = Value::Null;
     let mut since = 0;
+    let mut moved_at = 0;
     loop {
         let t = *target.borrow();
         if t > 0 && seqs.last().copied().unwrap_or(0) >= t {
@@ -469,6 +506,7 @@ async fn mover(
                 seqs,
                 resubscribed,
                 since,
+                moved_at,
             };
         }
         let m = tokio::select! {
@@ -500,6 +538,7 @@ async fn mover(
                     .clone()
                     .unwrap_or_else(|| panic!("client {idx} moved before any message"));
                 since = seqs.last().copied().unwrap_or(0);
+                moved_at = seqs.len();
                 c = Client::connect(&format!("{b_url}?client_id=mover-{idx}")).await;
                 c.send_json(json!({
                     "type": "subscribe",
@@ -625,19 +664,7 @@ async fn gateway_sigkill_clients_move_and_recover() {
         assert!(log.resubscribed["epoch"].is_string());
         let expect: Vec<u64> = (1..=last).collect();
         if log.seqs != expect {
-            let dups = log.seqs.len() - log.seqs.iter().collect::<HashSet<_>>().len();
-            let missing: Vec<u64> = expect
-                .iter()
-                .filter(|s| !log.seqs.contains(s))
-                .copied()
-                .take(20)
-                .collect();
-            panic!(
-                "client {i}: seqs not 1..={last} gapless (since {}, {} received, {dups} \
-                 duplicates, first missing {missing:?})",
-                log.since,
-                log.seqs.len()
-            );
+            panic!("client {i}: {}", describe_mismatch(&log, last));
         }
         let head = log.resubscribed["seq"].as_u64().expect("seq");
         replays.push(head - log.since);
