@@ -537,6 +537,123 @@ async fn a_shadow_router_is_compared_and_promoted_without_dropping_a_connection(
     );
 }
 
+/// Sends a patch of raw `delta` bytes and reads until the JSON reply with
+/// `id` (`ack` or `error`), skipping the broadcasts read meanwhile.
+async fn patch_reply(c: &mut Client, id: u64, channel: &str, delta: &[u8]) -> Value {
+    c.send_patch_bytes(id, channel, delta.to_vec(), "").await;
+    loop {
+        match c.recv_got().await {
+            switchyard_tests::doc::Got::Json(v) if v["id"] == id => return v,
+            switchyard_tests::doc::Got::Json(v) => panic!("unexpected frame {v}"),
+            switchyard_tests::doc::Got::Patch(_) => {}
+        }
+    }
+}
+
+/// The counter document a fresh subscriber of `channel` is sent.
+async fn counter_snapshot(gw: &Gateway, channel: &str) -> String {
+    let mut late = Client::connect(&gw.ws_url("/ws")).await;
+    let (_, snap) = late.subscribe_doc(1, channel, None).await;
+    String::from_utf8(snap.expect("snapshot").delta).expect("decimal")
+}
+
+/// A merge shadow runs a twin document in its own state: merge-counter
+/// serves, merge-counter-v2 (which ignores negative deltas) shadows; every
+/// update is decided by the serving counter, the twin's outputs are compared
+/// exactly (sample 1.0), and a promotion carries the document's state over to
+/// v2 on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_merge_runs_a_twin_document_and_is_promoted_with_its_state() {
+    let plugins = scratch_dir("plugins");
+    deploy(&plugins, "counter", &read(&fixture("merge-counter")));
+    deploy(&plugins, "counter-v2", &read(&fixture("merge-counter-v2")));
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\ncall_timeout = \"1s\"\n[admin]\ntoken = \"adm\"\n\
+         [tenants.default]\ndocuments = [\"doc:*\"]\n\
+         [tenants.default.policies.merge]\nplugin = \"counter\"\nshadow = \"counter-v2\"\n",
+        plugins.display().to_string()
+    ));
+    let mut c = Client::connect(&gw.ws_url("/ws")).await;
+    let (_, snap) = c.subscribe_doc(1, "doc:n", None).await;
+    assert_eq!(snap.expect("snapshot").delta, b"0");
+    // Serving totals 5, 3, 6, 5; the twin's 5, 5, 8, 8: the three negative
+    // or diverged outputs differ, the first and the refused one agree.
+    let mut version = 0;
+    for (id, delta) in [(2u64, "5"), (3, "-2"), (4, "3"), (5, "-1")] {
+        let ack = patch_reply(&mut c, id, "doc:n", delta.as_bytes()).await;
+        version += 1;
+        assert_eq!(
+            ack,
+            json!({"type":"ack","id":id,"version":version}),
+            "{delta}"
+        );
+    }
+    let e = patch_reply(&mut c, 6, "doc:n", b"x").await;
+    assert_eq!(
+        (&e["type"], &e["code"]),
+        (&json!("error"), &json!("invalid")),
+        "{e}"
+    );
+    assert_eq!(
+        counter_snapshot(&gw, "doc:n").await,
+        "5",
+        "the serving counter decides"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let entry = loop {
+        let v = admin_shadow(&gw).await;
+        let e = v["shadows"][0].clone();
+        // the open + 5 updates
+        if e["calls"] == 6 {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow calls never reached 6: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(entry["role"], "merge", "{entry}");
+    assert_eq!(
+        (
+            &entry["same"],
+            &entry["differ"],
+            &entry["errors"],
+            &entry["dropped"]
+        ),
+        (&json!(3), &json!(3), &json!(0), &json!(0)),
+        "{entry}"
+    );
+    let first = &entry["last_differences"][0];
+    assert_eq!(
+        (&first["input"]["call"], &first["input"]["update"]),
+        (&json!("apply"), &json!("-2")),
+        "{entry}"
+    );
+    assert_eq!(
+        (&first["serving"], &first["shadow"]),
+        (&json!({"broadcast": "3"}), &json!("unchanged")),
+        "{entry}"
+    );
+    gw.wait_metric(
+        "switchyard_plugin_shadow_total{tenant=\"default\",role=\"merge\",plugin=\"counter-v2\",verdict=\"differ\"} 3",
+    )
+    .await;
+
+    let (st, body) = promote(&gw, Some("adm"), "merge").await;
+    assert_eq!(st, 200, "{body}");
+    // The same connection and document, now merged by v2 from the state 5.
+    let ack = patch_reply(&mut c, 7, "doc:n", b"2").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    patch_reply(&mut c, 8, "doc:n", b"-4").await;
+    assert_eq!(
+        counter_snapshot(&gw, "doc:n").await,
+        "7",
+        "v2 serves with the carried state (5 + 2; the negative is ignored)"
+    );
+}
+
 /// Per-tenant families: connections, messages in/out and plugin calls carry
 /// a `tenant` label for the tenants in `telemetry.tenant_labels`; the rest
 /// are counted as `other` (bounded cardinality).

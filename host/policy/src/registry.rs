@@ -10,7 +10,9 @@ use parking_lot::Mutex;
 use serde_json::json;
 use switchyard_core::Node;
 use switchyard_core::config::{OnError, PluginsConfig, PolicyConfig};
-use switchyard_core::policy::{AuthPolicy, BuiltIn, PolicySet, RateLimitPolicy, RouterPolicy};
+use switchyard_core::policy::{
+    AuthPolicy, BuiltIn, MergePolicy, PolicySet, RateLimitPolicy, RouterPolicy,
+};
 use switchyard_core::tenant::Tenant;
 
 use crate::adapters::{Caller, Unavailable, WasmAuth, WasmMerge, WasmRateLimit, WasmRouter};
@@ -28,7 +30,7 @@ use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
 use crate::record::{RecordError, RecordRequest, RecordStatus, RecordTap};
 use crate::role::Role;
 use crate::shadow::{
-    Lane, ShadowPolicy, ShadowStats, ShadowedAuth, ShadowedRateLimit, ShadowedRouter,
+    Lane, ShadowPolicy, ShadowStats, ShadowedAuth, ShadowedMerge, ShadowedRateLimit, ShadowedRouter,
 };
 
 /// Largest memory cap a policy may ask for (32-bit linear memory).
@@ -440,7 +442,12 @@ impl Registry {
             merge: match (reuse(3), &bindings[3]) {
                 (Some(s), _) => s.merge.clone(),
                 (None, b @ Binding::Plugin { .. }) => {
-                    Arc::new(WasmMerge(Arc::new(self.caller(st, tenant, Role::Merge, b))))
+                    let serving: Arc<dyn MergePolicy> =
+                        Arc::new(WasmMerge(Arc::new(self.caller(st, tenant, Role::Merge, b))));
+                    match self.shadow_lane(st, tenant, Role::Merge, b) {
+                        Some(lane) => Arc::new(ShadowedMerge::new(serving, lane)),
+                        None => serving,
+                    }
                 }
                 (None, _) => builtin,
             },
@@ -546,10 +553,6 @@ impl Registry {
     ) -> Option<ShadowBinding> {
         let name = policy.shadow.as_ref()?;
         let problem = match st.plugins.get(name).and_then(|e| e.serving.as_ref()) {
-            _ if role == Role::Merge => {
-                "merge documents are not shadowed (their state lives in the serving plugin)"
-                    .to_owned()
-            }
             Some(c) if c.role == role => {
                 return Some(ShadowBinding {
                     plugin: name.clone(),
@@ -601,7 +604,9 @@ impl Registry {
             Role::RateLimit => ShadowPolicy::RateLimit(Arc::new(WasmRateLimit(
                 self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
             ))),
-            Role::Merge => return None,
+            Role::Merge => ShadowPolicy::Merge(Arc::new(WasmMerge(Arc::new(
+                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
+            )))),
         };
         let stats = Arc::new(ShadowStats::new(
             &tenant.id,

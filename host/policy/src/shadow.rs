@@ -15,25 +15,35 @@
 //!   same kind of denial; rate limit — the same kind of decision (allow,
 //!   reject, delay; wait times follow the clock and are not compared).
 //! - **State is the shadow's own**: its key-value store and token buckets are
-//!   keyed by plugin, so a shadow rate limiter counts in its own buckets.
-//!   Merge documents are not shadowed.
+//!   keyed by plugin, so a shadow rate limiter counts in its own buckets; a
+//!   shadowed merge document is a second document of the shadow plugin, opened
+//!   from the same snapshot and given the same updates in the same order, so
+//!   the comparison is of merge outputs (the update each `apply` broadcasts,
+//!   or the same kind of refusal).
+//! - **Merge documents are sampled whole**: `shadow_sample` decides at open
+//!   whether a document is shadowed; a shadowed one offers every update. A
+//!   document whose update could not be queued is out of step and is not
+//!   compared again until it is reopened; at most [`MAX_DOCUMENTS`] shadow
+//!   documents are open per tenant (more are `dropped`), and one whose serving
+//!   document closed is released within [`PRUNE_EVERY`].
 //! - The last [`KEEP_DIFFS`] differing inputs are kept per tenant role, with
 //!   tokens, credentials headers and claims redacted and payloads cut at
 //!   [`KEEP_DATA_BYTES`].
 
 use std::cell::Cell;
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use switchyard_core::policy::{
-    AuthPolicy, ConnectRequest, Denial, Principal, PublishRequest, RateDecision, RateKey,
-    RateLimitPolicy, Route, RouterPolicy,
+    AuthPolicy, ConnectRequest, Denial, MergeDocument, MergeError, MergePolicy, Principal,
+    PublishRequest, RateDecision, RateKey, RateLimitPolicy, Route, RouterPolicy, Stamp,
 };
 
 /// Jobs waiting for the shadow thread at most.
@@ -42,6 +52,10 @@ pub const QUEUE: usize = 1024;
 pub const KEEP_DIFFS: usize = 20;
 /// Payload bytes kept in a differing input.
 pub const KEEP_DATA_BYTES: usize = 1024;
+/// Shadow merge documents open at once per tenant (each pins an instance).
+pub const MAX_DOCUMENTS: usize = 64;
+/// How often the shadow thread releases documents whose serving one closed.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// Set by a plugin call on this thread that failed (trap, timeout, bad
@@ -116,6 +130,11 @@ impl ShadowStats {
         }
     }
 
+    fn count_dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.dropped_metric.inc();
+    }
+
     fn record(&self, verdict: Verdict, diff: impl FnOnce() -> Value) {
         self.calls.fetch_add(1, Ordering::Relaxed);
         match verdict {
@@ -155,6 +174,7 @@ pub(crate) enum ShadowPolicy {
     Auth(Arc<dyn AuthPolicy>),
     Router(Arc<dyn RouterPolicy>),
     RateLimit(Arc<dyn RateLimitPolicy>),
+    Merge(Arc<dyn MergePolicy>),
 }
 
 /// One serving call, copied for the shadow.
@@ -187,6 +207,19 @@ enum Job {
         channel: String,
         cost: u32,
         serving: RateDecision,
+    },
+    /// A serving document opened from `snapshot`; `alive` lasts as long as it.
+    Open {
+        doc: u64,
+        alive: Weak<()>,
+        snapshot: Vec<u8>,
+    },
+    Apply {
+        doc: u64,
+        update: Vec<u8>,
+        lamport: u64,
+        client_id: String,
+        serving: Result<Option<Vec<u8>>, MergeError>,
     },
 }
 
@@ -233,14 +266,19 @@ impl Lane {
 
     /// Offers a job built by `job` (only when sampled); a full queue drops it.
     fn offer(&self, job: impl FnOnce() -> Job) {
-        if !self.sampled() {
-            return;
+        if self.sampled() {
+            self.send(job());
         }
-        match self.tx.try_send(job()) {
-            Ok(()) => {}
+    }
+
+    /// Queues `job` whatever the sample; a full queue drops it (counted).
+    /// Returns whether it was queued.
+    fn send(&self, job: Job) -> bool {
+        match self.tx.try_send(job) {
+            Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                self.stats.dropped_metric.inc();
+                self.stats.count_dropped();
+                false
             }
         }
     }
@@ -270,10 +308,24 @@ fn seed() -> u32 {
 }
 
 fn run(policy: &ShadowPolicy, rx: &Receiver<Job>, stats: &ShadowStats) {
-    while let Ok(job) = rx.recv() {
+    let mut docs = Documents::default();
+    loop {
+        let job = match rx.recv_timeout(PRUNE_EVERY) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                docs.prune();
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         take_failure();
-        let (verdict, diff) = judge(policy, job);
-        stats.record(verdict, || diff);
+        let judged = match policy {
+            ShadowPolicy::Merge(p) => judge_merge(p.as_ref(), &mut docs, job, stats),
+            _ => Some(judge(policy, job)),
+        };
+        if let Some((verdict, diff)) = judged {
+            stats.record(verdict, || diff);
+        }
     }
 }
 
@@ -374,6 +426,12 @@ fn judge(policy: &ShadowPolicy, job: Job) -> (Verdict, Value) {
         }
         _ => unreachable!("a lane only carries its own role's jobs"),
     };
+    compared(input, serving, shadow, same)
+}
+
+/// The verdict on a shadow call just made (a failure it noted makes it
+/// `error`), and the difference as shown.
+fn compared(input: Value, serving: Value, shadow: Value, same: bool) -> (Verdict, Value) {
     let verdict = if take_failure() {
         Verdict::Error
     } else if same {
@@ -392,7 +450,108 @@ fn judge(policy: &ShadowPolicy, job: Job) -> (Verdict, Value) {
     (verdict, diff)
 }
 
+/// The shadow thread's merge documents, by the serving document's number.
+#[derive(Default)]
+struct Documents {
+    open: HashMap<u64, Twin>,
+}
+
+struct Twin {
+    doc: Box<dyn MergeDocument>,
+    /// Dead once the serving document is dropped.
+    alive: Weak<()>,
+}
+
+impl Documents {
+    /// Releases the documents whose serving document closed.
+    fn prune(&mut self) {
+        self.open.retain(|_, d| d.alive.strong_count() > 0);
+    }
+}
+
+/// Runs a merge job on the shadow's own document: `None` when there is
+/// nothing to compare (the document is not open in the shadow).
+fn judge_merge(
+    policy: &dyn MergePolicy,
+    docs: &mut Documents,
+    job: Job,
+    stats: &ShadowStats,
+) -> Option<(Verdict, Value)> {
+    match job {
+        Job::Open {
+            doc,
+            alive,
+            snapshot,
+        } => {
+            docs.prune();
+            if docs.open.len() >= MAX_DOCUMENTS {
+                stats.count_dropped();
+                return None;
+            }
+            let r = policy.open(&snapshot);
+            let shadow = match &r {
+                Ok(_) => json!("opened"),
+                Err(e) => json!({"error": e.to_string()}),
+            };
+            let same = r.is_ok();
+            let judged = compared(
+                json!({"call": "open", "document": doc, "snapshot": shown_bytes(&snapshot)}),
+                json!("opened"),
+                shadow,
+                same,
+            );
+            if let Ok(d) = r
+                && judged.0 != Verdict::Error
+            {
+                docs.open.insert(doc, Twin { doc: d, alive });
+            }
+            Some(judged)
+        }
+        Job::Apply {
+            doc,
+            update,
+            lamport,
+            client_id,
+            serving,
+        } => {
+            let d = docs.open.get_mut(&doc)?;
+            let stamp = Stamp {
+                lamport,
+                client_id: &client_id,
+            };
+            let r = d.doc.apply(&update, &stamp);
+            let judged = compared(
+                json!({"call": "apply", "document": doc, "update": shown_bytes(&update), "lamport": lamport, "client_id": client_id}),
+                merge_result(&serving),
+                merge_result(&r),
+                same_merge(&serving, &r),
+            );
+            // A failed call took the shadow's state with it: out of step.
+            if judged.0 == Verdict::Error
+                || matches!(r, Err(MergeError::Failed(_) | MergeError::Lost(_)))
+            {
+                docs.open.remove(&doc);
+            }
+            Some(judged)
+        }
+        _ => unreachable!("a merge lane only carries merge jobs"),
+    }
+}
+
 // The role-aware comparison, shared with `switchyard replay` ([`crate::replay`]).
+
+/// Merge: the same update to broadcast (or both none), or the same kind of
+/// refusal.
+pub(crate) fn same_merge(
+    a: &Result<Option<Vec<u8>>, MergeError>,
+    b: &Result<Option<Vec<u8>>, MergeError>,
+) -> bool {
+    match (a, b) {
+        (Ok(x), Ok(y)) => x == y,
+        (Err(x), Err(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
+        _ => false,
+    }
+}
 
 pub(crate) fn same_denial(a: &Denial, b: &Denial) -> bool {
     std::mem::discriminant(a) == std::mem::discriminant(b)
@@ -512,6 +671,26 @@ fn unit_result(r: &Result<(), Denial>) -> Value {
     }
 }
 
+/// Bytes as shown: UTF-8 text cut at [`KEEP_DATA_BYTES`], else their size
+/// and the hex of the first [`KEEP_DATA_BYTES`]` / 2`.
+fn shown_bytes(b: &[u8]) -> Value {
+    match std::str::from_utf8(b) {
+        Ok(t) => json!(cut(t)),
+        Err(_) => {
+            let head = &b[..b.len().min(KEEP_DATA_BYTES / 2)];
+            json!({"bytes": b.len(), "hex": head.iter().map(|x| format!("{x:02x}")).collect::<String>()})
+        }
+    }
+}
+
+fn merge_result(r: &Result<Option<Vec<u8>>, MergeError>) -> Value {
+    match r {
+        Ok(Some(u)) => json!({"broadcast": shown_bytes(u)}),
+        Ok(None) => json!("unchanged"),
+        Err(e) => json!({"refused": e.to_string()}),
+    }
+}
+
 fn route_result(r: &Result<Route, Denial>) -> Value {
     match r {
         Ok(Route::Direct) => json!("direct"),
@@ -612,10 +791,105 @@ impl RateLimitPolicy for ShadowedRateLimit {
     }
 }
 
+/// Merge role served by one plugin and shadowed by another: every sampled
+/// document has a twin in the shadow plugin.
+pub(crate) struct ShadowedMerge {
+    serving: Arc<dyn MergePolicy>,
+    lane: Arc<Lane>,
+    next_doc: AtomicU64,
+}
+
+impl ShadowedMerge {
+    pub(crate) fn new(serving: Arc<dyn MergePolicy>, lane: Lane) -> Self {
+        Self {
+            serving,
+            lane: Arc::new(lane),
+            next_doc: AtomicU64::new(1),
+        }
+    }
+}
+
+impl MergePolicy for ShadowedMerge {
+    fn open(&self, snapshot: &[u8]) -> Result<Box<dyn MergeDocument>, MergeError> {
+        take_failure();
+        let serving = self.serving.open(snapshot)?;
+        // A failed open answered by the fallback (on_error = allow) has no
+        // plugin document to twin.
+        if take_failure() || !self.lane.sampled() {
+            return Ok(serving);
+        }
+        let doc = self.next_doc.fetch_add(1, Ordering::Relaxed);
+        let alive = Arc::new(());
+        let job = Job::Open {
+            doc,
+            alive: Arc::downgrade(&alive),
+            snapshot: snapshot.to_vec(),
+        };
+        if !self.lane.send(job) {
+            return Ok(serving);
+        }
+        Ok(Box::new(ShadowedDocument {
+            serving,
+            lane: self.lane.clone(),
+            doc,
+            alive: Some(alive),
+        }))
+    }
+}
+
+/// A serving document whose updates are offered to its shadow twin.
+struct ShadowedDocument {
+    serving: Box<dyn MergeDocument>,
+    lane: Arc<Lane>,
+    doc: u64,
+    /// `None` once the twin is out of step (it is released, not compared).
+    alive: Option<Arc<()>>,
+}
+
+impl MergeDocument for ShadowedDocument {
+    fn apply(&mut self, update: &[u8], stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
+        take_failure();
+        let r = self.serving.apply(update, stamp);
+        // A failed serving call is not compared; the gateway drops this
+        // document and reopens it, twin and all.
+        let failed = take_failure();
+        if self.alive.is_some() {
+            let queued = !failed
+                && self.lane.send(Job::Apply {
+                    doc: self.doc,
+                    update: update.to_vec(),
+                    lamport: stamp.lamport,
+                    client_id: stamp.client_id.to_owned(),
+                    serving: r.clone(),
+                });
+            if !queued {
+                self.alive = None;
+            }
+        }
+        r
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, MergeError> {
+        self.serving.snapshot()
+    }
+
+    fn size(&self) -> Option<usize> {
+        self.serving.size()
+    }
+
+    fn state_vector(&self) -> Result<Option<Vec<u8>>, MergeError> {
+        self.serving.state_vector()
+    }
+
+    fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
+        self.serving.diff(state_vector)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchyard_core::policy::RouteTarget;
+    use switchyard_core::policy::{BuiltIn, RouteTarget};
 
     fn target(ch: &str, data: Option<&str>) -> RouteTarget {
         RouteTarget {
@@ -685,7 +959,11 @@ mod tests {
 
     /// A lane with no thread behind it: every call sampled, jobs left in `rx`.
     fn bare_lane() -> (Lane, Receiver<Job>) {
-        let (tx, rx) = sync_channel(QUEUE);
+        lane_of(QUEUE)
+    }
+
+    fn lane_of(queue: usize) -> (Lane, Receiver<Job>) {
+        let (tx, rx) = sync_channel(queue);
         let counters = ShadowCounters {
             same: Counter::default(),
             differ: Counter::default(),
@@ -735,6 +1013,118 @@ mod tests {
         note_failure(); // left behind by an unrelated call on this thread
         lane.serve(|| RateDecision::Allow, rate_job);
         assert!(matches!(rx.try_recv(), Ok(Job::Rate { .. })));
+    }
+
+    fn stamp() -> Stamp<'static> {
+        Stamp {
+            lamport: 1,
+            client_id: "c1",
+        }
+    }
+
+    #[test]
+    fn a_shadowed_document_offers_its_open_and_every_update() {
+        let (lane, rx) = bare_lane();
+        let merge = ShadowedMerge::new(Arc::new(BuiltIn), lane);
+        let mut doc = merge.open(b"").expect("open");
+        assert!(matches!(rx.try_recv(), Ok(Job::Open { doc: 1, .. })));
+        let r = doc.apply(br#"{"x":1}"#, &stamp()).expect("apply");
+        match rx.try_recv() {
+            Ok(Job::Apply {
+                doc: 1,
+                update,
+                serving,
+                client_id,
+                ..
+            }) => {
+                assert_eq!(update, br#"{"x":1}"#);
+                assert_eq!(serving, Ok(r), "the serving output goes with it");
+                assert_eq!(client_id, "c1");
+            }
+            _ => panic!("no apply job"),
+        }
+    }
+
+    #[test]
+    fn a_twin_that_missed_an_update_is_not_compared_again() {
+        let (lane, rx) = lane_of(1);
+        let merge = ShadowedMerge::new(Arc::new(BuiltIn), lane);
+        let mut doc = merge.open(b"").expect("open");
+        // The queue holds the open; the first update is dropped.
+        doc.apply(br#"{"x":1}"#, &stamp()).expect("apply");
+        assert!(matches!(rx.try_recv(), Ok(Job::Open { .. })));
+        doc.apply(br#"{"x":2}"#, &stamp()).expect("serving goes on");
+        assert!(rx.try_recv().is_err(), "an out-of-step twin gets nothing");
+        assert_eq!(merge.lane.stats.dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_twin_compares_merge_outputs_and_is_released_with_its_document() {
+        let (lane, _rx) = bare_lane();
+        let stats = lane.stats.clone();
+        let mut docs = Documents::default();
+        let alive = Arc::new(());
+        let open = Job::Open {
+            doc: 7,
+            alive: Arc::downgrade(&alive),
+            snapshot: Vec::new(),
+        };
+        let judged = judge_merge(&BuiltIn, &mut docs, open, &stats).expect("judged");
+        assert_eq!(judged.0, Verdict::Same);
+        let apply = |update: &[u8], serving| Job::Apply {
+            doc: 7,
+            update: update.to_vec(),
+            lamport: 1,
+            client_id: "c1".into(),
+            serving,
+        };
+        // What the built-in LWW map broadcasts for this patch: the same.
+        let mut reference = BuiltIn.open(b"").expect("open");
+        let out = reference.apply(br#"{"x":1}"#, &stamp());
+        let same = judge_merge(&BuiltIn, &mut docs, apply(br#"{"x":1}"#, out), &stats);
+        assert_eq!(same.expect("judged").0, Verdict::Same);
+        let other = Ok(Some(b"something else".to_vec()));
+        let (v, diff) =
+            judge_merge(&BuiltIn, &mut docs, apply(br#"{"y":2}"#, other), &stats).expect("judged");
+        assert_eq!(v, Verdict::Differ);
+        assert_eq!(diff["input"]["call"], "apply", "{diff}");
+        assert_eq!(diff["serving"]["broadcast"], "something else", "{diff}");
+        let refused = judge_merge(
+            &BuiltIn,
+            &mut docs,
+            apply(b"not json", Err(MergeError::Invalid("bad".into()))),
+            &stats,
+        );
+        assert_eq!(refused.expect("judged").0, Verdict::Same, "both refuse");
+        drop(alive);
+        docs.prune();
+        let none = judge_merge(&BuiltIn, &mut docs, apply(br#"{"z":3}"#, Ok(None)), &stats);
+        assert!(none.is_none(), "a closed document's twin is released");
+    }
+
+    #[test]
+    fn merge_outputs_compare_by_bytes_and_refusals_by_kind() {
+        let ok = |b: &[u8]| Ok(Some(b.to_vec()));
+        assert!(same_merge(&ok(b"a"), &ok(b"a")));
+        assert!(!same_merge(&ok(b"a"), &ok(b"b")));
+        assert!(!same_merge(&ok(b"a"), &Ok(None)));
+        assert!(same_merge(
+            &Err(MergeError::Conflict("x".into())),
+            &Err(MergeError::Conflict("y".into()))
+        ));
+        assert!(!same_merge(
+            &Err(MergeError::Conflict("x".into())),
+            &Err(MergeError::Invalid("x".into()))
+        ));
+    }
+
+    #[test]
+    fn binary_bytes_are_shown_as_size_and_hex() {
+        assert_eq!(shown_bytes(b"text"), json!("text"));
+        let b = vec![0xffu8; KEEP_DATA_BYTES * 2];
+        let v = shown_bytes(&b);
+        assert_eq!(v["bytes"], KEEP_DATA_BYTES * 2);
+        assert_eq!(v["hex"].as_str().map(str::len), Some(KEEP_DATA_BYTES));
     }
 
     #[test]
