@@ -1,21 +1,24 @@
-//! The process-wide wasmtime engine (component model, pooling allocator, epoch
-//! interruption with a 1 ms ticker thread), compilation with an on-disk cache of
-//! compiled code keyed by content hash and engine, and role detection.
+//! The wasmtime engine as a value ([`Runtime`]: component model, pooling
+//! allocator, epoch interruption with a 1 ms ticker thread), compilation with
+//! an on-disk cache of compiled code keyed by content hash and engine, and role
+//! detection. A plugin host makes one runtime and passes it to what compiles;
+//! each compiled plugin carries its engine to the pools that instantiate it.
 
 use std::fmt::Write as _;
 use std::hash::{Hash as _, Hasher as _};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
-use crate::bindings::{auth, merge, rate_limit, router};
 use crate::host_api::{PluginState, Scope, link_component, linker};
 use crate::kv::KvStore;
 use crate::role::Role;
+use crate::roles::{AnyPre, PluginRole, RoleVisitor, each_role};
 
 /// Interval of the epoch ticker; call deadlines are counted in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -66,21 +69,38 @@ pub enum LoadError {
     Instantiate(String),
 }
 
-/// The shared engine and linker.
-pub(crate) struct Runtime {
-    pub engine: Engine,
-    pub linker: Linker<PluginState>,
+/// The engine and linker plugins are compiled, linked and run with. Dropping
+/// the last handle stops its epoch ticker.
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    pub(crate) linker: Linker<PluginState>,
     /// Identifies compiled code compatible with this engine (cache file names).
-    pub fingerprint: String,
+    pub(crate) fingerprint: String,
+    ticking: Arc<AtomicBool>,
 }
 
-/// The process-wide runtime, created on first use (starts the epoch ticker).
-pub(crate) fn runtime() -> Result<&'static Runtime, LoadError> {
-    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| build_runtime().map_err(|e| format!("{e:#}")))
-        .as_ref()
-        .map_err(|e| LoadError::Runtime(e.clone()))
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Runtime {
+    /// A new engine (pooling allocator for [`POOL_INSTANCES`] instances) with
+    /// its epoch ticker thread.
+    pub fn new() -> Result<Arc<Self>, LoadError> {
+        build_runtime()
+            .map(Arc::new)
+            .map_err(|e| LoadError::Runtime(format!("{e:#}")))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
 }
 
 fn build_runtime() -> wasmtime::Result<Runtime> {
@@ -108,10 +128,12 @@ fn build_runtime() -> wasmtime::Result<Runtime> {
     let fingerprint = format!("wasmtime48.0.8-{:016x}", h.finish());
     let linker = linker(&engine)?;
     let ticker = engine.clone();
+    let ticking = Arc::new(AtomicBool::new(true));
+    let on = ticking.clone();
     std::thread::Builder::new()
         .name("plugin-epoch".into())
         .spawn(move || {
-            loop {
+            while on.load(Ordering::Relaxed) {
                 std::thread::sleep(EPOCH_TICK);
                 ticker.increment_epoch();
             }
@@ -120,23 +142,18 @@ fn build_runtime() -> wasmtime::Result<Runtime> {
         engine,
         linker,
         fingerprint,
+        ticking,
     })
-}
-
-/// Pre-instantiated component for its role's world.
-#[derive(Clone)]
-pub(crate) enum RolePre {
-    Auth(auth::AuthPluginPre<PluginState>),
-    Router(router::RouterPluginPre<PluginState>),
-    RateLimit(rate_limit::RateLimitPluginPre<PluginState>),
-    Merge(merge::MergePluginPre<PluginState>),
 }
 
 /// One compiled plugin version.
 pub(crate) struct Compiled {
     pub hash: ContentHash,
     pub role: Role,
-    pub pre: RolePre,
+    /// The engine it was compiled for (its instances' stores use it).
+    pub engine: Engine,
+    /// The role's [`crate::roles::PluginRole::Pre`].
+    pub pre: AnyPre,
     /// Whether the compiled code came from the disk cache.
     pub from_cache: bool,
 }
@@ -156,8 +173,7 @@ fn cache_path(rt: &Runtime, cache_dir: &Path, hash: &ContentHash) -> PathBuf {
 
 /// Compiles `bytes` (or loads the cached compiled code), detects the role world
 /// it implements and checks that it instantiates. Blocking: run off the hot path.
-pub(crate) fn compile(bytes: &[u8], cache_dir: &Path) -> Result<Compiled, LoadError> {
-    let rt = runtime()?;
+pub(crate) fn compile(rt: &Runtime, bytes: &[u8], cache_dir: &Path) -> Result<Compiled, LoadError> {
     let hash = content_hash(bytes);
     let path = cache_path(rt, cache_dir, &hash);
     let mut component = None;
@@ -192,6 +208,7 @@ pub(crate) fn compile(bytes: &[u8], cache_dir: &Path) -> Result<Compiled, LoadEr
     let compiled = Compiled {
         hash,
         role,
+        engine: rt.engine.clone(),
         pre,
         from_cache,
     };
@@ -213,28 +230,37 @@ fn store_cache(c: &Component, cache_dir: &Path, path: &Path) {
 }
 
 /// Which role world `pre` implements; exactly one must match.
-fn detect(pre: InstancePre<PluginState>) -> Result<(Role, RolePre), LoadError> {
-    let mut found = Vec::new();
-    if let Ok(p) = auth::AuthPluginPre::new(pre.clone()) {
-        found.push((Role::Auth, RolePre::Auth(p)));
+fn detect(pre: InstancePre<PluginState>) -> Result<(Role, AnyPre), LoadError> {
+    struct Detect {
+        pre: InstancePre<PluginState>,
+        found: Vec<(Role, AnyPre)>,
     }
-    if let Ok(p) = router::RouterPluginPre::new(pre.clone()) {
-        found.push((Role::Router, RolePre::Router(p)));
+    impl RoleVisitor for Detect {
+        fn visit<R: PluginRole>(&mut self) {
+            if let Ok(p) = R::pre(self.pre.clone()) {
+                self.found.push((R::ROLE, Arc::new(p)));
+            }
+        }
     }
-    if let Ok(p) = rate_limit::RateLimitPluginPre::new(pre.clone()) {
-        found.push((Role::RateLimit, RolePre::RateLimit(p)));
-    }
-    if let Ok(p) = merge::MergePluginPre::new(pre) {
-        found.push((Role::Merge, RolePre::Merge(p)));
-    }
+    let mut d = Detect {
+        pre,
+        found: Vec::new(),
+    };
+    each_role(&mut d);
+    let mut found = d.found;
     match found.len() {
         1 => Ok(found.remove(0)),
-        0 => Err(LoadError::World(
-            "exports none of the worlds auth-plugin, router-plugin, rate-limit-plugin, merge-plugin of switchyard:gateway@0.2.0".into(),
-        )),
+        0 => Err(LoadError::World(format!(
+            "exports none of the worlds {} of switchyard:gateway@0.2.0",
+            Role::ALL.map(Role::world).join(", ")
+        ))),
         _ => Err(LoadError::World(format!(
             "exports several role worlds ({}); one file implements one role",
-            found.iter().map(|(r, _)| r.as_str()).collect::<Vec<_>>().join(", ")
+            found
+                .iter()
+                .map(|(r, _)| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
@@ -242,7 +268,6 @@ fn detect(pre: InstancePre<PluginState>) -> Result<(Role, RolePre), LoadError> {
 /// Instantiates once in a throw-away store (default limits) to catch components
 /// that compile but cannot start.
 fn probe(c: &Compiled) -> Result<(), LoadError> {
-    let rt = runtime()?;
     let scope = Arc::new(Scope {
         plugin: Arc::from("probe"),
         tenant: Arc::from(""),
@@ -251,16 +276,31 @@ fn probe(c: &Compiled) -> Result<(), LoadError> {
         figures: Arc::new(crate::figures::Figures::unlisted()),
         replay: None,
     });
-    let mut store = Store::new(&rt.engine, PluginState::new(scope, 64 << 20));
+    let mut store = Store::new(&c.engine, PluginState::new(scope, 64 << 20));
     store.limiter(|s| &mut s.limits);
     store.set_epoch_deadline(deadline_ticks(Duration::from_millis(100)));
-    let r = match &c.pre {
-        RolePre::Auth(p) => p.instantiate(&mut store).map(drop),
-        RolePre::Router(p) => p.instantiate(&mut store).map(drop),
-        RolePre::RateLimit(p) => p.instantiate(&mut store).map(drop),
-        RolePre::Merge(p) => p.instantiate(&mut store).map(drop),
+    struct Probe<'a> {
+        c: &'a Compiled,
+        store: &'a mut Store<PluginState>,
+        result: Option<wasmtime::Result<()>>,
+    }
+    impl RoleVisitor for Probe<'_> {
+        fn visit<R: PluginRole>(&mut self) {
+            if R::ROLE == self.c.role {
+                self.result =
+                    Some(crate::roles::instantiate::<R>(&self.c.pre, self.store).map(drop));
+            }
+        }
+    }
+    let mut p = Probe {
+        c,
+        store: &mut store,
+        result: None,
     };
-    r.map_err(|e| LoadError::Instantiate(bounded(format!("{e:#}"))))
+    each_role(&mut p);
+    p.result
+        .unwrap_or_else(|| Err(wasmtime::Error::msg("no such role")))
+        .map_err(|e| LoadError::Instantiate(bounded(format!("{e:#}"))))
 }
 
 /// Epoch ticks for a deadline (at least the full duration elapses).

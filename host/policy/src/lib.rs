@@ -1,7 +1,7 @@
 //! switchyard-policy: runs tenant policies as WebAssembly components.
 //!
-//! One process-wide wasmtime engine (component model, pooling allocator, epoch
-//! interruption) compiles each plugin file once per content hash into an
+//! One wasmtime engine per host ([`Runtime`], a value: component model, pooling
+//! allocator, epoch interruption) compiles each plugin file once per content hash into an
 //! `InstancePre`, cached on disk. Each tenant's role gets a small pool of reused
 //! instances (never one per message) with a per-instance memory cap and a
 //! per-call CPU deadline; a trap, timeout or invalid return is contained and
@@ -24,6 +24,7 @@ pub mod record;
 mod registry;
 pub mod replay;
 mod role;
+mod roles;
 pub mod shadow;
 mod watch;
 
@@ -36,7 +37,7 @@ pub use adapters::{
     MAX_CHANNEL_BYTES, MAX_CLAIMS_BYTES, MAX_MERGE_BYTES, MAX_PRINCIPAL_BYTES,
     MAX_ROUTED_DATA_BYTES,
 };
-pub use engine::{EPOCH_TICK, LoadError, MAX_PLUGIN_BYTES, POOL_INSTANCES};
+pub use engine::{EPOCH_TICK, LoadError, MAX_PLUGIN_BYTES, POOL_INSTANCES, Runtime};
 pub use metrics::{CallLabels, PluginLabel, RoleLabels};
 pub use pool::CallError;
 pub use record::RecordError;
@@ -61,9 +62,13 @@ impl PluginHost {
     /// Starts the runtime: loads every plugin, installs each tenant's `PolicySet`,
     /// and (when `plugins.watch`) watches the folder for changes.
     pub async fn start(node: Arc<Node>) -> anyhow::Result<Arc<Self>> {
-        engine::runtime()?;
+        Self::start_with(node, Runtime::new()?).await
+    }
+
+    /// [`start`](Self::start) on a given engine (several hosts may share one).
+    pub async fn start_with(node: Arc<Node>, runtime: Arc<Runtime>) -> anyhow::Result<Arc<Self>> {
         let watch = node.config.plugins.watch;
-        let registry = Arc::new(registry::Registry::new(node));
+        let registry = Arc::new(registry::Registry::new(node, runtime));
         registry.scan().await;
         let watcher = watch.then(|| watch::spawn(Arc::downgrade(&registry), registry.dir()));
         Ok(Arc::new(Self {

@@ -10,10 +10,10 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use wasmtime::{Store, Trap};
 
-use crate::bindings::{auth, merge, rate_limit, router};
-use crate::engine::{Compiled, RolePre, bounded, deadline_ticks, runtime};
+use crate::engine::{Compiled, bounded, deadline_ticks};
 use crate::host_api::{PluginState, Scope};
 use crate::isolation::{InstanceTicket, TenantBudget};
+pub(crate) use crate::roles::RoleInstance;
 
 /// Idle instances kept per pool (more are dropped when given back).
 const MAX_IDLE: usize = 16;
@@ -49,31 +49,6 @@ pub enum CallError {
     #[error("not loaded: {0}")]
     Unavailable(String),
 }
-
-/// Bindings of one role's world, instantiated from its `RolePre`.
-pub(crate) trait RoleInstance: Sized + Send + 'static {
-    fn instantiate(pre: &RolePre, store: &mut Store<PluginState>) -> wasmtime::Result<Self>;
-}
-
-macro_rules! role_instance {
-    ($ty:ty, $variant:ident) => {
-        impl RoleInstance for $ty {
-            fn instantiate(
-                pre: &RolePre,
-                store: &mut Store<PluginState>,
-            ) -> wasmtime::Result<Self> {
-                match pre {
-                    RolePre::$variant(p) => p.instantiate(store),
-                    _ => Err(wasmtime::Error::msg("plugin role mismatch")),
-                }
-            }
-        }
-    };
-}
-role_instance!(auth::AuthPlugin, Auth);
-role_instance!(router::RouterPlugin, Router);
-role_instance!(rate_limit::RateLimitPlugin, RateLimit);
-role_instance!(merge::MergePlugin, Merge);
 
 /// One live instance with its own store.
 pub(crate) struct Loaded<B> {
@@ -126,23 +101,20 @@ impl<B: RoleInstance> InstancePool<B> {
                 self.budget.max_instances()
             ))
         })?;
-        let rt = runtime().map_err(|e| CallError::Instantiate(e.to_string()))?;
         let mut store = Store::new(
-            &rt.engine,
+            &self.compiled.engine,
             PluginState::new(self.scope.clone(), self.limits.memory_limit),
         );
         store.limiter(|s| &mut s.limits);
         // Instantiation (guest start code) gets its own, roomier deadline.
         store.set_epoch_deadline(self.ticks.max(deadline_ticks(INSTANTIATE_TIMEOUT)));
-        let bindings =
-            B::instantiate(&self.compiled.pre, &mut store).map_err(|e| {
-                match classify(&e, self.limits.call_timeout) {
-                    CallError::Trap(t) => CallError::Instantiate(t),
-                    CallError::Timeout(_) => {
-                        CallError::Timeout(INSTANTIATE_TIMEOUT.max(self.limits.call_timeout))
-                    }
-                    other => other,
+        let bindings = crate::roles::instantiate::<B::Role>(&self.compiled.pre, &mut store)
+            .map_err(|e| match classify(&e, self.limits.call_timeout) {
+                CallError::Trap(t) => CallError::Instantiate(t),
+                CallError::Timeout(_) => {
+                    CallError::Timeout(INSTANTIATE_TIMEOUT.max(self.limits.call_timeout))
                 }
+                other => other,
             })?;
         Ok(Loaded {
             store,

@@ -9,17 +9,14 @@ use std::time::{Duration, SystemTime};
 use parking_lot::Mutex;
 use serde_json::json;
 use switchyard_core::Node;
-use switchyard_core::config::{OnError, PluginsConfig, PolicyConfig};
-use switchyard_core::policy::{
-    AuthPolicy, BuiltIn, MergePolicy, PolicySet, RateLimitPolicy, RouterPolicy,
-};
+use switchyard_core::config::{OnError, PluginsConfig, PoliciesConfig, PolicyConfig};
+use switchyard_core::policy::PolicySet;
 use switchyard_core::tenant::Tenant;
 
-use crate::adapters::{Caller, Unavailable, WasmAuth, WasmMerge, WasmRateLimit, WasmRouter};
-use crate::bindings::{auth, merge, rate_limit, router};
+use crate::adapters::{Caller, Unavailable};
 use crate::breaker::Breaker;
 use crate::engine::{
-    Compiled, ContentHash, LoadError, MAX_PLUGIN_BYTES, compile, content_hash, hex,
+    Compiled, ContentHash, LoadError, MAX_PLUGIN_BYTES, Runtime, compile, content_hash, hex,
 };
 use crate::figures::Figures;
 use crate::host_api::Scope;
@@ -29,9 +26,8 @@ use crate::metrics::PluginMetrics;
 use crate::pool::{CallError, InstancePool, Limits, RoleInstance};
 use crate::record::{RecordError, RecordRequest, RecordStatus, RecordTap};
 use crate::role::Role;
-use crate::shadow::{
-    Lane, ShadowPolicy, ShadowStats, ShadowedAuth, ShadowedMerge, ShadowedRateLimit, ShadowedRouter,
-};
+use crate::roles::{PluginRole, RoleVisitor, each_role};
+use crate::shadow::{Lane, ShadowStats};
 
 /// Largest memory cap a policy may ask for (32-bit linear memory).
 const MAX_MEMORY_LIMIT: usize = 4 << 30;
@@ -113,8 +109,11 @@ struct Promotion {
     shadow: String,
 }
 
+/// Each role's binding of one tenant.
+type Bindings = BTreeMap<Role, Binding>;
+
 struct TenantInstall {
-    bindings: [Binding; 4],
+    bindings: Bindings,
     set: PolicySet,
 }
 
@@ -152,6 +151,8 @@ struct State {
 /// Shared by the `PluginHost`, its watcher and its reload path.
 pub(crate) struct Registry {
     node: Arc<Node>,
+    /// The engine every plugin of this host is compiled for.
+    runtime: Arc<Runtime>,
     metrics: PluginMetrics,
     dir: PathBuf,
     cache_dir: PathBuf,
@@ -168,7 +169,7 @@ enum FileLoad {
 }
 
 impl Registry {
-    pub(crate) fn new(node: Arc<Node>) -> Self {
+    pub(crate) fn new(node: Arc<Node>, runtime: Arc<Runtime>) -> Self {
         let defaults = node.config.plugins.clone();
         let dir = defaults.dir.clone();
         let cache_dir = if defaults.cache_dir.as_os_str().is_empty() {
@@ -179,6 +180,7 @@ impl Registry {
         Self {
             metrics: PluginMetrics::register(&node.metrics),
             node,
+            runtime,
             dir,
             cache_dir,
             state: Mutex::new(State {
@@ -255,13 +257,14 @@ impl Registry {
 
     async fn read_and_compile(&self, path: PathBuf, known: Option<ContentHash>) -> FileLoad {
         let cache_dir = self.cache_dir.clone();
+        let rt = self.runtime.clone();
         let job = tokio::task::spawn_blocking(move || {
             let bytes = read_bounded(&path).map_err(|e| (None, e))?;
             let hash = content_hash(&bytes);
             if known == Some(hash) {
                 return Ok(None);
             }
-            compile(&bytes, &cache_dir)
+            compile(&rt, &bytes, &cache_dir)
                 .map(|c| Some(Arc::new(c)))
                 .map_err(|e| (Some(hash), e))
         });
@@ -363,15 +366,34 @@ impl Registry {
 
     fn install_tenant(&self, st: &mut State, tenant: &Arc<Tenant>) {
         let cfg = tenant.config();
-        let mappings = [
-            cfg.policies.auth.as_ref(),
-            cfg.policies.router.as_ref(),
-            cfg.policies.rate_limit.as_ref(),
-            cfg.policies.merge.as_ref(),
-        ];
-        let bindings: [Binding; 4] =
-            std::array::from_fn(|i| self.binding(st, &tenant.id, Role::ALL[i], mappings[i]));
-        for (b, role) in bindings.iter().zip(Role::ALL) {
+        let policies = &cfg.policies;
+        // What each role is bound to.
+        struct Bind<'a> {
+            reg: &'a Registry,
+            st: &'a mut State,
+            tenant: &'a str,
+            policies: &'a PoliciesConfig,
+            bindings: Bindings,
+        }
+        impl RoleVisitor for Bind<'_> {
+            fn visit<R: PluginRole>(&mut self) {
+                let mapping = R::mapping(self.policies);
+                let b = self
+                    .reg
+                    .binding(self.st, self.tenant, R::ROLE, mapping, R::FAILS_CLOSED);
+                self.bindings.insert(R::ROLE, b);
+            }
+        }
+        let mut bind = Bind {
+            reg: self,
+            st,
+            tenant: &tenant.id,
+            policies,
+            bindings: Bindings::new(),
+        };
+        each_role(&mut bind);
+        let bindings = bind.bindings;
+        for (role, b) in &bindings {
             if !matches!(
                 b,
                 Binding::Plugin {
@@ -379,7 +401,7 @@ impl Registry {
                     ..
                 }
             ) {
-                st.shadows.remove(&(tenant.id.to_string(), role));
+                st.shadows.remove(&(tenant.id.to_string(), *role));
             }
         }
         let old = st.installed.remove(&*tenant.id);
@@ -389,69 +411,63 @@ impl Registry {
                 .insert(tenant.id.to_string(), TenantInstall { bindings, set });
             return;
         }
-        let old = old.as_ref();
-        let reuse = |i: usize| old.filter(|o| o.bindings[i] == bindings[i]).map(|o| &o.set);
-        let builtin = Arc::new(BuiltIn);
-        let set = PolicySet {
-            auth: match reuse(0) {
-                Some(s) => s.auth.clone(),
-                None => match &bindings[0] {
-                    Binding::BuiltIn => builtin.clone(),
-                    Binding::Refuse { reason } => Arc::new(Unavailable {
-                        reason: reason.clone(),
-                        metrics: self.metrics.for_call(
-                            mappings[0].map_or("", |p| p.plugin.as_str()),
-                            Role::Auth,
-                            &tenant.metric_label(),
-                        ),
-                    }),
+        // The policy set, reusing the old one's policy for each role whose
+        // binding is unchanged (its instances and state go on).
+        struct Build<'a> {
+            reg: &'a Registry,
+            st: &'a mut State,
+            tenant: &'a Arc<Tenant>,
+            policies: &'a PoliciesConfig,
+            bindings: &'a Bindings,
+            old: Option<&'a TenantInstall>,
+            set: PolicySet,
+        }
+        impl RoleVisitor for Build<'_> {
+            fn visit<R: PluginRole>(&mut self) {
+                let b = &self.bindings[&R::ROLE];
+                if let Some(old) = self.old.filter(|o| o.bindings.get(&R::ROLE) == Some(b)) {
+                    *R::slot(&mut self.set) = R::slot(&mut old.set.clone()).clone();
+                    return;
+                }
+                let policy = match b {
+                    Binding::BuiltIn => return, // the default set's
+                    Binding::Refuse { reason } => {
+                        let plugin = R::mapping(self.policies).map_or("", |p| p.plugin.as_str());
+                        let refusal = Unavailable {
+                            reason: reason.clone(),
+                            metrics: self.reg.metrics.for_call(
+                                plugin,
+                                R::ROLE,
+                                &self.tenant.metric_label(),
+                            ),
+                        };
+                        match R::unavailable(refusal) {
+                            Some(p) => p,
+                            None => return,
+                        }
+                    }
                     Binding::Plugin { .. } => {
-                        let serving: Arc<dyn AuthPolicy> =
-                            Arc::new(WasmAuth(self.caller(st, tenant, Role::Auth, &bindings[0])));
-                        match self.shadow_lane(st, tenant, Role::Auth, &bindings[0]) {
-                            Some(lane) => Arc::new(ShadowedAuth { serving, lane }),
+                        let serving = R::serve(self.reg.caller(self.st, self.tenant, R::ROLE, b));
+                        match self.reg.shadow_lane::<R>(self.st, self.tenant, b) {
+                            Some(lane) => R::shadowed(serving, lane),
                             None => serving,
                         }
                     }
-                },
-            },
-            router: match (reuse(1), &bindings[1]) {
-                (Some(s), _) => s.router.clone(),
-                (None, b @ Binding::Plugin { .. }) => {
-                    let serving: Arc<dyn RouterPolicy> =
-                        Arc::new(WasmRouter(self.caller(st, tenant, Role::Router, b)));
-                    match self.shadow_lane(st, tenant, Role::Router, b) {
-                        Some(lane) => Arc::new(ShadowedRouter { serving, lane }),
-                        None => serving,
-                    }
-                }
-                (None, _) => builtin.clone(),
-            },
-            rate_limit: match (reuse(2), &bindings[2]) {
-                (Some(s), _) => s.rate_limit.clone(),
-                (None, b @ Binding::Plugin { .. }) => {
-                    let serving: Arc<dyn RateLimitPolicy> =
-                        Arc::new(WasmRateLimit(self.caller(st, tenant, Role::RateLimit, b)));
-                    match self.shadow_lane(st, tenant, Role::RateLimit, b) {
-                        Some(lane) => Arc::new(ShadowedRateLimit { serving, lane }),
-                        None => serving,
-                    }
-                }
-                (None, _) => builtin.clone(),
-            },
-            merge: match (reuse(3), &bindings[3]) {
-                (Some(s), _) => s.merge.clone(),
-                (None, b @ Binding::Plugin { .. }) => {
-                    let serving: Arc<dyn MergePolicy> =
-                        Arc::new(WasmMerge(Arc::new(self.caller(st, tenant, Role::Merge, b))));
-                    match self.shadow_lane(st, tenant, Role::Merge, b) {
-                        Some(lane) => Arc::new(ShadowedMerge::new(serving, lane)),
-                        None => serving,
-                    }
-                }
-                (None, _) => builtin,
-            },
+                };
+                *R::slot(&mut self.set) = policy;
+            }
+        }
+        let mut build = Build {
+            reg: self,
+            st,
+            tenant,
+            policies,
+            bindings: &bindings,
+            old: old.as_ref(),
+            set: PolicySet::default(),
         };
+        each_role(&mut build);
+        let set = build.set;
         tenant.set_policies(set.clone());
         st.installed
             .insert(tenant.id.to_string(), TenantInstall { bindings, set });
@@ -463,6 +479,7 @@ impl Registry {
         tenant: &str,
         role: Role,
         policy: Option<&PolicyConfig>,
+        fails_closed: bool,
     ) -> Binding {
         let Some(policy) = policy else {
             st.promoted.remove(&(tenant.to_owned(), role));
@@ -533,7 +550,7 @@ impl Registry {
             plugin: policy.plugin.clone(),
             message: problem.clone(),
         });
-        if role == Role::Auth && policy.on_error == OnError::Deny {
+        if fails_closed && policy.on_error == OnError::Deny {
             Binding::Refuse {
                 reason: format!("auth policy unavailable: {problem}"),
             }
@@ -576,13 +593,13 @@ impl Registry {
 
     /// Starts the shadow lane of a binding that has a shadow: the shadow
     /// plugin's adapter on its own thread, and its stats in the listing.
-    fn shadow_lane(
+    fn shadow_lane<R: PluginRole>(
         &self,
         st: &mut State,
         tenant: &Tenant,
-        role: Role,
         binding: &Binding,
     ) -> Option<Lane> {
+        let role = R::ROLE;
         let Binding::Plugin {
             policy,
             limits,
@@ -594,20 +611,8 @@ impl Registry {
             return None;
         };
         let (l, k) = (*limits, *kv_max);
-        let target = match role {
-            Role::Auth => ShadowPolicy::Auth(Arc::new(WasmAuth(
-                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
-            ))),
-            Role::Router => ShadowPolicy::Router(Arc::new(WasmRouter(
-                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
-            ))),
-            Role::RateLimit => ShadowPolicy::RateLimit(Arc::new(WasmRateLimit(
-                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
-            ))),
-            Role::Merge => ShadowPolicy::Merge(Arc::new(WasmMerge(Arc::new(
-                self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false),
-            )))),
-        };
+        let target =
+            R::shadow(self.build_caller(st, tenant, role, &sb.plugin, policy, l, k, false));
         let stats = Arc::new(ShadowStats::new(
             &tenant.id,
             role.as_str(),
@@ -758,13 +763,12 @@ impl Registry {
             .installed
             .get(tenant)
             .ok_or_else(|| RecordError::NotFound(format!("no tenant {tenant:?}")))?;
-        let idx = Role::ALL.iter().position(|r| *r == role).expect("a role");
-        let Binding::Plugin {
+        let Some(Binding::Plugin {
             hash,
             policy,
             limits,
             ..
-        } = &inst.bindings[idx]
+        }) = inst.bindings.get(&role)
         else {
             return Err(RecordError::NotFound(format!(
                 "tenant {tenant}'s {role} role is not served by a plugin"
@@ -844,26 +848,36 @@ impl Registry {
         };
         let unbounded = Arc::new(TenantBudget::unbounded());
         let start = std::time::Instant::now();
-        match compiled.role {
-            Role::Auth => InstancePool::<auth::AuthPlugin>::new(compiled, scope, limits, unbounded)
-                .instantiate()
-                .map(drop),
-            Role::Router => {
-                InstancePool::<router::RouterPlugin>::new(compiled, scope, limits, unbounded)
-                    .instantiate()
-                    .map(drop)
+        struct Once {
+            compiled: Option<Arc<Compiled>>,
+            scope: Arc<Scope>,
+            limits: Limits,
+            budget: Arc<TenantBudget>,
+            result: Option<Result<(), CallError>>,
+        }
+        impl RoleVisitor for Once {
+            fn visit<R: PluginRole>(&mut self) {
+                if let Some(c) = self.compiled.take_if(|c| c.role == R::ROLE) {
+                    let pool = InstancePool::<R::Bindings>::new(
+                        c,
+                        self.scope.clone(),
+                        self.limits,
+                        self.budget.clone(),
+                    );
+                    self.result = Some(pool.instantiate().map(drop));
+                }
             }
-            Role::RateLimit => {
-                InstancePool::<rate_limit::RateLimitPlugin>::new(compiled, scope, limits, unbounded)
-                    .instantiate()
-                    .map(drop)
-            }
-            Role::Merge => {
-                InstancePool::<merge::MergePlugin>::new(compiled, scope, limits, unbounded)
-                    .instantiate()
-                    .map(drop)
-            }
-        }?;
+        }
+        let mut once = Once {
+            compiled: Some(compiled),
+            scope,
+            limits,
+            budget: unbounded,
+            result: None,
+        };
+        each_role(&mut once);
+        once.result
+            .unwrap_or_else(|| Err(CallError::Unavailable(plugin.to_owned())))?;
         Ok(start.elapsed())
     }
 
@@ -898,12 +912,11 @@ impl Registry {
                 .installed
                 .get(tenant)
                 .ok_or_else(|| PromoteError::NotFound(format!("no tenant {tenant:?}")))?;
-            let idx = Role::ALL.iter().position(|r| *r == role).expect("a role");
-            let Binding::Plugin {
+            let Some(Binding::Plugin {
                 policy,
                 shadow: Some(sb),
                 ..
-            } = &inst.bindings[idx]
+            }) = inst.bindings.get(&role)
             else {
                 return Err(PromoteError::NotFound(format!(
                     "tenant {tenant} has no running shadow for {role}"
@@ -936,30 +949,27 @@ impl Registry {
                 .installed
                 .iter()
                 .flat_map(|(tenant, inst)| {
-                    inst.bindings
-                        .iter()
-                        .zip(Role::ALL)
-                        .filter_map(move |(b, role)| match b {
-                            Binding::Plugin { policy, .. } if &policy.plugin == name => {
-                                let breaker = st
-                                    .breakers
-                                    .get(&(tenant.clone(), role))
-                                    .map(|b| b.status_json(now));
-                                let instances = st.budgets.get(tenant).map(
-                                    |b| json!({"live": b.instances(), "max": b.max_instances()}),
-                                );
-                                let figures =
-                                    st.figures.get(&(tenant.clone(), role)).map(|f| f.json());
-                                Some(json!({
-                                    "tenant": tenant,
-                                    "role": role.as_str(),
-                                    "breaker": breaker,
-                                    "tenant_instances": instances,
-                                    "figures": figures,
-                                }))
-                            }
-                            _ => None,
-                        })
+                    inst.bindings.iter().filter_map(move |(&role, b)| match b {
+                        Binding::Plugin { policy, .. } if &policy.plugin == name => {
+                            let breaker = st
+                                .breakers
+                                .get(&(tenant.clone(), role))
+                                .map(|b| b.status_json(now));
+                            let instances = st
+                                .budgets
+                                .get(tenant)
+                                .map(|b| json!({"live": b.instances(), "max": b.max_instances()}));
+                            let figures = st.figures.get(&(tenant.clone(), role)).map(|f| f.json());
+                            Some(json!({
+                                "tenant": tenant,
+                                "role": role.as_str(),
+                                "breaker": breaker,
+                                "tenant_instances": instances,
+                                "figures": figures,
+                            }))
+                        }
+                        _ => None,
+                    })
                 })
                 .collect();
             let mapping_errors: Vec<_> = st

@@ -22,7 +22,7 @@ use switchyard_core::policy::{AuthPolicy, PublishRequest, RateKey, RateLimitPoli
 
 use crate::adapters::{Caller, WasmAuth, WasmRateLimit, WasmRouter};
 use crate::breaker::Breaker;
-use crate::engine::{Compiled, LoadError, MAX_PLUGIN_BYTES, compile};
+use crate::engine::{Compiled, LoadError, MAX_PLUGIN_BYTES, Runtime, compile};
 use crate::figures::Figures;
 use crate::host_api::Scope;
 use crate::isolation::{Placement, TenantBudget};
@@ -207,7 +207,8 @@ pub fn replay(plugin: &Path, recording: &Path, opts: &Options) -> Result<Report,
     }
     let bytes = std::fs::read(plugin).map_err(|e| perr(LoadError::Io(e.to_string())))?;
     let cache = std::env::temp_dir().join("switchyard-replay-cache");
-    let compiled = Arc::new(compile(&bytes, &cache).map_err(perr)?);
+    let runtime = Runtime::new().map_err(perr)?;
+    let compiled = Arc::new(compile(&runtime, &bytes, &cache).map_err(perr)?);
     if compiled.role.as_str() != rec.header.role {
         return Err(ReplayError::Mismatch(format!(
             "{plugin_name} implements the {} role; {rec_name} recorded the {} role",

@@ -28,6 +28,18 @@ impl Role {
     }
 }
 
+impl Role {
+    /// The WIT world a plugin of this role exports.
+    pub fn world(self) -> &'static str {
+        match self {
+            Role::Auth => "auth-plugin",
+            Role::Router => "router-plugin",
+            Role::RateLimit => "rate-limit-plugin",
+            Role::Merge => "merge-plugin",
+        }
+    }
+}
+
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
