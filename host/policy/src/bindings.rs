@@ -1,6 +1,7 @@
-//! Host bindings of the WIT package `switchyard:gateway@0.2.0` (`wit/`), one
-//! `bindgen!` per role world. The shared `types` and `host` interfaces are
-//! generated once (with the auth world) and reused by the other worlds.
+//! Host bindings of the WIT package `switchyard:gateway@0.2.0` (`wit/`) that
+//! every role shares: the `types` and `host` interfaces, generated once. Each
+//! role world's own `bindgen!` is in its file under [`crate::roles`], reusing
+//! these through `with`.
 
 // SAFETY: only the generated code uses `unsafe` (typed function handles whose
 // signatures bindgen derived from the same WIT it type-checks against).
@@ -26,58 +27,6 @@ pub mod shared {
         ownership: Borrowing { duplicate_if_necessary: true },
         with: {
             "switchyard:gateway/types.connect-request": crate::host_api::RequestRes,
-        },
-    });
-}
-
-/// `auth-plugin` world.
-pub mod auth {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "auth-plugin",
-        ownership: Borrowing { duplicate_if_necessary: true },
-        with: {
-            "switchyard:gateway/types": crate::bindings::shared::switchyard::gateway::types,
-            "switchyard:gateway/host": crate::bindings::shared::switchyard::gateway::host,
-        },
-    });
-}
-
-/// `router-plugin` world.
-pub mod router {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "router-plugin",
-        ownership: Borrowing { duplicate_if_necessary: true },
-        with: {
-            "switchyard:gateway/types": crate::bindings::shared::switchyard::gateway::types,
-            "switchyard:gateway/host": crate::bindings::shared::switchyard::gateway::host,
-        },
-    });
-}
-
-/// `rate-limit-plugin` world.
-pub mod rate_limit {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "rate-limit-plugin",
-        ownership: Borrowing { duplicate_if_necessary: true },
-        with: {
-            "switchyard:gateway/types": crate::bindings::shared::switchyard::gateway::types,
-            "switchyard:gateway/host": crate::bindings::shared::switchyard::gateway::host,
-        },
-    });
-}
-
-/// `merge-plugin` world.
-pub mod merge {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "merge-plugin",
-        ownership: Borrowing { duplicate_if_necessary: true },
-        with: {
-            "switchyard:gateway/types": crate::bindings::shared::switchyard::gateway::types,
-            "switchyard:gateway/host": crate::bindings::shared::switchyard::gateway::host,
         },
     });
 }

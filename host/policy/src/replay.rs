@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use switchyard_core::config::OnError;
 use switchyard_core::policy::{AuthPolicy, PublishRequest, RateKey, RateLimitPolicy, RouterPolicy};
 
-use crate::adapters::{Caller, WasmAuth, WasmRateLimit, WasmRouter};
+use crate::adapters::Caller;
 use crate::breaker::Breaker;
 use crate::engine::{Compiled, LoadError, MAX_PLUGIN_BYTES, Runtime, compile};
 use crate::figures::Figures;
@@ -31,6 +31,7 @@ use crate::metrics::PluginMetrics;
 use crate::pool::{InstancePool, Limits, RoleInstance};
 use crate::record::{self, FormatError, RecordTap, RecordedCall, Recording, ReplayCtl};
 use crate::role::Role;
+use crate::roles::{WasmAuth, WasmRateLimit, WasmRouter};
 use crate::shadow::{REDACTED, same_principal, same_rate, same_routing, same_unit};
 
 /// Version of the `--json` report.

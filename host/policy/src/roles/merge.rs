@@ -3,17 +3,40 @@
 
 use std::sync::Arc;
 
-use switchyard_core::config::{PoliciesConfig, PolicyConfig};
-use switchyard_core::policy::{MergePolicy, PolicySet};
-use wasmtime::Store;
-use wasmtime::component::InstancePre;
+use std::cell::RefCell;
 
+use quanta::Instant;
+use switchyard_core::config::{OnError, PoliciesConfig, PolicyConfig};
+use switchyard_core::policy::{BuiltIn, MergeDocument, MergeError, MergePolicy, PolicySet, Stamp};
+use wasmtime::Store;
+use wasmtime::component::{InstancePre, ResourceAny};
+
+use self::world::{MergePlugin, MergePluginPre};
 use super::{PluginRole, RoleInstance};
-use crate::adapters::{Caller, WasmMerge};
-use crate::bindings::merge::{MergePlugin, MergePluginPre};
+use crate::adapters::{Caller, MAX_MERGE_BYTES};
+use crate::bindings::types;
+use crate::engine::bounded;
 use crate::host_api::PluginState;
+use crate::pool::{CallError, Loaded, classify};
 use crate::role::Role;
 use crate::shadow::{Lane, ShadowPolicy, ShadowedMerge};
+
+/// Bindings of the `merge-plugin` world (the shared `types` and `host`
+/// interfaces come from [`crate::bindings`]).
+// SAFETY: only the generated code uses `unsafe` (typed function handles whose
+// signatures bindgen derived from the same WIT it type-checks against).
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub(crate) mod world {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "merge-plugin",
+        ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "switchyard:gateway/types": crate::bindings::shared::switchyard::gateway::types,
+            "switchyard:gateway/host": crate::bindings::shared::switchyard::gateway::host,
+        },
+    });
+}
 
 /// Conflict resolution of state documents.
 pub(crate) struct Merge;
@@ -58,4 +81,192 @@ impl PluginRole for Merge {
 
 impl RoleInstance for MergePlugin {
     type Role = Merge;
+}
+
+fn to_merge_error(e: types::MergeError) -> MergeError {
+    match e {
+        types::MergeError::Conflict(s) => MergeError::Conflict(bounded(s)),
+        types::MergeError::Invalid(s) => MergeError::Invalid(bounded(s)),
+        types::MergeError::Other(s) => MergeError::Failed(bounded(s)),
+    }
+}
+
+/// Merge role backed by a plugin: each open document pins its own instance.
+pub(crate) struct WasmMerge(pub Arc<Caller<MergePlugin>>);
+
+impl MergePolicy for WasmMerge {
+    fn open(&self, snapshot: &[u8]) -> Result<Box<dyn MergeDocument>, MergeError> {
+        let caller = &self.0;
+        let timeout = caller.pool.bulk_timeout();
+        let start = Instant::now();
+        let r = caller.placed(|| {
+            let mut inst = caller.pool.instantiate()?;
+            // Opening from a snapshot is as big as the document.
+            caller.pool.arm_bulk(&mut inst.store);
+            let opened = inst
+                .bindings
+                .switchyard_gateway_merge()
+                .document()
+                .call_open(&mut inst.store, snapshot)
+                .map_err(|e| classify(&e, timeout))?;
+            Ok((inst, opened))
+        });
+        caller.record(start, &r, |(_, o)| o.is_err());
+        match r {
+            Ok((inst, Ok(handle))) => Ok(Box::new(WasmDocument {
+                caller: caller.clone(),
+                inner: RefCell::new(Some(Pinned { inst, handle })),
+            })),
+            Ok((_, Err(e))) => Err(to_merge_error(e)),
+            Err(e) => match caller.on_error {
+                OnError::Allow => BuiltIn.open(snapshot),
+                OnError::Deny => Err(MergeError::Failed(caller.failed(&e).to_string())),
+            },
+        }
+    }
+}
+
+struct Pinned {
+    inst: Loaded<MergePlugin>,
+    handle: ResourceAny,
+}
+
+/// A live document inside a pinned plugin instance. After a failed call the
+/// instance is dropped and the document reports `MergeError::Lost` from then
+/// on (its state lived in the instance); the caller reopens from its snapshot.
+pub(crate) struct WasmDocument {
+    caller: Arc<Caller<MergePlugin>>,
+    inner: RefCell<Option<Pinned>>,
+}
+
+impl WasmDocument {
+    /// One call on the pinned instance; `bulk` for calls whose work grows
+    /// with the document (their deadline is [`InstancePool::bulk_timeout`]).
+    fn call<R>(
+        &self,
+        bulk: bool,
+        f: impl FnOnce(&mut Pinned) -> Result<R, CallError>,
+        denied: impl FnOnce(&R) -> bool,
+    ) -> Result<R, MergeError> {
+        let mut guard = self.inner.borrow_mut();
+        let Some(pinned) = guard.as_mut() else {
+            return Err(MergeError::Lost(format!(
+                "merge plugin {}: document lost after an earlier failure",
+                self.caller.plugin
+            )));
+        };
+        let start = Instant::now();
+        if bulk {
+            self.caller.pool.arm_bulk(&mut pinned.inst.store);
+        } else {
+            self.caller.pool.arm(&mut pinned.inst.store);
+        }
+        let r = self
+            .caller
+            .figures
+            .sampled(|| self.caller.placed(|| f(pinned)));
+        self.caller.record(start, &r, denied);
+        r.map_err(|e| {
+            *guard = None;
+            MergeError::Failed(self.caller.failed(&e).to_string())
+        })
+    }
+}
+
+impl WasmDocument {
+    /// Calls a document method that returns bytes (snapshot, state vector),
+    /// refusing more than [`MAX_MERGE_BYTES`].
+    fn bytes(
+        &self,
+        what: &str,
+        f: impl FnOnce(
+            world::exports::switchyard::gateway::merge::GuestDocument<'_>,
+            &mut Store<PluginState>,
+            ResourceAny,
+        ) -> wasmtime::Result<Vec<u8>>,
+    ) -> Result<Vec<u8>, MergeError> {
+        let timeout = self.caller.pool.bulk_timeout();
+        self.call(
+            true,
+            |p| {
+                let b = f(
+                    p.inst.bindings.switchyard_gateway_merge().document(),
+                    &mut p.inst.store,
+                    p.handle,
+                )
+                .map_err(|e| classify(&e, timeout))?;
+                if b.len() > MAX_MERGE_BYTES {
+                    return Err(CallError::Invalid(format!(
+                        "{what} larger than {MAX_MERGE_BYTES} bytes"
+                    )));
+                }
+                Ok(b)
+            },
+            |_| false,
+        )
+    }
+}
+
+impl MergeDocument for WasmDocument {
+    /// WIT 0.2's `apply` has no stamp: the plugin orders writes itself (the
+    /// gateway applies them in log order, so a Lamport clock kept by the
+    /// plugin rises with the gateway's).
+    fn apply(&mut self, update: &[u8], _stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
+        let timeout = self.caller.pool.timeout();
+        self.call(
+            false,
+            |p| {
+                let r = p
+                    .inst
+                    .bindings
+                    .switchyard_gateway_merge()
+                    .document()
+                    .call_apply(&mut p.inst.store, p.handle, update)
+                    .map_err(|e| classify(&e, timeout))?;
+                match r {
+                    Ok(Some(u)) if u.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
+                        "update larger than {MAX_MERGE_BYTES} bytes"
+                    ))),
+                    // Empty updates are never broadcast.
+                    Ok(Some(u)) if u.is_empty() => Ok(Ok(None)),
+                    Ok(u) => Ok(Ok(u)),
+                    Err(e) => Ok(Err(to_merge_error(e))),
+                }
+            },
+            Result::is_err,
+        )?
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, MergeError> {
+        self.bytes("snapshot", |d, store, h| d.call_snapshot(store, h))
+    }
+
+    fn state_vector(&self) -> Result<Option<Vec<u8>>, MergeError> {
+        self.bytes("state vector", |d, store, h| d.call_state_vector(store, h))
+            .map(|sv| (!sv.is_empty()).then_some(sv))
+    }
+
+    fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
+        let timeout = self.caller.pool.bulk_timeout();
+        self.call(
+            true,
+            |p| {
+                let r = p
+                    .inst
+                    .bindings
+                    .switchyard_gateway_merge()
+                    .document()
+                    .call_diff(&mut p.inst.store, p.handle, state_vector)
+                    .map_err(|e| classify(&e, timeout))?;
+                match r {
+                    Ok(d) if d.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
+                        "diff larger than {MAX_MERGE_BYTES} bytes"
+                    ))),
+                    Ok(d) => Ok(Ok(Some(d))),
+                    Err(e) => Ok(Err(to_merge_error(e))),
+                }
+            },
+            Result::is_err,
+        )?
+    }
 }

@@ -1,14 +1,18 @@
-//! The policy roles, one [`PluginRole`] implementation each (one file per
-//! role, beside its WIT world in `wit/`), and [`each_role`], the one list of
-//! them. Everything role-specific the runtime does — recognising a component
-//! of the role, instantiating it, serving the core trait through it, shadowing
-//! it, finding its slot in the tenant's config and policy set — goes through
-//! the trait, so the engine, pools and registry iterate roles instead of
-//! naming them (as Spin's `Factor` does for host features).
+//! The policy roles, one file each, beside its WIT world in `wit/`: the
+//! world's `bindgen!`, the adapter implementing the core policy trait by calls
+//! into the plugin (every returned value checked and bounded), and the role's
+//! [`PluginRole`] implementation. [`each_role`] is the one list of them.
+//! Everything role-specific the runtime does — recognising a component of the
+//! role, instantiating it, serving the core trait through it, shadowing it,
+//! finding its slot in the tenant's config and policy set — goes through the
+//! trait, so the engine, pools and registry iterate roles instead of naming
+//! them (as Spin's `Factor` does for host features).
 //!
-//! Adding a role: its world in `wit/`, a `bindgen!` in `bindings.rs`, the core
-//! trait and config key in `switchyard-core`, a variant of [`Role`], and one
-//! file here implementing [`PluginRole`], listed in [`each_role`].
+//! Adding a role: its world in `wit/` (and the WIT CHANGELOG), its core trait
+//! with a `PolicySet` slot and a `PoliciesConfig` key in `switchyard-core`, a
+//! variant of [`Role`], and one file here, listed in [`each_role`]. Shadow
+//! comparison and replay say per role what "the same decision" is, in
+//! `shadow.rs` / `replay.rs`.
 
 mod auth;
 mod merge;
@@ -28,10 +32,10 @@ use crate::host_api::PluginState;
 use crate::role::Role;
 use crate::shadow::{Lane, ShadowPolicy};
 
-pub(crate) use auth::Auth;
+pub(crate) use auth::{Auth, WasmAuth};
 pub(crate) use merge::Merge;
-pub(crate) use rate_limit::RateLimit;
-pub(crate) use router::Router;
+pub(crate) use rate_limit::{RateLimit, WasmRateLimit};
+pub(crate) use router::{Router, WasmRouter};
 
 /// One policy role: its WIT world's bindings, the core trait it serves as and
 /// how a plugin is wired into it. Implemented by a unit type per role.
