@@ -686,7 +686,16 @@ impl Registry {
             .entry((plugin_name.to_owned(), tenant.id.to_string()))
             .or_insert_with(|| Arc::new(KvStore::new(kv_max)))
             .clone();
-        let budget = budget_for(st, &tenant.id);
+        // A shadow's instances have a budget of their own: they never take
+        // the slots the tenant's serving plugins need.
+        let budget = if serving {
+            budget_for(st, &tenant.id)
+        } else {
+            Arc::new(TenantBudget::new(
+                st.defaults.max_concurrent_calls,
+                crate::shadow::MAX_INSTANCES,
+            ))
+        };
         let breaker = Arc::new(Breaker::default());
         if serving {
             st.breakers

@@ -8,7 +8,9 @@
 //!   a copy of its inputs and decision is offered to the shadow's queue of
 //!   [`QUEUE`] jobs. A full queue drops the job (counted `dropped`).
 //! - **Shadow calls run on their own thread** (one per shadowed tenant role,
-//!   not an async worker), under the shadow's own deadline and memory cap. A
+//!   not an async worker), under the shadow's own deadline and memory cap,
+//!   with instances from a budget of their own ([`MAX_INSTANCES`]), never
+//!   the tenant's. A
 //!   trap, timeout or bad return is verdict `error`; it reaches nothing else.
 //! - **Role-aware comparison**: auth — the same principal (id and claims), or
 //!   the same kind of denial; router — the same targets and payloads, or the
@@ -54,6 +56,9 @@ pub const KEEP_DIFFS: usize = 20;
 pub const KEEP_DATA_BYTES: usize = 1024;
 /// Shadow merge documents open at once per tenant (each pins an instance).
 pub const MAX_DOCUMENTS: usize = 64;
+/// Live instances a shadow may hold (its own budget, apart from the tenant's
+/// `max_instances`): its twins and a pool's idle instances.
+pub const MAX_INSTANCES: u32 = MAX_DOCUMENTS as u32 + 16;
 /// How often the shadow thread releases documents whose serving one closed.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
