@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
-step() { printf '\n==> %s\n' "$*"; }
+step() { printf '\n==> %s  [%s UTC, %ss in]\n' "$*" "$(date -u +%T)" "$SECONDS"; }
 
 step "toolchain (rust-toolchain.toml)"
 rustup show active-toolchain >/dev/null 2>&1 || rustup toolchain install
