@@ -32,6 +32,8 @@ NO_BUILD=0
 REPORT_ONLY=""
 REDIS_PORT=16379
 REDIS_PID=""
+NATS_PORT=14222
+NATS_PID=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) QUICK=1; DURATION=2s; WARMUP=500ms; HOLD=1s; UPDATE_DOC=0 ;;
@@ -123,7 +125,7 @@ cleanup() {
   for pid in "${PIDS[@]:-}"; do [[ -n $pid ]] && wait "$pid" 2>/dev/null || true; done
   PIDS=()
 }
-trap 'cleanup; stop_redis; stop_otlp_sink' EXIT
+trap 'cleanup; stop_redis; stop_nats; stop_otlp_sink' EXIT
 
 wait_port() { # port [path]
   local port=$1 path=${2:-} i
@@ -174,6 +176,7 @@ level = "warn"
 [broker]
 kind = "$broker"
 redis_urls = ["redis://127.0.0.1:$REDIS_PORT"]
+nats_urls = ["nats://127.0.0.1:$NATS_PORT"]
 
 [plugins]
 dir = "$OUT/$pdir"
@@ -231,6 +234,23 @@ stop_otlp_sink() {
   OTLP_PID=""
 }
 
+# nats-server with JetStream, pinned to the server core like Redis; a fresh
+# store per run (stop_nats removes it).
+start_nats() {
+  [[ -n $NATS_PID ]] && return 0
+  command -v nats-server >/dev/null || { echo "nats-server is not installed (apt-get install nats-server)" >&2; return 1; }
+  rm -rf "$OUT/nats-store"
+  taskset -c "$SERVER_CPU" nats-server -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/nats-store" \
+    >"$LOGS/nats.log" 2>&1 &
+  NATS_PID=$!
+  wait_port "$NATS_PORT"
+}
+stop_nats() {
+  [[ -n $NATS_PID ]] && { kill "$NATS_PID" 2>/dev/null; wait "$NATS_PID" 2>/dev/null || true; }
+  NATS_PID=""
+  rm -rf "$OUT/nats-store"
+}
+
 start_redis() {
   [[ -n $REDIS_PID ]] && return 0
   taskset -c "$SERVER_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" \
@@ -260,12 +280,13 @@ up() {
       start_redis || return 1
       start "$server" "$port" "" -- env REDIS_URL="redis://127.0.0.1:$REDIS_PORT" node bench/node/socketio-server.js "$port" || return 1
       PROTO=socket-io; ECHO_PATH=/ ;;
-    switchyard|switchyard-plugins|switchyard-redis|switchyard-otel-1|switchyard-otel-0.01|switchyard-shadow-1|switchyard-shadow-0.1)
+    switchyard|switchyard-plugins|switchyard-redis|switchyard-nats|switchyard-otel-1|switchyard-otel-0.01|switchyard-shadow-1|switchyard-shadow-0.1)
       local plugins=0 otel="" shadow=""
       [[ $server == switchyard-plugins ]] && plugins=1
       if [[ $server == switchyard-shadow-* ]]; then plugins=1; shadow=${server#switchyard-shadow-}; fi
       if [[ $server == switchyard-otel-* ]]; then otel=${server#switchyard-otel-}; start_otlp_sink || return 1; fi
       if [[ $broker == redis ]]; then start_redis || return 1; fi
+      if [[ $broker == nats ]]; then start_nats || return 1; fi
       switchyard_config "$OUT/$server.$port.toml" "$port" "bench-$SEQ" "$plugins" "$broker" "$otel" "$shadow"
       start "$server" "$port" /healthz -- "$BIN/switchyard" serve --config "$OUT/$server.$port.toml" || return 1
       PROTO=switchyard; ECHO_PATH=/echo ;;
@@ -279,7 +300,7 @@ down() { cleanup; }
 # CPU (and Redis') is theirs, the rest of the machine's is "other CPU".
 client() {
   local watch=() pid
-  for pid in "${PIDS[@]:-}" $REDIS_PID; do [[ -n $pid ]] && watch+=(--watch-pid "$pid"); done
+  for pid in "${PIDS[@]:-}" $REDIS_PID $NATS_PID; do [[ -n $pid ]] && watch+=(--watch-pid "$pid"); done
   taskset -c "$CLIENT_CPU" "$BIN/switchyard-bench" --warmup "$WARMUP" --json "$RESULTS" "${watch[@]}" "$@" 2>>"$LOGS/client.log" \
     | tee -a "$OUT/table.txt"
 }
@@ -401,12 +422,14 @@ if has_case cross-node; then
     fi
     say "$case_name"
     for round in $(seq 1 "$REPEAT"); do
-      for server in socketio-redis switchyard-redis; do
+      for server in socketio-redis switchyard-redis switchyard-nats; do
         urls=()
         ok=1
+        broker=redis
+        [[ $server == switchyard-nats ]] && broker=nats
         quiet
         for node in a b c; do
-          if ! up "$server" redis; then ok=0; break; fi
+          if ! up "$server" "$broker"; then ok=0; break; fi
           urls+=("$URL_BASE/ws")
         done
         if [[ $ok == 0 ]]; then
@@ -416,8 +439,9 @@ if has_case cross-node; then
         client cross-node --server "$server" --case "$case_name" --proto "$PROTO" \
           --pub-url "${urls[0]}" --sub-url "${urls[1]}" --sub-url "${urls[2]}" \
           -n 2000 -s 100 -d "$DURATION" "${rate_args[@]}" --ref-server socketio-redis --target "$tgt" \
-          || not_available "$case_name" "$server" cross-node "client failed (is broker.kind = \"redis\" working?)"
+          || not_available "$case_name" "$server" cross-node "client failed (is broker.kind = \"$broker\" working?)"
         down
+        stop_nats
       done
     done
   done
@@ -433,7 +457,8 @@ $(nproc) cores ($CPU), Linux $(uname -r), $(free -g | awk '/Mem:/{print $2}') Gi
 server pinned to core $SERVER_CPU, client to core $CLIENT_CPU; $DURATION measured after $WARMUP warm-up per run, \
 $REPEAT round(s), median shown (range = min–max over the rounds); each run started once both cores were < ${QUIET_PCT}% busy (waiting up to ${QUIET_WAIT}s; $NOISY_RUNS run(s) started on a busy machine); \"other CPU\" = CPU used by processes other than the servers and the client during the measuring window, in % of one core, ⚠ above 10% (such a figure is not a result); load average ${LOAD_START:+at start $LOAD_START, }at the end $LOAD. Node $(node --version), ws $(node -p 'require("./bench/node/node_modules/ws/package.json").version'), \
 socket.io $(node -p 'require("./bench/node/node_modules/socket.io/package.json").version'), \
-redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2). \
+redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2), \
+nats-server $(nats-server --version 2>/dev/null | awk '{print $NF}'). \
 Command: \`bench/compare.sh$( [[ $QUICK == 1 ]] && echo ' --quick' || true)\`."
 if [[ -n $REPORT_ONLY && -f $OUT/preamble.txt ]]; then
   PREAMBLE=$(cat "$OUT/preamble.txt")
