@@ -460,6 +460,24 @@ async fn admin_shadow(gw: &Gateway) -> Value {
     serde_json::from_str(&body).expect("json")
 }
 
+/// The only shadow's `/admin/shadow` entry once it has judged `calls` calls
+/// (the shadow thread works after the serving calls answered).
+async fn shadow_after(gw: &Gateway, calls: u64) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = admin_shadow(gw).await;
+        let e = v["shadows"][0].clone();
+        if e["calls"] == calls {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shadow calls never reached {calls}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// v1 serves and v2 shadows, through the real gateway: every message is
 /// routed by v1, `/admin/shadow` counts exactly (sample 1.0) and lists the
 /// differing inputs, and a promotion makes v2 serve on the same connection.
@@ -487,19 +505,7 @@ async fn a_shadow_router_is_compared_and_promoted_without_dropping_a_connection(
             .await;
         assert_eq!(c.recv_type("ack").await["id"], id);
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let entry = loop {
-        let v = admin_shadow(&gw).await;
-        let e = v["shadows"][0].clone();
-        if e["calls"] == 15 {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "shadow calls never reached 15: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let entry = shadow_after(&gw, 15).await;
     assert_eq!(
         (&entry["same"], &entry["differ"], &entry["errors"]),
         (&json!(5), &json!(10), &json!(0)),
@@ -600,20 +606,7 @@ async fn a_shadow_merge_runs_a_twin_document_and_is_promoted_with_its_state() {
         "the serving counter decides"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let entry = loop {
-        let v = admin_shadow(&gw).await;
-        let e = v["shadows"][0].clone();
-        // the open + 5 updates
-        if e["calls"] == 6 {
-            break e;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "shadow calls never reached 6: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let entry = shadow_after(&gw, 6).await; // the open + 5 updates
     assert_eq!(entry["role"], "merge", "{entry}");
     assert_eq!(
         (

@@ -173,100 +173,78 @@ impl WasmDocument {
     }
 }
 
+/// A document resource's methods, as bindgen names them.
+type GuestDocument<'a> = world::exports::switchyard::gateway::merge::GuestDocument<'a>;
+
 impl WasmDocument {
-    /// Calls a document method that returns bytes (snapshot, state vector),
-    /// refusing more than [`MAX_MERGE_BYTES`].
-    fn bytes(
+    /// One document call answering bytes or the plugin's merge error;
+    /// refuses more than [`MAX_MERGE_BYTES`] (`what` names them). `bulk` for
+    /// calls whose work grows with the document.
+    fn answer(
         &self,
+        bulk: bool,
         what: &str,
         f: impl FnOnce(
-            world::exports::switchyard::gateway::merge::GuestDocument<'_>,
+            GuestDocument<'_>,
             &mut Store<PluginState>,
             ResourceAny,
-        ) -> wasmtime::Result<Vec<u8>>,
-    ) -> Result<Vec<u8>, MergeError> {
-        let timeout = self.caller.pool.bulk_timeout();
+        ) -> wasmtime::Result<Result<Option<Vec<u8>>, types::MergeError>>,
+    ) -> Result<Option<Vec<u8>>, MergeError> {
+        let timeout = if bulk {
+            self.caller.pool.bulk_timeout()
+        } else {
+            self.caller.pool.timeout()
+        };
         self.call(
-            true,
+            bulk,
             |p| {
-                let b = f(
+                let r = f(
                     p.inst.bindings.switchyard_gateway_merge().document(),
                     &mut p.inst.store,
                     p.handle,
                 )
                 .map_err(|e| classify(&e, timeout))?;
-                if b.len() > MAX_MERGE_BYTES {
-                    return Err(CallError::Invalid(format!(
+                match r {
+                    Ok(Some(b)) if b.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
                         "{what} larger than {MAX_MERGE_BYTES} bytes"
-                    )));
+                    ))),
+                    Ok(b) => Ok(Ok(b)),
+                    Err(e) => Ok(Err(to_merge_error(e))),
                 }
-                Ok(b)
             },
-            |_| false,
-        )
+            Result::is_err,
+        )?
     }
 }
 
 impl MergeDocument for WasmDocument {
     /// WIT 0.2's `apply` has no stamp: the plugin orders writes itself (the
     /// gateway applies them in log order, so a Lamport clock kept by the
-    /// plugin rises with the gateway's).
+    /// plugin rises with the gateway's). Empty updates are never broadcast.
     fn apply(&mut self, update: &[u8], _stamp: &Stamp<'_>) -> Result<Option<Vec<u8>>, MergeError> {
-        let timeout = self.caller.pool.timeout();
-        self.call(
-            false,
-            |p| {
-                let r = p
-                    .inst
-                    .bindings
-                    .switchyard_gateway_merge()
-                    .document()
-                    .call_apply(&mut p.inst.store, p.handle, update)
-                    .map_err(|e| classify(&e, timeout))?;
-                match r {
-                    Ok(Some(u)) if u.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
-                        "update larger than {MAX_MERGE_BYTES} bytes"
-                    ))),
-                    // Empty updates are never broadcast.
-                    Ok(Some(u)) if u.is_empty() => Ok(Ok(None)),
-                    Ok(u) => Ok(Ok(u)),
-                    Err(e) => Ok(Err(to_merge_error(e))),
-                }
-            },
-            Result::is_err,
-        )?
+        self.answer(false, "update", |d, store, h| {
+            d.call_apply(store, h, update)
+        })
+        .map(|u| u.filter(|u| !u.is_empty()))
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, MergeError> {
-        self.bytes("snapshot", |d, store, h| d.call_snapshot(store, h))
+        self.answer(true, "snapshot", |d, store, h| {
+            d.call_snapshot(store, h).map(|b| Ok(Some(b)))
+        })
+        .map(Option::unwrap_or_default)
     }
 
     fn state_vector(&self) -> Result<Option<Vec<u8>>, MergeError> {
-        self.bytes("state vector", |d, store, h| d.call_state_vector(store, h))
-            .map(|sv| (!sv.is_empty()).then_some(sv))
+        self.answer(true, "state vector", |d, store, h| {
+            d.call_state_vector(store, h).map(|b| Ok(Some(b)))
+        })
+        .map(|sv| sv.filter(|sv| !sv.is_empty()))
     }
 
     fn diff(&self, state_vector: &[u8]) -> Result<Option<Vec<u8>>, MergeError> {
-        let timeout = self.caller.pool.bulk_timeout();
-        self.call(
-            true,
-            |p| {
-                let r = p
-                    .inst
-                    .bindings
-                    .switchyard_gateway_merge()
-                    .document()
-                    .call_diff(&mut p.inst.store, p.handle, state_vector)
-                    .map_err(|e| classify(&e, timeout))?;
-                match r {
-                    Ok(d) if d.len() > MAX_MERGE_BYTES => Err(CallError::Invalid(format!(
-                        "diff larger than {MAX_MERGE_BYTES} bytes"
-                    ))),
-                    Ok(d) => Ok(Ok(Some(d))),
-                    Err(e) => Ok(Err(to_merge_error(e))),
-                }
-            },
-            Result::is_err,
-        )?
+        self.answer(true, "diff", |d, store, h| {
+            d.call_diff(store, h, state_vector).map(|r| r.map(Some))
+        })
     }
 }
