@@ -16,6 +16,7 @@ pub mod policy;
 pub mod presence;
 pub mod protocol;
 pub mod publish;
+pub mod refusal;
 pub mod session;
 pub mod telemetry;
 pub mod tenant;

@@ -14,6 +14,7 @@ use crate::node::Node;
 use crate::policy::Principal;
 use crate::policy::{Denial, PublishRequest, RateDecision, RateKey, Route};
 use crate::protocol::ErrorCode;
+use crate::refusal::Refusal;
 use crate::telemetry::{self, Trace};
 use crate::tenant::Tenant;
 
@@ -45,33 +46,25 @@ pub enum PublishError {
 }
 
 impl PublishError {
+    /// Which refusal this is ([`crate::refusal`] maps it to the outside).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            PublishError::BadChannel(_) => Refusal::BadChannel,
+            PublishError::Invalid(_) => Refusal::Invalid,
+            PublishError::ChannelLimited(_) => Refusal::RateLimited,
+            PublishError::Denied(d) => Refusal::from(d),
+            PublishError::Broker(e) => Refusal::from(e),
+        }
+    }
+
     /// Protocol error code.
     pub fn code(&self) -> ErrorCode {
-        match self {
-            PublishError::BadChannel(_) => ErrorCode::BadChannel,
-            PublishError::Invalid(_) => ErrorCode::Invalid,
-            PublishError::Denied(Denial::RateLimited { .. }) | PublishError::ChannelLimited(_) => {
-                ErrorCode::RateLimited
-            }
-            PublishError::Denied(_) => ErrorCode::Forbidden,
-            PublishError::Broker(BrokerError::Unavailable(_)) => ErrorCode::Unavailable,
-            PublishError::Broker(_) => ErrorCode::Internal,
-        }
+        self.refusal().error_code()
     }
 
     /// HTTP status for the HTTP API.
     pub fn http_status(&self) -> u16 {
-        match self {
-            PublishError::BadChannel(_) | PublishError::Invalid(_) => 400,
-            PublishError::Denied(Denial::Unauthorized(_)) => 401,
-            PublishError::Denied(Denial::RateLimited { .. }) | PublishError::ChannelLimited(_) => {
-                429
-            }
-            PublishError::Denied(_) => 403,
-            PublishError::Broker(BrokerError::Unavailable(_)) => 503,
-            PublishError::Broker(BrokerError::NotFound) => 404,
-            PublishError::Broker(BrokerError::Internal(_)) => 500,
-        }
+        self.refusal().http_status()
     }
 }
 

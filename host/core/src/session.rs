@@ -23,6 +23,7 @@ use crate::protocol::{
     self, CloseCode, Command, CommandId, ErrorCode, Frame, ParseError, StreamPosition, encode,
 };
 use crate::publish::{self, PublishError};
+use crate::refusal::Refusal;
 use crate::tenant::Tenant;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -321,14 +322,14 @@ impl Session {
         if !self.bucket.try_take(now, 1) {
             self.node.metrics.failed("rate_limited");
             if self.rate_strikes.hit(now) {
-                return Err(CloseCode::RateLimited);
+                return Err(Refusal::RateLimited.close_code());
             }
             self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
             return Ok(());
         }
         if let Err(d) = self.authorize_patch(&patch.channel, &patch.delta) {
             if matches!(d, Denial::RateLimited { .. }) && self.rate_strikes.hit(now) {
-                return Err(CloseCode::RateLimited);
+                return Err(Refusal::RateLimited.close_code());
             }
             self.error(id, denial_code(&d), &d.to_string());
             return Ok(());
@@ -551,7 +552,7 @@ impl Session {
         if !self.bucket.try_take(now, 1) {
             self.node.metrics.failed("rate_limited");
             if self.rate_strikes.hit(now) {
-                return Err(CloseCode::RateLimited);
+                return Err(Refusal::RateLimited.close_code());
             }
             self.error(id, ErrorCode::RateLimited, "publish rate exceeded");
             return Ok(());
@@ -592,7 +593,7 @@ impl Session {
                 if matches!(e, PublishError::Denied(Denial::RateLimited { .. }))
                     && self.rate_strikes.hit(now)
                 {
-                    return Err(CloseCode::RateLimited);
+                    return Err(Refusal::RateLimited.close_code());
                 }
                 self.error(id, e.code(), &e.to_string());
                 Ok(())
@@ -705,17 +706,11 @@ fn patch_id(id: u64) -> Option<CommandId> {
 }
 
 fn denial_code(d: &Denial) -> ErrorCode {
-    match d {
-        Denial::RateLimited { .. } => ErrorCode::RateLimited,
-        _ => ErrorCode::Forbidden,
-    }
+    Refusal::from(d).error_code()
 }
 
 fn broker_code(e: &BrokerError) -> ErrorCode {
-    match e {
-        BrokerError::Unavailable(_) => ErrorCode::Unavailable,
-        _ => ErrorCode::Internal,
-    }
+    Refusal::from(e).error_code()
 }
 
 #[cfg(test)]

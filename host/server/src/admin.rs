@@ -37,6 +37,7 @@ use serde_json::{Value, json};
 use switchyard_core::backpressure::Outbox;
 use switchyard_core::hub::SessionId;
 use switchyard_core::protocol::CloseCode;
+use switchyard_core::refusal::Refusal;
 use switchyard_core::session::{Handler, Session};
 
 use crate::Server;
@@ -75,28 +76,30 @@ pub(crate) enum AdminError {
 }
 
 impl AdminError {
-    fn status(&self) -> StatusCode {
+    /// Which refusal this is ([`switchyard_core::refusal`] maps it to the outside).
+    fn refusal(&self) -> Refusal {
         match self {
-            AdminError::Off | AdminError::NotFound(_) => StatusCode::NOT_FOUND,
-            AdminError::Unauthorized => StatusCode::UNAUTHORIZED,
-            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AdminError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            AdminError::TooBig => StatusCode::PAYLOAD_TOO_LARGE,
-            AdminError::Conflict(_) => StatusCode::CONFLICT,
-            AdminError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AdminError::Off | AdminError::NotFound(_) => Refusal::NotFound,
+            AdminError::Unauthorized => Refusal::Unauthorized,
+            AdminError::BadRequest(_) => Refusal::BadRequest,
+            AdminError::MethodNotAllowed(_) => Refusal::MethodNotAllowed,
+            AdminError::TooBig => Refusal::TooBig,
+            AdminError::Conflict(_) => Refusal::Conflict,
+            AdminError::Failed(_) => Refusal::Internal,
         }
     }
 
+    fn status(&self) -> StatusCode {
+        crate::response::status_of(self.refusal())
+    }
+
+    /// The admin API's `error` name: the refusal's, except `admin_off` (the
+    /// API is not configured) and `failed` (kept from admin API v1).
     fn code(&self) -> &'static str {
         match self {
             AdminError::Off => "admin_off",
-            AdminError::Unauthorized => "unauthorized",
-            AdminError::BadRequest(_) => "bad_request",
-            AdminError::NotFound(_) => "not_found",
-            AdminError::MethodNotAllowed(_) => "method_not_allowed",
-            AdminError::TooBig => "too_big",
-            AdminError::Conflict(_) => "conflict",
             AdminError::Failed(_) => "failed",
+            other => other.refusal().name(),
         }
     }
 

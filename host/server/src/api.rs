@@ -15,10 +15,11 @@ use switchyard_core::channel::ChannelKey;
 use switchyard_core::document::DocError;
 use switchyard_core::policy::Principal;
 use switchyard_core::publish;
+use switchyard_core::refusal::Refusal;
 use switchyard_core::tenant::Tenant;
 
 use crate::handshake::bearer_token;
-use crate::response::{Resp, json_error, json_ok};
+use crate::response::{Resp, json_error, json_ok, json_refusal, status_of};
 
 /// Finds the tenant whose API key the request carries (Host mapping breaks ties).
 fn tenant_for_key(node: &Node, headers: &HeaderMap) -> Option<Arc<Tenant>> {
@@ -50,9 +51,8 @@ struct SendBody {
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Box<Resp>> {
     serde_json::from_slice(body).map_err(|e| {
-        Box::new(json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
+        Box::new(json_refusal(
+            Refusal::BadRequest,
             &format!("invalid JSON body: {e}"),
         ))
     })
@@ -61,11 +61,7 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Box<Resp>> {
 /// `POST /api/publish` → `{"seq":…}`.
 pub async fn publish(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp {
     let Some(tenant) = tenant_for_key(node, headers) else {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid API key",
-        );
+        return json_refusal(Refusal::Unauthorized, "missing or invalid API key");
     };
     let req: PublishBody = match parse(&body) {
         Ok(r) => r,
@@ -74,11 +70,7 @@ pub async fn publish(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp
     if let Some(m) = &req.msg_id
         && (m.is_empty() || m.len() > switchyard_core::protocol::MAX_MSG_ID_LEN)
     {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "msgId must be 1-128 characters",
-        );
+        return json_refusal(Refusal::BadRequest, "msgId must be 1-128 characters");
     }
     let principal = Principal {
         id: String::new(),
@@ -115,33 +107,21 @@ pub async fn publish(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp
             }
             json_ok(StatusCode::OK, &v)
         }
-        Err(e) => {
-            let status =
-                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            json_error(status, e.code().as_str(), &e.to_string())
-        }
+        Err(e) => pipeline_refusal(e.refusal(), &e.to_string()),
     }
 }
 
 /// `POST /api/send` → 202 once queued for the node holding the client, 404 when none does.
 pub async fn send(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp {
     let Some(tenant) = tenant_for_key(node, headers) else {
-        return json_error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing or invalid API key",
-        );
+        return json_refusal(Refusal::Unauthorized, "missing or invalid API key");
     };
     let req: SendBody = match parse(&body) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };
     if req.client.is_empty() || req.client.len() > 128 {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "client must be 1-128 characters",
-        );
+        return json_refusal(Refusal::BadRequest, "client must be 1-128 characters");
     }
     match node
         .broker
@@ -149,26 +129,18 @@ pub async fn send(node: &Arc<Node>, headers: &HeaderMap, body: Bytes) -> Resp {
         .await
     {
         Ok(()) => json_ok(StatusCode::ACCEPTED, &serde_json::json!({"queued": true})),
-        Err(BrokerError::NotFound) => json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no node holds that client",
-        ),
-        Err(BrokerError::Unavailable(m)) => {
-            json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &m)
-        }
-        Err(BrokerError::Internal(m)) => {
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "internal", &m)
+        Err(e) => {
+            let message = match &e {
+                BrokerError::NotFound => "no node holds that client",
+                BrokerError::Unavailable(m) | BrokerError::Internal(m) => m.as_str(),
+            };
+            json_refusal(Refusal::from(&e), message)
         }
     }
 }
 
 fn unauthorized() -> Resp {
-    json_error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "missing or invalid API key",
-    )
+    json_refusal(Refusal::Unauthorized, "missing or invalid API key")
 }
 
 /// The tenant and document key of a `/api/documents/{channel}` request, or the
@@ -180,16 +152,11 @@ fn document_target(
 ) -> Result<(Arc<Tenant>, ChannelKey), Box<Resp>> {
     let tenant = tenant_for_key(node, headers).ok_or_else(|| Box::new(unauthorized()))?;
     if let Err(e) = switchyard_core::channel::validate(channel) {
-        return Err(Box::new(json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_channel",
-            &e.to_string(),
-        )));
+        return Err(Box::new(json_refusal(Refusal::BadChannel, &e.to_string())));
     }
     if !tenant.is_document(channel) {
-        return Err(Box::new(json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        return Err(Box::new(json_refusal(
+            Refusal::NotFound,
             &format!(
                 "{channel} is not a document channel of tenant {}",
                 tenant.id
@@ -201,8 +168,14 @@ fn document_target(
 }
 
 fn doc_error(e: &DocError) -> Resp {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json_error(status, e.code().as_str(), &e.to_string())
+    pipeline_refusal(e.refusal(), &e.to_string())
+}
+
+/// A publish or document pipeline refusal: its HTTP status, with the
+/// protocol's `error` code as the name (what a WebSocket client is told for
+/// the same refusal, DESIGN §2).
+fn pipeline_refusal(r: Refusal, message: &str) -> Resp {
+    json_error(status_of(r), r.error_code().as_str(), message)
 }
 
 /// `GET /api/documents/{channel}` → `{"channel","version","epoch","state"}`:
@@ -260,19 +233,14 @@ pub async fn document_patch(
     if let Some(m) = &req.msg_id
         && (m.is_empty() || m.len() > switchyard_core::protocol::MAX_MSG_ID_LEN)
     {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "msgId must be 1-128 characters",
-        );
+        return json_refusal(Refusal::BadRequest, "msgId must be 1-128 characters");
     }
     let delta: Vec<u8> = match serde_json::from_str::<String>(req.delta.get()) {
         Ok(b64) => match BASE64.decode(b64.as_bytes()) {
             Ok(bytes) => bytes,
             Err(e) => {
-                return json_error(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
+                return json_refusal(
+                    Refusal::Invalid,
                     &format!("a string delta must be base64: {e}"),
                 );
             }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
-use http::{HeaderValue, Request, StatusCode, header};
+use http::{HeaderValue, Request, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
@@ -61,8 +61,9 @@ use tracing::Instrument;
 
 use crate::Server;
 use crate::handshake::HandshakeError;
-use crate::response::{Resp, text};
+use crate::response::{Resp, status_of, text};
 use crate::upgrade;
+use switchyard_core::refusal::Refusal;
 
 /// The Centrifuge codes, and the one place Switchyard outcomes map onto them.
 ///
@@ -1039,7 +1040,7 @@ pub async fn connection(
         // The JSON protocol takes no subprotocol; centrifuge-protobuf is not offered.
         server.node().metrics.rejected("subprotocol");
         return text(
-            StatusCode::BAD_REQUEST,
+            status_of(Refusal::BadRequest),
             "this endpoint speaks the Centrifuge JSON protocol (no subprotocol); centrifuge-protobuf is not supported\n",
         );
     }

@@ -35,13 +35,14 @@ use hyper::body::{Frame as BodyFrame, Incoming};
 use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
 use switchyard_core::config::FallbackKind;
 use switchyard_core::protocol::CloseCode;
+use switchyard_core::refusal::Refusal;
 use switchyard_core::session::{Handler, Session};
 use switchyard_core::tenant::Tenant;
 use tokio::sync::mpsc;
 
 use crate::Server;
 use crate::handshake::{self, HandshakeError};
-use crate::response::{Resp, json_error, json_ok, with_type};
+use crate::response::{Resp, json_ok, json_refusal, with_type};
 use crate::upgrade::{Admitted, admit, refuse};
 
 /// Commands a fallback session may have waiting.
@@ -226,9 +227,8 @@ async fn start(
         FallbackKind::Poll
     };
     if !admitted.tenant.config().fallbacks.contains(&kind) {
-        return Err(Box::new(json_error(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        return Err(Box::new(json_refusal(
+            Refusal::NotFound,
             &format!("{transport} is not enabled for this tenant (tenants.<id>.fallbacks)"),
         )));
     }
@@ -396,7 +396,7 @@ async fn collect(
 /// `/sse/session/{id}` and `/poll/session/{id}`: commands, polls, close.
 pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &str) -> Resp {
     let Some(handle) = server.fallbacks.get(id).map(|h| h.value().clone()) else {
-        return json_error(StatusCode::NOT_FOUND, "not_found", "no such session");
+        return json_refusal(Refusal::NotFound, "no such session");
     };
     // A page on a foreign origin must not read or drive a session whose name it learnt.
     if let Some(origin) = req.headers().get(header::ORIGIN)
@@ -404,7 +404,7 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
             .to_str()
             .is_ok_and(|o| handle.tenant.origin_allowed(o))
     {
-        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+        return json_refusal(Refusal::Forbidden, "origin not allowed");
     }
     if matches!(*req.method(), http::Method::POST | http::Method::DELETE) {
         let given = req
@@ -413,9 +413,8 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if !switchyard_core::tenant::constant_time_eq(given, handle.csrf.as_bytes()) {
-            return json_error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
+            return json_refusal(
+                Refusal::Forbidden,
                 "missing or wrong X-Switchyard-CSRF (the token of the session's welcome / open reply)",
             );
         }
@@ -423,7 +422,7 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
     match *req.method() {
         http::Method::GET => {
             let Ok(_guard) = handle.poll.try_lock() else {
-                return json_error(StatusCode::CONFLICT, "conflict", "another poll is waiting");
+                return json_refusal(Refusal::Conflict, "another poll is waiting");
             };
             *handle.last_poll.lock() = tokio::time::Instant::now();
             if let Some(c) = *handle.closed.lock() {
@@ -449,9 +448,8 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
             {
                 Ok(b) => b.to_bytes(),
                 Err(_) => {
-                    return json_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_big",
+                    return json_refusal(
+                        Refusal::TooBig,
                         "command exceeds limits.max_message_bytes",
                     );
                 }
@@ -459,13 +457,11 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
             *handle.last_poll.lock() = tokio::time::Instant::now();
             match handle.commands.try_send(body) {
                 Ok(()) => json_ok(StatusCode::ACCEPTED, &serde_json::json!({"queued": true})),
-                Err(mpsc::error::TrySendError::Full(_)) => json_error(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "too many commands in flight",
-                ),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    json_refusal(Refusal::RateLimited, "too many commands in flight")
+                }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    json_error(StatusCode::NOT_FOUND, "not_found", "session closed")
+                    json_refusal(Refusal::NotFound, "session closed")
                 }
             }
         }
@@ -477,10 +473,6 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
             });
             json_ok(StatusCode::OK, &serde_json::json!({"closed": true}))
         }
-        _ => json_error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use GET, POST or DELETE",
-        ),
+        _ => json_refusal(Refusal::MethodNotAllowed, "use GET, POST or DELETE"),
     }
 }

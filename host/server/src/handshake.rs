@@ -6,6 +6,7 @@ use base64::Engine as _;
 use http::{HeaderMap, Method, StatusCode, header};
 use sha1::{Digest, Sha1};
 use switchyard_core::protocol::SUBPROTOCOL;
+use switchyard_core::refusal::Refusal;
 
 /// Why an upgrade request is refused. Each maps to an HTTP status with a reason body.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,22 +56,25 @@ pub enum HandshakeError {
 }
 
 impl HandshakeError {
+    /// Which refusal this is ([`switchyard_core::refusal`] maps it to the outside).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            HandshakeError::Method => Refusal::MethodNotAllowed,
+            HandshakeError::NotUpgrade | HandshakeError::Version => Refusal::UpgradeRequired,
+            HandshakeError::Key | HandshakeError::Subprotocol | HandshakeError::ClientId => {
+                Refusal::BadRequest
+            }
+            HandshakeError::Origin | HandshakeError::Forbidden(_) => Refusal::Forbidden,
+            HandshakeError::UnknownTenant => Refusal::NotFound,
+            HandshakeError::Unauthorized(_) => Refusal::Unauthorized,
+            HandshakeError::RateLimited | HandshakeError::PerIp(_) => Refusal::RateLimited,
+            HandshakeError::Overloaded | HandshakeError::Draining => Refusal::Unavailable,
+        }
+    }
+
     /// HTTP status.
     pub fn status(&self) -> StatusCode {
-        match self {
-            HandshakeError::Method => StatusCode::METHOD_NOT_ALLOWED,
-            HandshakeError::NotUpgrade | HandshakeError::Version => StatusCode::UPGRADE_REQUIRED,
-            HandshakeError::Key | HandshakeError::Subprotocol | HandshakeError::ClientId => {
-                StatusCode::BAD_REQUEST
-            }
-            HandshakeError::Origin | HandshakeError::Forbidden(_) => StatusCode::FORBIDDEN,
-            HandshakeError::UnknownTenant => StatusCode::NOT_FOUND,
-            HandshakeError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            HandshakeError::RateLimited | HandshakeError::PerIp(_) => StatusCode::TOO_MANY_REQUESTS,
-            HandshakeError::Overloaded | HandshakeError::Draining => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        }
+        crate::response::status_of(self.refusal())
     }
 
     /// Metric label.

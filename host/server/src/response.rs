@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
+use switchyard_core::refusal::Refusal;
 
 /// Body of every response: a full buffer, or a stream (SSE).
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -37,6 +38,16 @@ pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Resp {
 /// JSON response.
 pub fn json_ok(status: StatusCode, v: &serde_json::Value) -> Resp {
     with_type(status, "application/json", v.to_string())
+}
+
+/// The HTTP status of a refusal ([`Refusal::http_status`]).
+pub fn status_of(r: Refusal) -> StatusCode {
+    StatusCode::from_u16(r.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// A refusal as an HTTP JSON error: its status and `{"error": name, "message": …}`.
+pub fn json_refusal(r: Refusal, message: &str) -> Resp {
+    json_error(status_of(r), r.name(), message)
 }
 
 /// JSON error `{"error": code, "message": …}`.

@@ -9,8 +9,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::Server;
-use crate::response::{Resp, json_error, text};
+use crate::response::{Resp, json_refusal, status_of, text};
 use crate::{api, cors, fallback, upgrade};
+use switchyard_core::refusal::Refusal;
 
 /// Dispatches one request (fallback paths get CORS headers for their origin).
 pub async fn route(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAddr) -> Resp {
@@ -39,7 +40,7 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
                         (tenant.to_owned(), crate::handshake::percent_decode(room));
                     upgrade::yjs(server, req, remote, tenant, room).await
                 }
-                _ => text(StatusCode::NOT_FOUND, "use /yjs/{tenant}/{room}\n"),
+                _ => text(status_of(Refusal::NotFound), "use /yjs/{tenant}/{room}\n"),
             }
         }
         (_, "/connection/websocket") => {
@@ -70,7 +71,7 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
                 upgrade::echo(server, req).await
             } else {
                 text(
-                    StatusCode::NOT_FOUND,
+                    status_of(Refusal::NotFound),
                     "echo is disabled ([diagnostics] echo = false)\n",
                 )
             }
@@ -101,9 +102,8 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
             let body = match Limited::new(body, limit).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => {
-                    return json_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "too_big",
+                    return json_refusal(
+                        Refusal::TooBig,
                         "request body exceeds limits.max_message_bytes",
                     );
                 }
@@ -125,24 +125,26 @@ async fn dispatch(server: &Arc<Server>, req: Request<Incoming>, remote: SocketAd
                     let body = match Limited::new(body, limit).collect().await {
                         Ok(b) => b.to_bytes(),
                         Err(_) => {
-                            return json_error(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                "too_big",
+                            return json_refusal(
+                                Refusal::TooBig,
                                 "request body exceeds limits.max_message_bytes",
                             );
                         }
                     };
                     api::document_patch(node, &parts.headers, &channel, body).await
                 }
-                _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+                _ => text(status_of(Refusal::MethodNotAllowed), "method not allowed\n"),
             }
         }
         (_, p) if p == "/admin" || p.starts_with("/admin/") => {
             crate::admin::handle(server, req, remote).await
         }
         (_, "/api/publish" | "/api/send" | "/healthz" | "/readyz" | "/metrics") => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            text(status_of(Refusal::MethodNotAllowed), "method not allowed\n")
         }
-        _ => text(StatusCode::NOT_FOUND, Bytes::from_static(b"not found\n")),
+        _ => text(
+            status_of(Refusal::NotFound),
+            Bytes::from_static(b"not found\n"),
+        ),
     }
 }

@@ -16,8 +16,9 @@ use tracing::Instrument;
 use crate::Server;
 use crate::echo::Echo;
 use crate::handshake::{self, HandshakeError, Upgrade};
-use crate::response::{Resp, text};
+use crate::response::{Resp, status_of, text};
 use crate::websocket::{self, TransportLimits};
+use switchyard_core::refusal::Refusal;
 
 /// A client admitted by tenant, origin, per-address and auth checks.
 pub(crate) struct Admitted {
@@ -325,7 +326,7 @@ pub async fn yjs(
         Err(e) => return refuse(server, e),
     };
     if switchyard_core::channel::validate(&crate::yjs::doc_channel(&room)).is_err() {
-        return text(StatusCode::BAD_REQUEST, "bad room name\n");
+        return text(status_of(Refusal::BadRequest), "bad room name\n");
     }
     let admitted = match admit(server, &req, remote, Some(&tenant)) {
         Ok(a) => Ok(a),

@@ -54,6 +54,7 @@ use switchyard_core::document::frame::{self, Kind, StatePatch};
 use switchyard_core::hub::SessionId;
 use switchyard_core::node::Node;
 use switchyard_core::protocol::{CloseCode, Frame};
+use switchyard_core::refusal::Refusal;
 use switchyard_core::session::{Handler, Session, WireFormat};
 use switchyard_core::tenant::Tenant;
 
@@ -748,7 +749,7 @@ impl YjsSession {
             .await?;
         if !self.session.is_subscribed(&self.doc) || !self.session.is_subscribed(&self.awareness) {
             // The `error` reply became "permission denied"; then close.
-            return Err(CloseCode::Forbidden);
+            return Err(Refusal::Forbidden.close_code());
         }
         let key = switchyard_core::channel::ChannelKey::new(
             self.session.tenant().id.clone(),

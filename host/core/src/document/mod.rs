@@ -33,6 +33,7 @@ use crate::hub::{Hub, SessionId};
 use crate::metrics::Metrics;
 use crate::policy::{MergeDocument, MergeError, MergePolicy, Stamp};
 use crate::protocol::{ErrorCode, Frame, encode};
+use crate::refusal::Refusal;
 use crate::tenant::Tenant;
 use frame::{Kind, StatePatch};
 use log::{Appended, DocumentLog, Entry, LogOptions, Stored};
@@ -80,26 +81,25 @@ pub enum DocError {
 }
 
 impl DocError {
+    /// Which refusal this is ([`crate::refusal`] maps it to the outside).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            DocError::Invalid(_) => Refusal::Invalid,
+            DocError::Conflict(_) => Refusal::Conflict,
+            DocError::Unavailable(_) => Refusal::Unavailable,
+            DocError::Limited(_) => Refusal::RateLimited,
+            DocError::Internal(_) => Refusal::Internal,
+        }
+    }
+
     /// Protocol `error` code.
     pub fn code(&self) -> ErrorCode {
-        match self {
-            DocError::Invalid(_) => ErrorCode::Invalid,
-            DocError::Conflict(_) => ErrorCode::Conflict,
-            DocError::Unavailable(_) => ErrorCode::Unavailable,
-            DocError::Limited(_) => ErrorCode::RateLimited,
-            DocError::Internal(_) => ErrorCode::Internal,
-        }
+        self.refusal().error_code()
     }
 
     /// HTTP status for the HTTP API.
     pub fn http_status(&self) -> u16 {
-        match self {
-            DocError::Invalid(_) => 400,
-            DocError::Conflict(_) => 409,
-            DocError::Unavailable(_) => 503,
-            DocError::Limited(_) => 429,
-            DocError::Internal(_) => 500,
-        }
+        self.refusal().http_status()
     }
 }
 
