@@ -288,7 +288,8 @@ up() {
       if [[ $broker == redis ]]; then start_redis || return 1; fi
       if [[ $broker == nats ]]; then start_nats || return 1; fi
       switchyard_config "$OUT/$server.$port.toml" "$port" "bench-$SEQ" "$plugins" "$broker" "$otel" "$shadow"
-      start "$server" "$port" /healthz -- "$BIN/switchyard" serve --config "$OUT/$server.$port.toml" || return 1
+      # /readyz: ready once the broker answers (a NATS client connects after start)
+      start "$server" "$port" /readyz -- "$BIN/switchyard" serve --config "$OUT/$server.$port.toml" || return 1
       PROTO=switchyard; ECHO_PATH=/echo ;;
     *) echo "unknown server $server" >&2; return 1 ;;
   esac
