@@ -325,7 +325,10 @@ fn run(policy: &ShadowPolicy, rx: &Receiver<Job>, stats: &ShadowStats) {
         };
         take_failure();
         let judged = match policy {
-            ShadowPolicy::Merge(p) => judge_merge(p.as_ref(), &mut docs, job, stats),
+            ShadowPolicy::Merge(p) => {
+                docs.prune_if_due();
+                judge_merge(p.as_ref(), &mut docs, job, stats)
+            }
             _ => Some(judge(policy, job)),
         };
         if let Some((verdict, diff)) = judged {
@@ -459,6 +462,8 @@ fn compared(input: Value, serving: Value, shadow: Value, same: bool) -> (Verdict
 #[derive(Default)]
 struct Documents {
     open: HashMap<u64, Twin>,
+    /// When [`Documents::prune`] last ran.
+    pruned: Option<std::time::Instant>,
 }
 
 struct Twin {
@@ -471,6 +476,15 @@ impl Documents {
     /// Releases the documents whose serving document closed.
     fn prune(&mut self) {
         self.open.retain(|_, d| d.alive.strong_count() > 0);
+        self.pruned = Some(std::time::Instant::now());
+    }
+
+    /// [`prune`](Self::prune)s when the last one is [`PRUNE_EVERY`] old, so
+    /// twins are released while jobs keep the thread from idling too.
+    fn prune_if_due(&mut self) {
+        if !self.open.is_empty() && self.pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            self.prune();
+        }
     }
 }
 
@@ -1102,7 +1116,14 @@ mod tests {
         );
         assert_eq!(refused.expect("judged").0, Verdict::Same, "both refuse");
         drop(alive);
-        docs.prune();
+        docs.prune_if_due();
+        assert_eq!(
+            docs.open.len(),
+            1,
+            "not due yet: the open pruned a moment ago"
+        );
+        docs.pruned = docs.pruned.and_then(|t| t.checked_sub(PRUNE_EVERY));
+        docs.prune_if_due();
         let none = judge_merge(&BuiltIn, &mut docs, apply(br#"{"z":3}"#, Ok(None)), &stats);
         assert!(none.is_none(), "a closed document's twin is released");
     }
