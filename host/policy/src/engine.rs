@@ -30,12 +30,14 @@ pub const POOL_INSTANCES: u32 = 1000;
 /// SHA-256 of a plugin file.
 pub type ContentHash = [u8; 32];
 
-/// Lowercase hex of a hash.
-pub fn hex(hash: &ContentHash) -> String {
-    hash.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+/// Lowercase hex of `bytes` (hashes, recorded bytes, shown bytes).
+pub fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// SHA-256 of `bytes`.

@@ -35,6 +35,7 @@ use switchyard_core::policy::{
     ConnectRequest, Denial, Principal, RateDecision, RateKey, Route, RouteTarget,
 };
 
+use crate::engine::hex;
 use crate::shadow::{REDACTED, connect_input, principal_input};
 
 /// `format` of a recording's header line.
@@ -598,15 +599,6 @@ pub(crate) fn rate_decision(d: &RateDecision) -> Value {
         }
         RateDecision::Delay { ms } => json!({"rate": "delay", "ms": ms}),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write as _;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {

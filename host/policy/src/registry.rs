@@ -997,7 +997,7 @@ impl Registry {
                 "name": name,
                 "role": e.serving.as_ref().map(|c| c.role.as_str()),
                 "hash": e.serving.as_ref().map(|c| hex(&c.hash)),
-                "file_hash": e.file_hash.as_ref().map(hex),
+                "file_hash": e.file_hash.as_ref().map(|h| hex(h)),
                 "loaded_at": e.loaded_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
                 "status": e.status.as_str(),
                 "compiled_from_cache": e.serving.as_ref().map(|c| c.from_cache),

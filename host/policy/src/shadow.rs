@@ -697,7 +697,7 @@ fn shown_bytes(b: &[u8]) -> Value {
         Ok(t) => json!(cut(t)),
         Err(_) => {
             let head = &b[..b.len().min(KEEP_DATA_BYTES / 2)];
-            json!({"bytes": b.len(), "hex": head.iter().map(|x| format!("{x:02x}")).collect::<String>()})
+            json!({"bytes": b.len(), "hex": crate::engine::hex(head)})
         }
     }
 }
