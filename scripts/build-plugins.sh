@@ -26,7 +26,7 @@ COMPONENTIZE_PY_VERSION="0.25.1"
 WIT_BINDGEN_VERSION="0.63.0"
 TARGET=wasm32-wasip2
 
-say() { printf 'build-plugins: %s\n' "$*"; }
+say() { printf 'build-plugins: [%4ss] %s\n' "$SECONDS" "$*"; }
 die() { printf 'build-plugins: ERROR: %s\n' "$*" >&2; exit 1; }
 
 # install_wasm SRC NAME: copies SRC to $OUT/NAME.wasm unless identical.
