@@ -94,6 +94,9 @@ const LOAD_CHANNEL: &str = "chaos:load";
 #[derive(Default)]
 struct PublisherLog {
     acked: Vec<(Value, u64)>,
+    /// How many of `acked` came before the first `unavailable`: those are the
+    /// old epoch's (one publish in flight, so every later ack is the new one's).
+    acked_before_kill: Option<usize>,
     unavailable: Vec<Value>,
     other: Vec<Value>,
 }
@@ -154,6 +157,7 @@ async fn publisher(
                 }
             }
             Some("error") if reply["code"] == "unavailable" => {
+                log.acked_before_kill.get_or_insert(log.acked.len());
                 log.unavailable.push(data);
                 counters.unavailable.fetch_add(1, Ordering::Relaxed);
                 // Pace retries while the broker is away (not a wait for an event).
@@ -311,6 +315,13 @@ async fn redis_sigkill_under_publish_load() {
         );
     }
     let acked: Vec<&(Value, u64)> = logs_a.acked.iter().chain(&logs_b.acked).collect();
+    // The old epoch's acknowledged messages (acked before the publisher's first
+    // refusal) and the new epoch's.
+    let old_acked: HashSet<String> = [&logs_a, &logs_b]
+        .iter()
+        .flat_map(|l| l.acked[..l.acked_before_kill.expect("refused")].iter())
+        .map(|(d, _)| d.to_string())
+        .collect();
     let unavailable: Vec<&Value> = logs_a
         .unavailable
         .iter()
@@ -318,6 +329,7 @@ async fn redis_sigkill_under_publish_load() {
         .collect();
     let mut epochs_seen: Option<Vec<String>> = None;
     let mut unavailable_delivered = 0usize;
+    let mut lost_total = 0usize;
     for (name, got) in &received {
         // In order within an epoch, no duplicate, epochs in one run each.
         let mut seen = HashSet::new();
@@ -356,12 +368,38 @@ async fn redis_sigkill_under_publish_load() {
             .iter()
             .map(|(e, s, d)| (d.to_string(), (e.as_str(), *s)))
             .collect();
+        // Every acknowledged message reached this subscriber, with its seq —
+        // except the old epoch's last ones, acknowledged in the instant Redis
+        // died: Redis writes a script's reply before the pub/sub pushes it
+        // queued, so a SIGKILL between the two loses the push, and with the
+        // history gone nothing can replay it (docs/operations.md, "Delivery
+        // guarantees"). That loss is a tail, never a hole, and at most one
+        // message per publisher (each has one publish in flight).
+        let old_epoch_last = got
+            .iter()
+            .filter(|(e, _, _)| *e == epochs[0])
+            .map(|(_, s, _)| *s)
+            .max()
+            .unwrap_or(0);
+        let mut lost_at_kill = Vec::new();
         for (data, seq) in &acked {
             let Some((_, got_seq)) = by_data.get(&data.to_string()) else {
-                panic!("{name}: acknowledged {data} (seq {seq}) never arrived");
+                assert!(
+                    old_acked.contains(&data.to_string()) && *seq > old_epoch_last,
+                    "{name}: acknowledged {data} (seq {seq}) never arrived, and it is not \
+                     the old epoch's tail (last old-epoch seq received: {old_epoch_last})"
+                );
+                lost_at_kill.push(*seq);
+                continue;
             };
             assert_eq!(got_seq, seq, "{name}: {data} arrived with another seq");
         }
+        assert!(
+            lost_at_kill.len() <= 2,
+            "{name}: acknowledged old-epoch messages lost at the kill: {lost_at_kill:?} \
+             (at most one per publisher can be in flight)"
+        );
+        lost_total += lost_at_kill.len();
         unavailable_delivered += unavailable
             .iter()
             .filter(|d| by_data.contains_key(&d.to_string()))
@@ -415,7 +453,8 @@ async fn redis_sigkill_under_publish_load() {
          more until both nodes were ready again; node b: {acks_b0}, {}), unavailable {} \
          (delivered anyway to some subscriber: {unavailable_delivered}), refused and unready \
          {refused_after:?} after the kill, ready {ready_after:?} after the restart; {name0}: \
-         {}; all 6 subscribers saw identical streams: {identical}; total {:?}",
+         {}; all 6 subscribers saw identical streams: {identical}; acknowledged pushes lost \
+         at the kill (all subscribers): {lost_total}; total {:?}",
         acked.len(),
         acks_a1 - acks_a0,
         acks_b1 - acks_b0,
