@@ -1,8 +1,9 @@
 //! The WebSocket transport: drives a [`Handler`] over any `Sink + Stream` of
 //! tungstenite messages (a real socket, or an in-memory pair in tests).
 //!
-//! One task per connection runs two futures: the reader (inbound frames →
-//! handler) and the writer (outbox → socket, heartbeats, zombie detection).
+//! One task per connection runs two futures, [`read`] (inbound frames →
+//! handler) and [`write`] (outbox → socket, heartbeats, zombie detection),
+//! over one socket that both borrow without a lock (see [`Conn`]).
 //! The writer takes everything queued at once and flushes it as one batch,
 //! so a busy connection costs one write for many messages; after each wake-up
 //! it lets the other ready tasks run once first, so the frames they fan out
@@ -17,17 +18,18 @@
 //! error: the stream is no longer framed) as raw bytes, discarded, after
 //! shutting down our side, for at most [`LINGER`] and [`LINGER_BYTES`].
 
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::poll_fn;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
-use switchyard_core::metrics::Metrics;
+use switchyard_core::metrics::{DeliveryMetrics, Metrics};
 use switchyard_core::protocol::{CloseCode, Frame};
-use switchyard_core::session::Handler;
+use switchyard_core::session::{Handler, WireFormat};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
@@ -143,6 +145,71 @@ fn error_close(e: &WsError) -> Option<CloseCode> {
     }
 }
 
+/// The socket, and what the reader and the writer of one connection tell
+/// each other. Both are futures that [`drive`] polls itself, one after the
+/// other, in the connection's own task (never spawned); each borrows the
+/// socket only inside a single poll, never across an `.await`, so the borrows
+/// cannot overlap and no lock is taken — where tokio-tungstenite's `split()`
+/// takes a `BiLock` on every frame read and written.
+struct Conn<S> {
+    ws: RefCell<S>,
+    /// When anything (a frame, a pong) last arrived, µs since [`EPOCH`]: set
+    /// by the reader, read by the writer's heartbeat (zombie detection).
+    last_seen: Cell<u64>,
+    /// The peer's close code, once its close frame arrived.
+    peer_close: Cell<Option<u16>>,
+    /// Our close frame is out (or going): the reader ignores data frames and
+    /// takes the peer's next close as the end of the handshake.
+    close_sent: Cell<bool>,
+}
+
+// SAFETY: a `Conn` lives inside one `drive` future and is borrowed only by the
+// reader and writer futures that this `drive` future polls. Those run on
+// whichever thread polls the `drive` future, one at a time, so the `RefCell`
+// and `Cell`s are never touched by two threads at once; no reference leaves
+// `drive` (the type is private to this module). `Sync` is what lets the
+// `drive` future, which holds `&Conn` across awaits, be `Send`.
+#[allow(unsafe_code)]
+unsafe impl<S: Send> Sync for Conn<S> {}
+
+impl<S> Conn<S>
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    fn new(ws: S) -> Self {
+        Conn {
+            ws: RefCell::new(ws),
+            last_seen: Cell::new(now_micros()),
+            peer_close: Cell::new(None),
+            close_sent: Cell::new(false),
+        }
+    }
+
+    /// Runs `f` on the socket within the current poll.
+    fn with<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        f(&mut self.ws.borrow_mut())
+    }
+
+    async fn next(&self) -> Option<Result<Message, WsError>> {
+        poll_fn(|cx| self.with(|ws| ws.poll_next_unpin(cx))).await
+    }
+
+    /// Queues a frame in the socket's write buffer (written when it is full or flushed).
+    async fn feed(&self, m: Message) -> Result<(), WsError> {
+        poll_fn(|cx| self.with(|ws| ws.poll_ready_unpin(cx))).await?;
+        self.ws.borrow_mut().start_send_unpin(m)
+    }
+
+    async fn flush(&self) -> Result<(), WsError> {
+        poll_fn(|cx| self.with(|ws| ws.poll_flush_unpin(cx))).await
+    }
+
+    async fn send(&self, m: Message) -> Result<(), WsError> {
+        self.feed(m).await?;
+        self.flush().await
+    }
+}
+
 /// How the reader stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadEnd {
@@ -154,14 +221,225 @@ enum ReadEnd {
     Broken,
 }
 
-enum WriterEnd {
+/// How the writer stopped.
+enum WriteEnd {
     /// Close frame sent (or attempted) with this code.
     Closed(u16),
+    /// Nothing arrived for `idle_timeout`.
     Zombie,
+    /// The socket failed.
     Failed,
 }
 
-/// Runs a connection to its end. The handler is dropped when this returns.
+/// The reader: inbound frames to the handler, until the stream ends or the
+/// close handshake is over. Once the handler asks to close, or our close
+/// frame is out, data frames are ignored and reading continues only to
+/// receive the peer's close reply (for at most `close_timeout × 2` when the
+/// handler asked). A frame that cannot be read asks the writer for the
+/// matching close (1009, 1007, 1002) and ends `Broken`.
+async fn read<S, H>(
+    conn: &Conn<S>,
+    handler: &mut H,
+    outbox: &Outbox,
+    limits: TransportLimits,
+    metrics: &Metrics,
+) -> ReadEnd
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+    H: Handler,
+{
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let item = match deadline {
+            None => {
+                // Flow control: no new command while its replies pile up.
+                outbox.replies_drained().await;
+                conn.next().await
+            }
+            Some(d) => match tokio::time::timeout_at(d, conn.next()).await {
+                Ok(item) => item,
+                Err(_) => return ReadEnd::Done,
+            },
+        };
+        let Some(item) = item else {
+            return ReadEnd::Done;
+        };
+        conn.last_seen.set(now_micros());
+        let open = deadline.is_none() && !conn.close_sent.get();
+        let verdict = match item {
+            Ok(Message::Text(t)) if open => {
+                metrics.messages_in.inc();
+                metrics.frame_size.observe(t.len() as f64);
+                handler.on_text(Bytes::from(t)).await
+            }
+            Ok(Message::Binary(b)) if open => {
+                metrics.messages_in.inc();
+                metrics.frame_size.observe(b.len() as f64);
+                handler.on_binary(b).await
+            }
+            Ok(Message::Pong(p)) => {
+                if let Ok(raw) = <[u8; 8]>::try_from(p.as_ref()) {
+                    let sent = u64::from_be_bytes(raw);
+                    let now = now_micros();
+                    if sent <= now {
+                        metrics
+                            .heartbeat_rtt
+                            .observe(Duration::from_micros(now - sent).as_secs_f64());
+                    }
+                }
+                Ok(())
+            }
+            Ok(Message::Close(frame)) => {
+                // tungstenite queues the close reply; keep polling to flush it.
+                conn.peer_close
+                    .set(Some(frame.map_or(1005, |f| u16::from(f.code))));
+                if conn.close_sent.get() {
+                    // The reply to our close: the handshake is complete.
+                    return ReadEnd::Done;
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let Some(code) = error_close(&e) else {
+                    return ReadEnd::Done;
+                };
+                metrics.failed(match code {
+                    CloseCode::TooBig => "too_big",
+                    CloseCode::InvalidPayload => "invalid_utf8",
+                    _ => "protocol",
+                });
+                // Frames answered before the bad one still go out, then the
+                // close (bounded by `close_timeout`); the stream is unusable now.
+                outbox.close(code, true);
+                return ReadEnd::Broken;
+            }
+        };
+        if let Err(code) = verdict {
+            // Replies already queued (e.g. the last `error`) go out before the close.
+            outbox.close(code, true);
+            deadline = Some(tokio::time::Instant::now() + limits.close_timeout * 2);
+        }
+    }
+}
+
+/// What the writer needs besides the socket and the outbox.
+struct WriteSide<'a> {
+    wire: Option<Arc<dyn WireFormat>>,
+    deliveries: DeliveryMetrics,
+    limits: TransportLimits,
+    metrics: &'a Metrics,
+}
+
+/// The writer: the outbox to the socket, heartbeats and zombie detection,
+/// until a close frame is sent, the peer is found silent or the socket fails.
+/// Everything queued is taken at once and written as one batch (one flush);
+/// each batch's `on_written` hooks run after its flush.
+async fn write<S>(conn: &Conn<S>, outbox: &Outbox, side: WriteSide<'_>) -> WriteEnd
+where
+    S: Stream<Item = Result<Message, WsError>> + Sink<Message, Error = WsError> + Unpin,
+{
+    let WriteSide {
+        wire,
+        deliveries,
+        limits,
+        metrics,
+    } = side;
+    let mut batch: VecDeque<Outgoing> = VecDeque::new();
+    let mut hooks = Vec::new();
+    let mut sample = switchyard_core::metrics::DeliverySample::default();
+    let start = tokio::time::Instant::now() + limits.heartbeat_interval;
+    let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = outbox.ready() => {}
+            _ = tick.tick() => {
+                let silent = now_micros().saturating_sub(conn.last_seen.get());
+                if Duration::from_micros(silent) > limits.idle_timeout {
+                    return WriteEnd::Zombie;
+                }
+                let ping = Message::Ping(Bytes::copy_from_slice(&now_micros().to_be_bytes()));
+                if conn.send(ping).await.is_err() {
+                    return WriteEnd::Failed;
+                }
+                if let Some(frame) = wire.as_ref().and_then(|w| w.keepalive())
+                    && conn.send(to_message(frame)).await.is_err()
+                {
+                    return WriteEnd::Failed;
+                }
+                continue;
+            }
+        }
+        // Coalescing: one scheduler pass before taking the batch. The other
+        // tasks that are ready in this wake-up (the readers whose frames fan
+        // out to this socket) queue theirs first, so under load one write
+        // carries many frames; when nothing else is ready the pass costs a
+        // re-poll and no wait. Measured (50-editor Yjs room,
+        // docs/benchmarks.md): 2.7× fewer writes, 100 vs 127 µs of server CPU
+        // per update.
+        tokio::task::yield_now().await;
+        loop {
+            let close = outbox.take(&mut batch);
+            if batch.is_empty() && close.is_none() {
+                break;
+            }
+            if !batch.is_empty() {
+                let n = batch.len() as u64;
+                let written = async {
+                    for item in batch.drain(..) {
+                        if let Some(h) = item.on_written {
+                            hooks.push(h);
+                        }
+                        sample.offer(item.published_at, item.frame.bytes().len());
+                        let frame = match &wire {
+                            None => item.frame,
+                            Some(w) => match w.outgoing(item.frame) {
+                                Some(f) => f,
+                                None => continue,
+                            },
+                        };
+                        conn.feed(to_message(frame)).await?;
+                    }
+                    conn.flush().await
+                };
+                tokio::select! {
+                    r = written => {
+                        if r.is_err() {
+                            return WriteEnd::Failed;
+                        }
+                        for h in hooks.drain(..) {
+                            h();
+                        }
+                        metrics.messages_out.inc_by(n);
+                        metrics.socket_writes.inc();
+                        sample.record(&deliveries);
+                    }
+                    () = outbox.closed() => {
+                        // A close without flushing: what is left is dropped.
+                        batch.clear();
+                        hooks.clear();
+                        continue;
+                    }
+                }
+            }
+            if let Some(CloseRequest { code, .. }) = close {
+                conn.close_sent.set(true);
+                let reason = outbox.close_reason();
+                let reason = reason.as_deref().unwrap_or(code.reason());
+                let send = conn.send(close_message(code.code(), reason));
+                let sent = tokio::time::timeout(limits.close_timeout, send).await;
+                tracing::debug!(code = code.code(), sent = ?sent.as_ref().map(|r| r.is_ok()), "close frame");
+                return WriteEnd::Closed(code.code());
+            }
+        }
+    }
+}
+
+/// Runs a connection to its end: the [`read`]er and the [`write`]r side by
+/// side in this task, then the close phase (the handshake's other half,
+/// bounded by `close_timeout`; the linger after a read error). The handler
+/// is dropped when this returns.
 pub async fn drive<S, H>(ws: S, mut handler: H, limits: TransportLimits, metrics: &Metrics) -> Ended
 where
     S: Stream<Item = Result<Message, WsError>>
@@ -173,227 +451,57 @@ where
 {
     let outbox = handler.outbox().clone();
     let wire = handler.wire();
-    let tenant = handler.tenant_label();
-    let (mut sink, mut stream) = ws.split();
-    let last_seen = AtomicU64::new(now_micros());
-    let peer_close = AtomicU64::new(0);
-    let close_sent = std::sync::atomic::AtomicBool::new(false);
-
-    let reader = async {
-        // Once the handler asks to close, or our close frame is out, data
-        // frames are ignored and reading continues only to receive the peer's
-        // close reply (until `deadline` when the handler asked).
-        let mut deadline: Option<tokio::time::Instant> = None;
-        loop {
-            let item = match deadline {
-                None => {
-                    // Flow control: no new command while its replies pile up.
-                    outbox.replies_drained().await;
-                    stream.next().await
-                }
-                Some(d) => match tokio::time::timeout_at(d, stream.next()).await {
-                    Ok(item) => item,
-                    Err(_) => return ReadEnd::Done,
-                },
-            };
-            let Some(item) = item else {
-                return ReadEnd::Done;
-            };
-            last_seen.store(now_micros(), Ordering::Relaxed);
-            let open = deadline.is_none() && !close_sent.load(Ordering::Acquire);
-            let verdict = match item {
-                Ok(Message::Text(t)) if open => {
-                    metrics.messages_in.inc();
-                    metrics.frame_size.observe(t.len() as f64);
-                    handler.on_text(Bytes::from(t)).await
-                }
-                Ok(Message::Binary(b)) if open => {
-                    metrics.messages_in.inc();
-                    metrics.frame_size.observe(b.len() as f64);
-                    handler.on_binary(b).await
-                }
-                Ok(Message::Pong(p)) => {
-                    if let Ok(raw) = <[u8; 8]>::try_from(p.as_ref()) {
-                        let sent = u64::from_be_bytes(raw);
-                        let now = now_micros();
-                        if sent <= now {
-                            metrics
-                                .heartbeat_rtt
-                                .observe(Duration::from_micros(now - sent).as_secs_f64());
-                        }
-                    }
-                    Ok(())
-                }
-                Ok(Message::Close(frame)) => {
-                    // tungstenite queues the close reply; keep polling to flush it.
-                    let code = frame.map_or(1005, |f| u16::from(f.code));
-                    peer_close.store(u64::from(code), Ordering::Relaxed);
-                    if close_sent.load(Ordering::Acquire) {
-                        // The reply to our close: the handshake is complete.
-                        return ReadEnd::Done;
-                    }
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    if let Some(code) = error_close(&e) {
-                        metrics.failed(match code {
-                            CloseCode::TooBig => "too_big",
-                            CloseCode::InvalidPayload => "invalid_utf8",
-                            _ => "protocol",
-                        });
-                        // Frames answered before the bad one still go out, then the
-                        // close (bounded by `close_timeout`); the stream is unusable now.
-                        outbox.close(code, true);
-                        return ReadEnd::Broken;
-                    }
-                    return ReadEnd::Done;
-                }
-            };
-            if let Err(code) = verdict {
-                // Replies already queued (e.g. the last `error`) go out before the close.
-                outbox.close(code, true);
-                deadline = Some(tokio::time::Instant::now() + limits.close_timeout * 2);
-            }
-        }
-    };
-
-    let writer = async {
-        let mut batch: VecDeque<Outgoing> = VecDeque::new();
-        let deliveries = metrics.deliveries(
-            wire.as_ref().map_or("ws", |w| w.transport()),
-            tenant.as_deref().map(String::as_str),
-        );
-        let mut sample = switchyard_core::metrics::DeliverySample::default();
-        let start = tokio::time::Instant::now() + limits.heartbeat_interval;
-        let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = outbox.ready() => {}
-                _ = tick.tick() => {
-                    let silent = now_micros().saturating_sub(last_seen.load(Ordering::Relaxed));
-                    if Duration::from_micros(silent) > limits.idle_timeout {
-                        return WriterEnd::Zombie;
-                    }
-                    let ping = Message::Ping(Bytes::copy_from_slice(&now_micros().to_be_bytes()));
-                    if sink.send(ping).await.is_err() {
-                        return WriterEnd::Failed;
-                    }
-                    if let Some(frame) = wire.as_ref().and_then(|w| w.keepalive())
-                        && sink.send(to_message(frame)).await.is_err()
-                    {
-                        return WriterEnd::Failed;
-                    }
-                    continue;
-                }
-            }
-            // Coalescing: one scheduler pass before taking the batch. The
-            // other tasks that are ready in this wake-up (the readers whose
-            // frames fan out to this socket) queue theirs first, so under
-            // load one write carries many frames; when nothing else is ready
-            // the pass costs a re-poll and no wait. Measured (50-editor Yjs
-            // room, docs/benchmarks.md): 2.7× fewer writes, 100 vs 127 µs of
-            // server CPU per update.
-            tokio::task::yield_now().await;
-            loop {
-                let close = outbox.take(&mut batch);
-                if batch.is_empty() && close.is_none() {
-                    break;
-                }
-                if !batch.is_empty() {
-                    let n = batch.len() as u64;
-                    let write = async {
-                        let mut hooks = Vec::new();
-                        for item in batch.drain(..) {
-                            if let Some(h) = item.on_written {
-                                hooks.push(h);
-                            }
-                            sample.offer(item.published_at, item.frame.bytes().len());
-                            let frame = match &wire {
-                                None => item.frame,
-                                Some(w) => match w.outgoing(item.frame) {
-                                    Some(f) => f,
-                                    None => continue,
-                                },
-                            };
-                            sink.feed(to_message(frame)).await?;
-                        }
-                        sink.flush().await?;
-                        for h in hooks {
-                            h();
-                        }
-                        Ok::<(), WsError>(())
-                    };
-                    tokio::select! {
-                        r = write => {
-                            if r.is_err() {
-                                return WriterEnd::Failed;
-                            }
-                            metrics.messages_out.inc_by(n);
-                            metrics.socket_writes.inc();
-                            sample.record(&deliveries);
-                        }
-                        () = outbox.closed() => {
-                            batch.clear();
-                            continue;
-                        }
-                    }
-                }
-                if let Some(CloseRequest { code, .. }) = close {
-                    close_sent.store(true, Ordering::Release);
-                    let reason = outbox.close_reason();
-                    let reason = reason.as_deref().unwrap_or(code.reason());
-                    let send = sink.send(close_message(code.code(), reason));
-                    let sent = tokio::time::timeout(limits.close_timeout, send).await;
-                    tracing::debug!(code = code.code(), sent = ?sent.as_ref().map(|r| r.is_ok()), "close frame");
-                    return WriterEnd::Closed(code.code());
-                }
-            }
-        }
-    };
-
-    let peer_code = || match peer_close.load(Ordering::Relaxed) {
-        0 => None,
-        c => u16::try_from(c).ok(),
+    let deliveries = metrics.deliveries(
+        wire.as_ref().map_or("ws", |w| w.transport()),
+        handler.tenant_label().as_deref().map(String::as_str),
+    );
+    let conn = Conn::new(ws);
+    let side = WriteSide {
+        wire,
+        deliveries,
+        limits,
+        metrics,
     };
     // `linger`: our close frame is out but the stream broke, so the rest of
     // the input can only be read raw.
     let (ended, linger) = {
+        let reader = read(&conn, &mut handler, &outbox, limits, metrics);
+        let writer = write(&conn, &outbox, side);
         tokio::pin!(reader, writer);
         tokio::select! {
-            end = &mut reader => match (peer_code(), end) {
+            end = &mut reader => match (conn.peer_close.get(), end) {
                 (Some(code), _) => (Ended::Closed(code), false),
                 // Reader hit a protocol error and asked for a close: let the writer send it.
                 (None, ReadEnd::Broken) => {
                     match tokio::time::timeout(limits.close_timeout, &mut writer).await {
-                        Ok(WriterEnd::Closed(c)) => (Ended::Closed(c), true),
+                        Ok(WriteEnd::Closed(c)) => (Ended::Closed(c), true),
                         _ => (Ended::Dropped, false),
                     }
                 }
                 (None, ReadEnd::Done) => (Ended::Dropped, false),
             },
             end = &mut writer => match end {
-                WriterEnd::Closed(code) => {
+                WriteEnd::Closed(code) => {
                     // Wait (bounded) for the peer's close reply, reading to the end.
                     let r = tokio::time::timeout(limits.close_timeout, &mut reader).await;
                     tracing::debug!(code, reply = ?r, "close handshake");
                     (Ended::Closed(code), r == Ok(ReadEnd::Broken))
                 }
-                WriterEnd::Zombie => {
+                WriteEnd::Zombie => {
                     metrics.zombies.inc();
                     (Ended::Zombie, false)
                 }
-                WriterEnd::Failed => match peer_code() {
+                WriteEnd::Failed => match conn.peer_close.get() {
                     Some(c) => (Ended::Closed(c), false),
                     None => (Ended::Dropped, false),
                 },
             }
         }
     };
-    if linger && let Ok(mut ws) = stream.reunite(sink) {
+    if linger {
         // Not dropped with input unread (a reset could cost the peer our
         // close frame): EOF, or at most LINGER / LINGER_BYTES.
+        let mut ws = conn.ws.into_inner();
         let bound = limits.close_timeout.min(LINGER);
         let discarded = tokio::time::timeout(bound, ws.discard_input(LINGER_BYTES)).await;
         tracing::debug!(?discarded, "input discarded after close");
@@ -457,6 +565,69 @@ mod tests {
         while let Some(Ok(_)) = client.next().await {}
         assert_eq!(run.await.expect("join"), Ended::Closed(1005));
         drop(metrics);
+    }
+
+    /// Hands every inbound text frame to the test; sends nothing itself.
+    struct Reporting {
+        outbox: Arc<Outbox>,
+        seen: tokio::sync::mpsc::UnboundedSender<Bytes>,
+    }
+
+    impl Handler for Reporting {
+        async fn on_text(&mut self, text: Bytes) -> Result<(), CloseCode> {
+            let _ = self.seen.send(text);
+            Ok(())
+        }
+
+        async fn on_binary(&mut self, _: Bytes) -> Result<(), CloseCode> {
+            Ok(())
+        }
+
+        fn outbox(&self) -> &Arc<Outbox> {
+            &self.outbox
+        }
+    }
+
+    /// The reader and the writer share the socket without holding it across
+    /// a wait: a writer stuck on a peer that reads nothing does not stop the
+    /// reader.
+    #[tokio::test]
+    async fn a_blocked_writer_does_not_stop_the_reader() {
+        use tokio::io::AsyncWriteExt;
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let outbox = Arc::new(Outbox::new(16));
+        // 1 MiB queued for a pipe of 64 KiB whose other end is never read:
+        // the writer's first batch can never be flushed.
+        for _ in 0..4 {
+            outbox
+                .push_frame(Frame::binary(Bytes::from(vec![0u8; 256 * 1024])))
+                .expect("queued");
+        }
+        let (seen, mut inbound) = tokio::sync::mpsc::unbounded_channel();
+        let handler = Reporting {
+            outbox: outbox.clone(),
+            seen,
+        };
+        let run = tokio::spawn(async move {
+            let m = Metrics::new();
+            drive(server, handler, limits(10_000, 20_000), &m).await
+        });
+        let (_rx, mut tx) = tokio::io::split(b);
+        for _ in 0..10 {
+            // A masked text frame "hi" (zero mask key).
+            tx.write_all(&[0x81, 0x82, 0, 0, 0, 0, b'h', b'i'])
+                .await
+                .expect("write");
+        }
+        for i in 0..10 {
+            let got = tokio::time::timeout(Duration::from_secs(10), inbound.recv())
+                .await
+                .unwrap_or_else(|_| panic!("frame {i} never reached the handler"));
+            assert_eq!(got.as_deref(), Some(&b"hi"[..]));
+        }
+        assert!(!run.is_finished(), "the connection is still open");
+        run.abort();
     }
 
     #[tokio::test]
