@@ -250,6 +250,18 @@ impl Session {
                 return self.protocol_strike();
             }
         };
+        self.run(cmd).await
+    }
+
+    /// Runs a command that did not come as a text frame: a transport's own
+    /// (the `channels=` of an SSE or long-poll open), already typed. Replies
+    /// and errors are queued exactly as for [`Session::handle_text`].
+    pub async fn command(&mut self, cmd: Command) -> Result<(), CloseCode> {
+        self.outbox.note_received();
+        self.run(cmd).await
+    }
+
+    async fn run(&mut self, cmd: Command) -> Result<(), CloseCode> {
         match cmd {
             Command::Ping { id } => {
                 self.reply(encode::pong(id.as_deref()));

@@ -60,6 +60,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tracing::Instrument;
 
 use crate::Server;
+use crate::connection::{self, Open};
 use crate::handshake::HandshakeError;
 use crate::response::{Resp, status_of, text};
 use crate::upgrade;
@@ -1046,29 +1047,29 @@ pub async fn connection(
     }
     let up = match upgrade::precheck(server, &req) {
         Ok(u) => u,
-        Err(e) => return upgrade::refuse(server, e),
+        Err(e) => return connection::refuse(server, e),
     };
     // The checks that need no credentials answer over HTTP already; the auth
-    // policy runs on the `connect` command (`upgrade::admit`, as for `/ws`).
+    // policy runs on the `connect` command (`connection::admit`, as for `/ws`).
     let node = server.node().clone();
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
     let Some(tenant) = node.tenants.resolve(path_tenant.as_deref(), host) else {
-        return upgrade::refuse(server, HandshakeError::UnknownTenant);
+        return connection::refuse(server, HandshakeError::UnknownTenant);
     };
     if let Some(origin) = req.headers().get(header::ORIGIN)
         && !origin.to_str().is_ok_and(|o| tenant.origin_allowed(o))
     {
-        return upgrade::refuse(server, HandshakeError::Origin);
+        return connection::refuse(server, HandshakeError::Origin);
     }
     let uri = req.uri().clone();
     let headers = req.headers().clone();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let response = upgrade::switching(&up, server);
     let server = server.clone();
-    server.conn_opened();
+    let open = Open::new(&server);
     let config = upgrade::ws_config(&server);
     let limits = upgrade::transport_limits(&server);
     let span = tracing::info_span!("centrifuge.connection", tenant = %tenant.id, peer = %remote);
@@ -1077,7 +1078,6 @@ pub async fn connection(
     tokio::spawn(
         async move {
             let Ok(upgraded) = on_upgrade.await else {
-                server.conn_closed();
                 return;
             };
             let mut ws = WebSocketStream::from_raw_socket(
@@ -1087,25 +1087,18 @@ pub async fn connection(
             )
             .await;
             let metrics = node.metrics.clone();
-            metrics
-                .connections_opened
-                .get_or_create(&switchyard_core::metrics::TransportLabel {
-                    transport: "centrifuge",
-                })
-                .inc();
+            open.started("centrifuge");
             let (connect_id, token, rest) =
                 match first_command(&mut ws, node.limits().handshake_timeout).await {
                     First::Connect { id, token, rest } => (id, token, rest),
                     First::Refuse(code, reason) => {
                         metrics.failed("centrifuge_connect");
                         close_raw(&mut ws, code, reason).await;
-                        metrics.closed(code);
-                        server.conn_closed();
+                        open.closed(code);
                         return;
                     }
                     First::Gone => {
-                        metrics.closed(1006);
-                        server.conn_closed();
+                        open.closed(1006);
                         return;
                     }
                 };
@@ -1122,22 +1115,20 @@ pub async fn connection(
                     Err(_) => {
                         metrics.rejected("unauthorized");
                         close_raw(&mut ws, codes::DISCONNECT_INVALID_TOKEN, "invalid token").await;
-                        metrics.closed(codes::DISCONNECT_INVALID_TOKEN);
-                        server.conn_closed();
+                        open.closed(codes::DISCONNECT_INVALID_TOKEN);
                         return;
                     }
                 }
             }
             let admitted =
-                match upgrade::admit(&server, &auth_req, remote, Some(tenant_id.as_str())) {
+                match connection::admit(&server, &auth_req, remote, Some(tenant_id.as_str())) {
                     Ok(a) => a,
                     Err(e) => {
                         metrics.rejected(e.reason());
                         let (code, reason) = codes::refusal(&e);
                         tracing::debug!(error = %e, code, "centrifuge connect refused");
                         close_raw(&mut ws, code, reason).await;
-                        metrics.closed(code);
-                        server.conn_closed();
+                        open.closed(code);
                         return;
                     }
                 };
@@ -1161,8 +1152,7 @@ pub async fn connection(
             }
             let ended = crate::websocket::drive(ws, &mut handler, limits, &metrics).await;
             handler.into_session().close().await;
-            metrics.closed(ended.code());
-            server.conn_closed();
+            open.closed(ended.code());
         }
         .instrument(span),
     );

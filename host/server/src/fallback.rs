@@ -21,7 +21,6 @@
 //! A close is delivered as `{"type":"close","code":…,"reason":…}` (SSE: event
 //! `close`), after which the session is gone (404).
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,21 +31,23 @@ use futures_util::stream;
 use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame as BodyFrame, Incoming};
-use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
+use switchyard_core::backpressure::{CloseRequest, Outbox};
 use switchyard_core::config::FallbackKind;
-use switchyard_core::protocol::CloseCode;
+use switchyard_core::protocol::{CloseCode, Command, CommandId, StreamPosition};
 use switchyard_core::refusal::Refusal;
 use switchyard_core::session::{Handler, Session};
 use switchyard_core::tenant::Tenant;
 use tokio::sync::mpsc;
 
 use crate::Server;
+use crate::connection::{self, Admitted, Drain, Open, admit, refuse};
 use crate::handshake::{self, HandshakeError};
 use crate::response::{Resp, json_ok, json_refusal, with_type};
-use crate::upgrade::{Admitted, admit, refuse};
 
 /// Commands a fallback session may have waiting.
 const COMMAND_QUEUE: usize = 64;
+/// Most channels a `channels=` list subscribes (the rest are ignored).
+const INITIAL_CHANNELS: usize = 64;
 /// Longest long-poll wait.
 const MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -73,17 +74,17 @@ fn close_frame(c: CloseRequest, outbox: &Outbox) -> String {
     )
 }
 
-/// Opens a session for a fallback transport and spawns the task that owns it.
+/// Opens a session for a fallback transport and spawns the task that owns
+/// it, which runs `initial` (the subscriptions the open request named) first.
 fn open(
     server: &Arc<Server>,
     admitted: Admitted,
     transport: &'static str,
+    initial: Vec<Command>,
 ) -> (String, Arc<Fallback>) {
     let node = server.node().clone();
-    node.metrics
-        .connections_opened
-        .get_or_create(&switchyard_core::metrics::TransportLabel { transport })
-        .inc();
+    let open = Open::new(server);
+    open.started(transport);
     let csrf = uuid::Uuid::new_v4().simple().to_string();
     let tenant = admitted.tenant.clone();
     let label = tenant.metric_label();
@@ -112,7 +113,6 @@ fn open(
         closed: parking_lot::Mutex::new(None),
         deliveries: node.metrics.deliveries(transport, Some(label.as_str())),
     });
-    server.conn_opened();
     server.fallbacks.insert(name.clone(), handle.clone());
     let (server, name2) = (server.clone(), name.clone());
     let idle = node.limits().idle_timeout;
@@ -122,6 +122,11 @@ fn open(
         let _slot = slot;
         let mut session = session;
         let mut rx = rx;
+        for cmd in initial {
+            if let Err(code) = session.command(cmd).await {
+                h.outbox.close(code, true);
+            }
+        }
         loop {
             let idle_deadline = *h.last_poll.lock() + idle;
             tokio::select! {
@@ -144,12 +149,11 @@ fn open(
         }
         session.close().await;
         drop(listed);
-        node.metrics.closed(
+        open.closed(
             h.closed
                 .lock()
                 .map_or(CloseCode::Normal.code(), |c| c.code.code()),
         );
-        server.conn_closed();
         if !node.is_draining() {
             // Keep the handle briefly so a last poll can read the close.
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -159,27 +163,45 @@ fn open(
     (name, handle)
 }
 
-/// Subscribes to the channels named in `channels=` (with `since=` positions).
-async fn initial_subscriptions(handle: &Fallback, query: &str) {
+/// The subscriptions an open request names: `channels=a,b` (at most
+/// [`INITIAL_CHANNELS`]), each recovering from its `since=a@<epoch>:<seq>`
+/// position when one is given, with ids `init-0`, `init-1`, … (as the
+/// replies show them). Names are checked by the session, as for any
+/// `subscribe`: a bad one gets its `error` reply.
+fn initial_subscriptions(query: &str) -> Vec<Command> {
     let channels = handshake::query_param(query, "channels").unwrap_or_default();
     let since = handshake::query_param(query, "since").unwrap_or_default();
-    for (i, ch) in channels
+    channels
         .split(',')
         .filter(|c| !c.is_empty())
-        .take(64)
+        .take(INITIAL_CHANNELS)
         .enumerate()
-    {
-        let pos = since.split(',').find_map(|s| {
-            let (c, rest) = s.split_once('@')?;
-            let (epoch, seq) = rest.rsplit_once(':')?;
-            (c == ch).then(|| (epoch.to_owned(), seq.parse::<u64>().ok()))
-        });
-        let mut cmd = serde_json::json!({"type":"subscribe","id":format!("init-{i}"),"channel":ch});
-        if let Some((epoch, Some(seq))) = pos {
-            cmd["since"] = serde_json::json!({"epoch": epoch, "seq": seq});
-        }
-        let _ = handle.commands.send(Bytes::from(cmd.to_string())).await;
-    }
+        .map(|(i, ch)| {
+            let since = since.split(',').find_map(|s| {
+                let (c, rest) = s.split_once('@')?;
+                let (epoch, seq) = rest.rsplit_once(':')?;
+                if c != ch {
+                    return None;
+                }
+                Some(StreamPosition {
+                    epoch: epoch.to_owned(),
+                    seq: seq.parse().ok()?,
+                })
+            });
+            Command::Subscribe {
+                id: init_id(i),
+                channel: ch.to_owned(),
+                since,
+                state_vector: None,
+                presence: false,
+            }
+        })
+        .collect()
+}
+
+/// `"init-{i}"` as a command id.
+fn init_id(i: usize) -> Option<CommandId> {
+    serde_json::value::RawValue::from_string(format!("\"init-{i}\"")).ok()
 }
 
 fn sse_event(out: &mut BytesMut, json: &[u8]) {
@@ -202,12 +224,7 @@ fn admit_fallback(
     remote: SocketAddr,
     path_tenant: Option<&str>,
 ) -> Result<Admitted, HandshakeError> {
-    if server.node().is_draining() {
-        return Err(HandshakeError::Draining);
-    }
-    if server.open_connections() >= server.node().limits().max_connections {
-        return Err(HandshakeError::Overloaded);
-    }
+    connection::accepting(server)?;
     admit(server, req, remote, path_tenant)
 }
 
@@ -232,9 +249,8 @@ async fn start(
             &format!("{transport} is not enabled for this tenant (tenants.<id>.fallbacks)"),
         )));
     }
-    let (name, handle) = open(server, admitted, transport);
-    initial_subscriptions(&handle, req.uri().query().unwrap_or("")).await;
-    Ok((name, handle))
+    let initial = initial_subscriptions(req.uri().query().unwrap_or(""));
+    Ok(open(server, admitted, transport, initial))
 }
 
 /// `GET /sse[/{tenant}]`.
@@ -252,10 +268,9 @@ pub async fn sse(
     let metrics = server.node().metrics.clone();
     struct State {
         handle: Arc<Fallback>,
-        batch: VecDeque<Outgoing>,
+        drain: Drain,
         tick: tokio::time::Interval,
         done: bool,
-        sample: switchyard_core::metrics::DeliverySample,
     }
     impl Drop for State {
         fn drop(&mut self) {
@@ -266,11 +281,10 @@ pub async fn sse(
     let mut tick = tokio::time::interval(heartbeat);
     tick.reset();
     let state = State {
+        drain: Drain::new(handle.deliveries.clone()),
         handle,
-        batch: VecDeque::new(),
         tick,
         done: false,
-        sample: switchyard_core::metrics::DeliverySample::default(),
     };
     let body = stream::unfold(state, move |mut st| {
         let metrics = metrics.clone();
@@ -279,19 +293,13 @@ pub async fn sse(
                 return None;
             }
             loop {
-                let close = st.handle.outbox.take(&mut st.batch);
+                let close = st.drain.take(&st.handle.outbox);
                 let mut out = BytesMut::new();
-                let n = st.batch.len() as u64;
-                for item in st.batch.drain(..) {
-                    st.sample.offer(item.published_at, item.frame.bytes().len());
-                    sse_event(&mut out, item.frame.bytes());
-                    if let Some(h) = item.on_written {
-                        h();
-                    }
+                for frame in st.drain.frames() {
+                    sse_event(&mut out, frame.bytes());
                 }
-                metrics.messages_out.inc_by(n);
                 // Handed to hyper for the socket: as written as SSE gets.
-                st.sample.record(&st.handle.deliveries);
+                st.drain.written(&metrics);
                 if let Some(c) = close {
                     *st.handle.closed.lock() = Some(c);
                     out.extend_from_slice(b"event: close\n");
@@ -355,26 +363,21 @@ async fn collect(
     wait: Duration,
     metrics: &switchyard_core::metrics::Metrics,
 ) -> String {
-    let mut batch = VecDeque::new();
+    // Per poll response: its first delivery, then one in 8.
+    let mut drain = Drain::new(handle.deliveries.clone());
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let close = handle.outbox.take(&mut batch);
-        if !batch.is_empty() || close.is_some() || tokio::time::Instant::now() >= deadline {
+        let close = drain.take(&handle.outbox);
+        if !drain.is_empty() || close.is_some() || tokio::time::Instant::now() >= deadline {
             let mut out = String::from("[");
-            // Per poll response: its first delivery, then one in 8.
-            let mut sample = switchyard_core::metrics::DeliverySample::default();
-            metrics.messages_out.inc_by(batch.len() as u64);
-            for (i, item) in batch.drain(..).enumerate() {
+            for (i, frame) in drain.frames().enumerate() {
                 if i > 0 {
                     out.push(',');
                 }
-                sample.offer(item.published_at, item.frame.bytes().len());
-                out.push_str(item.frame.as_str());
-                if let Some(h) = item.on_written {
-                    h();
-                }
+                out.push_str(frame.as_str());
             }
-            sample.record(&handle.deliveries);
+            // The response body: as written as long-poll gets.
+            drain.written(metrics);
             if let Some(c) = close {
                 *handle.closed.lock() = Some(c);
                 if out.len() > 1 {
@@ -474,5 +477,64 @@ pub async fn session_request(server: &Arc<Server>, req: Request<Incoming>, id: &
             json_ok(StatusCode::OK, &serde_json::json!({"closed": true}))
         }
         _ => json_refusal(Refusal::MethodNotAllowed, "use GET, POST or DELETE"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A subscribe as (id, channel, since).
+    type Sub = (String, String, Option<(String, u64)>);
+
+    fn subscribes(cmds: &[Command]) -> Vec<Sub> {
+        cmds.iter()
+            .map(|c| match c {
+                Command::Subscribe {
+                    id,
+                    channel,
+                    since,
+                    state_vector: None,
+                    presence: false,
+                } => (
+                    id.as_ref().map(|i| i.get().to_owned()).unwrap_or_default(),
+                    channel.clone(),
+                    since.as_ref().map(|p| (p.epoch.clone(), p.seq)),
+                ),
+                other => panic!("not a plain subscribe: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn channels_become_typed_subscribes_with_their_positions() {
+        let cmds = initial_subscriptions("channels=a,b:x,c&since=b:x@e1:7,a@e0:bad,c@e2");
+        assert_eq!(
+            subscribes(&cmds),
+            [
+                ("\"init-0\"".into(), "a".into(), None),
+                ("\"init-1\"".into(), "b:x".into(), Some(("e1".into(), 7))),
+                ("\"init-2\"".into(), "c".into(), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn no_channels_no_commands_and_the_list_is_capped() {
+        assert!(initial_subscriptions("").is_empty());
+        assert!(initial_subscriptions("channels=,,").is_empty());
+        let many = (0..100)
+            .map(|i| format!("c{i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let cmds = initial_subscriptions(&format!("channels={many}"));
+        assert_eq!(cmds.len(), INITIAL_CHANNELS);
+    }
+
+    #[test]
+    fn a_name_the_session_will_refuse_is_passed_on_unchanged() {
+        // The session answers it with an `error` reply, as for a client's own subscribe.
+        let cmds = initial_subscriptions("channels=bad%20name");
+        assert_eq!(subscribes(&cmds)[0].1, "bad name");
     }
 }

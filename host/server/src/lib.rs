@@ -5,6 +5,7 @@ pub mod admin;
 pub mod api;
 pub mod centrifuge;
 pub mod client_ip;
+pub(crate) mod connection;
 pub mod cors;
 pub mod echo;
 pub mod fallback;

@@ -19,14 +19,13 @@
 //! shutting down our side, for at most [`LINGER`] and [`LINGER_BYTES`].
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use switchyard_core::backpressure::{CloseRequest, Outbox, Outgoing};
+use switchyard_core::backpressure::{CloseRequest, Outbox};
 use switchyard_core::metrics::{DeliveryMetrics, Metrics};
 use switchyard_core::protocol::{CloseCode, Frame};
 use switchyard_core::session::{Handler, WireFormat};
@@ -36,6 +35,8 @@ use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, Pro
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use crate::connection::Drain;
 
 /// Timing limits of the transport.
 #[derive(Debug, Clone, Copy)]
@@ -345,9 +346,7 @@ where
         limits,
         metrics,
     } = side;
-    let mut batch: VecDeque<Outgoing> = VecDeque::new();
-    let mut hooks = Vec::new();
-    let mut sample = switchyard_core::metrics::DeliverySample::default();
+    let mut drain = Drain::new(deliveries);
     let start = tokio::time::Instant::now() + limits.heartbeat_interval;
     let mut tick = tokio::time::interval_at(start, limits.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -380,21 +379,16 @@ where
         // per update.
         tokio::task::yield_now().await;
         loop {
-            let close = outbox.take(&mut batch);
-            if batch.is_empty() && close.is_none() {
+            let close = drain.take(outbox);
+            if drain.is_empty() && close.is_none() {
                 break;
             }
-            if !batch.is_empty() {
-                let n = batch.len() as u64;
+            if !drain.is_empty() {
                 let written = async {
-                    for item in batch.drain(..) {
-                        if let Some(h) = item.on_written {
-                            hooks.push(h);
-                        }
-                        sample.offer(item.published_at, item.frame.bytes().len());
+                    for frame in drain.frames() {
                         let frame = match &wire {
-                            None => item.frame,
-                            Some(w) => match w.outgoing(item.frame) {
+                            None => frame,
+                            Some(w) => match w.outgoing(frame) {
                                 Some(f) => f,
                                 None => continue,
                             },
@@ -408,17 +402,12 @@ where
                         if r.is_err() {
                             return WriteEnd::Failed;
                         }
-                        for h in hooks.drain(..) {
-                            h();
-                        }
-                        metrics.messages_out.inc_by(n);
+                        drain.written(metrics);
                         metrics.socket_writes.inc();
-                        sample.record(&deliveries);
                     }
                     () = outbox.closed() => {
                         // A close without flushing: what is left is dropped.
-                        batch.clear();
-                        hooks.clear();
+                        drain.discard();
                         continue;
                     }
                 }
@@ -519,6 +508,7 @@ mod tests {
     //! The transport over an in-memory duplex pipe: no sockets involved.
     use super::*;
     use crate::echo::Echo;
+    use switchyard_core::backpressure::Outgoing;
     use tokio_tungstenite::WebSocketStream;
     use tokio_tungstenite::tungstenite::protocol::Role;
 
