@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -16,6 +16,7 @@ use parking_lot::Mutex;
 use serde_json::value::RawValue;
 
 use crate::backpressure::{Outbox, Outgoing, PushError, WrittenHook};
+use crate::broker::events::{BrokerEvents, ClientChanges};
 use crate::channel::ChannelKey;
 use crate::history::Message;
 use crate::metrics::Metrics;
@@ -110,22 +111,10 @@ pub struct Hub {
     connections: AtomicUsize,
     pending_limit: usize,
     metrics: Arc<Metrics>,
-    registry_changed: tokio::sync::Notify,
-    track_touched: AtomicBool,
-    touched: Mutex<Touched>,
+    client_changes: ClientChanges,
     presence_max: AtomicUsize,
     presence_wanted: tokio::sync::Notify,
 }
-
-/// Clients whose registration changed since the last [`Hub::take_touched`].
-#[derive(Debug, Default)]
-struct Touched {
-    clients: HashSet<(Arc<str>, Arc<str>)>,
-    overflow: bool,
-}
-
-/// Beyond this many changed clients, [`Hub::take_touched`] reports an overflow.
-const TOUCHED_MAX: usize = 65_536;
 
 impl Hub {
     /// A hub for node `node_id`. `pending_limit` bounds the live messages held
@@ -138,9 +127,7 @@ impl Hub {
             connections: AtomicUsize::new(0),
             pending_limit: pending_limit.max(1),
             metrics,
-            registry_changed: tokio::sync::Notify::new(),
-            track_touched: AtomicBool::new(false),
-            touched: Mutex::new(Touched::default()),
+            client_changes: ClientChanges::default(),
             presence_max: AtomicUsize::new(PRESENCE_EVENTS_MAX),
             presence_wanted: tokio::sync::Notify::new(),
         }
@@ -655,7 +642,7 @@ impl Hub {
         let key = (tenant.clone(), client.clone());
         self.clients.entry(key.clone()).or_default().push(conn);
         self.connections.fetch_add(1, Ordering::Relaxed);
-        self.note_change(key);
+        self.client_changes.note(key);
     }
 
     /// Removes a connection from the registry.
@@ -670,43 +657,8 @@ impl Hub {
         self.clients.remove_if(&key, |_, l| l.is_empty());
         if removed {
             self.connections.fetch_sub(1, Ordering::Relaxed);
-            self.note_change(key);
+            self.client_changes.note(key);
         }
-    }
-
-    fn note_change(&self, key: (Arc<str>, Arc<str>)) {
-        if self.track_touched.load(Ordering::Relaxed) {
-            let mut t = self.touched.lock();
-            if t.clients.len() >= TOUCHED_MAX {
-                t.overflow = true;
-                t.clients = HashSet::new();
-            } else if !t.overflow {
-                t.clients.insert(key);
-            }
-        }
-        self.registry_changed.notify_one();
-    }
-
-    /// Starts recording which clients (un)register, for [`Hub::take_touched`].
-    pub fn track_registry_changes(&self) {
-        self.track_touched.store(true, Ordering::Relaxed);
-    }
-
-    /// Clients (tenant, client) that registered or unregistered since the last
-    /// call; `None` when too many changed to list (scan the registry instead).
-    pub fn take_touched(&self) -> Option<Vec<(Arc<str>, Arc<str>)>> {
-        let mut t = self.touched.lock();
-        if std::mem::take(&mut t.overflow) {
-            t.clients.clear();
-            return None;
-        }
-        Some(t.clients.drain().collect())
-    }
-
-    /// Signalled (one stored permit) whenever a connection registers or unregisters,
-    /// so a client directory (Redis broker) can sync without polling.
-    pub fn registry_changed(&self) -> &tokio::sync::Notify {
-        &self.registry_changed
     }
 
     /// Calls `f(tenant, client)` for every client with a connection here.
@@ -765,6 +717,69 @@ impl Hub {
                 f(c);
             }
         }
+    }
+}
+
+/// What the cross-node brokers deliver to, and read from, this node.
+impl BrokerEvents for Hub {
+    fn node_id(&self) -> &Arc<str> {
+        &self.node_id
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn on_publication(
+        &self,
+        key: &ChannelKey,
+        msg: &Message,
+        trace: Option<crate::telemetry::TraceParent>,
+        skip: Option<SessionId>,
+    ) {
+        self.deliver_traced_skipping(key, msg, trace, skip);
+    }
+
+    fn on_catch_up(&self, key: &ChannelKey, msg: &Message) {
+        self.deliver_catch_up(key, msg);
+    }
+
+    fn on_direct(
+        &self,
+        tenant: &str,
+        client: &str,
+        data: &RawValue,
+        on_written: Option<WrittenHook>,
+    ) -> usize {
+        self.deliver_direct_with(tenant, client, data, on_written)
+    }
+
+    fn on_presence(&self, key: &ChannelKey, delta: &Delta) {
+        self.presence_remote(key, delta);
+    }
+
+    fn has_subscribers(&self, key: &ChannelKey) -> bool {
+        Hub::has_subscribers(self, key)
+    }
+
+    fn holds_client(&self, tenant: &str, client: &str) -> bool {
+        Hub::holds_client(self, tenant, client)
+    }
+
+    fn local_presence(&self, key: &ChannelKey) -> Vec<PresenceEntry> {
+        Hub::local_presence(self, key)
+    }
+
+    fn presence_events_max(&self) -> usize {
+        Hub::presence_events_max(self)
+    }
+
+    fn client_changes(&self) -> &ClientChanges {
+        &self.client_changes
+    }
+
+    fn for_each_client(&self, f: &mut dyn FnMut(&Arc<str>, &Arc<str>)) {
+        Hub::for_each_client(self, f);
     }
 }
 

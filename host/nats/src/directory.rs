@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use switchyard_core::broker::BrokerError;
-use switchyard_core::hub::Hub;
+use switchyard_core::broker::events::BrokerEvents;
 use tokio::sync::watch;
 
 use crate::channels::now_ms;
@@ -35,7 +35,7 @@ type ClientId = (Arc<str>, Arc<str>);
 pub struct Directory {
     js: Js,
     ensured: Arc<Ensured>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     node: Arc<str>,
     ttl: Duration,
     replicas: usize,
@@ -53,11 +53,11 @@ impl Directory {
     pub fn new(
         js: Js,
         ensured: Arc<Ensured>,
-        hub: Arc<Hub>,
+        hub: Arc<dyn BrokerEvents>,
         ttl: Duration,
         replicas: usize,
     ) -> Self {
-        hub.track_registry_changes();
+        hub.client_changes().track();
         Self {
             js,
             ensured,
@@ -117,7 +117,7 @@ impl Directory {
         loop {
             let refresh = tokio::select! {
                 _ = stop.changed() => return,
-                _ = self.hub.registry_changed().notified() => {
+                _ = self.hub.client_changes().changed().notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     false
                 }
@@ -130,7 +130,7 @@ impl Directory {
     /// Writes added clients, withdraws departed ones; `refresh_all` rewrites
     /// every local client (heartbeat).
     pub async fn sync(&self, refresh_all: bool) {
-        let touched = self.hub.take_touched();
+        let touched = self.hub.client_changes().take();
         let (added, removed): (Vec<ClientId>, Vec<ClientId>) = match touched {
             Some(touched) if !refresh_all => {
                 let known = self.known.lock();
@@ -146,7 +146,7 @@ impl Directory {
             }
             _ => {
                 let mut current: HashSet<ClientId> = HashSet::new();
-                self.hub.for_each_client(|t, c| {
+                self.hub.for_each_client(&mut |t, c| {
                     current.insert((t.clone(), c.clone()));
                 });
                 let known = self.known.lock();

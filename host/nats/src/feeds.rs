@@ -15,8 +15,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use switchyard_core::broker::BrokerError;
+use switchyard_core::broker::events::BrokerEvents;
 use switchyard_core::channel::ChannelKey;
-use switchyard_core::hub::Hub;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
@@ -46,7 +46,7 @@ struct Feed {
 /// The live feeds of this node.
 pub struct Feeds {
     chans: Arc<Channels>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     table: Mutex<HashMap<ChannelKey, Feed>>,
     /// Bumped after every reconnect.
     generation: watch::Receiver<u64>,
@@ -61,7 +61,11 @@ impl std::fmt::Debug for Feeds {
 
 impl Feeds {
     /// Feeds delivering into `hub`; `generation` changes after each reconnect.
-    pub fn new(chans: Arc<Channels>, hub: Arc<Hub>, generation: watch::Receiver<u64>) -> Self {
+    pub fn new(
+        chans: Arc<Channels>,
+        hub: Arc<dyn BrokerEvents>,
+        generation: watch::Receiver<u64>,
+    ) -> Self {
         Self {
             chans,
             hub,
@@ -165,7 +169,7 @@ impl Feeds {
 async fn run(
     key: ChannelKey,
     chans: Arc<Channels>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     track: Arc<Mutex<Track>>,
     ready: watch::Sender<Option<bool>>,
     mut generation: watch::Receiver<u64>,
@@ -196,27 +200,33 @@ async fn run(
                 let h = header_map(msg.headers.as_ref());
                 if h.contains_key(H_PRESENCE) {
                     if let Some(d) = switchyard_core::presence::Delta::decode(&msg.payload) {
-                        hub.presence_remote(&key, &d);
+                        hub.on_presence(&key, &d);
                     }
                     continue;
                 }
                 let stream_seq = h.get(H_STREAM_SEQ).and_then(|s| s.parse().ok()).unwrap_or(0);
                 match Rec::decode(stream_seq, &h, &msg.payload) {
-                    Some(rec) => live(&key, &chans, &hub, &track, rec).await,
+                    Some(rec) => live(&key, &chans, &*hub, &track, rec).await,
                     None => tracing::warn!(channel = %key, "dropping a malformed live message"),
                 }
             }
             changed = generation.changed() => {
                 if changed.is_err() { return }
                 let _permit = permits.acquire().await;
-                catch_up(&key, &chans, &hub, &track, &mut generation).await;
+                catch_up(&key, &chans, &*hub, &track, &mut generation).await;
             }
         }
     }
 }
 
 /// Hands a live record to the hub in order, filling gaps from the stream.
-async fn live(key: &ChannelKey, chans: &Channels, hub: &Hub, track: &Mutex<Track>, rec: Rec) {
+async fn live(
+    key: &ChannelKey,
+    chans: &Channels,
+    hub: &dyn BrokerEvents,
+    track: &Mutex<Track>,
+    rec: Rec,
+) {
     let (epoch, last) = {
         let t = track.lock();
         (t.epoch.clone(), t.last)
@@ -259,7 +269,7 @@ async fn live(key: &ChannelKey, chans: &Channels, hub: &Hub, track: &Mutex<Track
             .as_ref()
             .filter(|(_, node)| **node == **hub.node_id())
             .map(|(session, _)| *session);
-        hub.deliver_traced_skipping(key, &msg, rec.trace, skip);
+        hub.on_publication(key, &msg, rec.trace, skip);
     }
 }
 
@@ -267,7 +277,7 @@ async fn live(key: &ChannelKey, chans: &Channels, hub: &Hub, track: &Mutex<Track
 async fn fill(
     key: &ChannelKey,
     chans: &Channels,
-    hub: &Hub,
+    hub: &dyn BrokerEvents,
     track: &Mutex<Track>,
     rec: &Rec,
     last: u64,
@@ -294,7 +304,7 @@ async fn fill(
     }
 }
 
-fn replay(key: &ChannelKey, hub: &Hub, track: &Mutex<Track>, recs: &[Rec]) {
+fn replay(key: &ChannelKey, hub: &dyn BrokerEvents, track: &Mutex<Track>, recs: &[Rec]) {
     let mut t = track.lock();
     for r in recs {
         if *t.epoch == *r.epoch && r.seq <= t.last {
@@ -303,7 +313,7 @@ fn replay(key: &ChannelKey, hub: &Hub, track: &Mutex<Track>, recs: &[Rec]) {
         t.epoch = r.epoch.clone();
         t.last = r.seq;
         if let Some(msg) = r.message() {
-            hub.deliver_catch_up(key, &msg);
+            hub.on_catch_up(key, &msg);
         }
     }
 }
@@ -312,7 +322,7 @@ fn replay(key: &ChannelKey, hub: &Hub, track: &Mutex<Track>, recs: &[Rec]) {
 async fn catch_up(
     key: &ChannelKey,
     chans: &Channels,
-    hub: &Hub,
+    hub: &dyn BrokerEvents,
     track: &Mutex<Track>,
     generation: &mut watch::Receiver<u64>,
 ) {

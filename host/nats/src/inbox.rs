@@ -21,7 +21,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use switchyard_core::backpressure::WrittenHook;
 use switchyard_core::broker::BrokerError;
-use switchyard_core::hub::Hub;
+use switchyard_core::broker::events::BrokerEvents;
 use tokio::sync::{mpsc, watch};
 
 use crate::channels::{H_TIME, now_ms};
@@ -132,7 +132,7 @@ impl Drop for InFlightGuard {
 pub struct Inbox {
     js: Js,
     ensured: Arc<Ensured>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     node: String,
     replicas: usize,
     retention: Duration,
@@ -146,7 +146,7 @@ impl Inbox {
     pub fn spawn(
         js: Js,
         ensured: Arc<Ensured>,
-        hub: Arc<Hub>,
+        hub: Arc<dyn BrokerEvents>,
         replicas: usize,
         retention: Duration,
         metrics: InboxMetrics,
@@ -345,11 +345,7 @@ impl Inbox {
                     let _ = guard.replies.send(Reply::Ack(guard.reply.clone()));
                 }
             });
-            if self
-                .hub
-                .deliver_direct_with(&tenant, &client, &data, Some(hook))
-                > 0
-            {
+            if self.hub.on_direct(&tenant, &client, &data, Some(hook)) > 0 {
                 return;
             }
             // The hook and guard were dropped with the refused frames (a NAK went out).

@@ -39,12 +39,12 @@ use prometheus_client::metrics::gauge::Gauge;
 use rand::Rng as _;
 use serde_json::value::RawValue;
 use switchyard_core::Config;
+use switchyard_core::broker::events::BrokerEvents;
 use switchyard_core::broker::{
     Broker, BrokerError, BrokerHealth, ChannelOptions, PublishMeta, Published,
 };
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::history::Recovery;
-use switchyard_core::hub::Hub;
 use switchyard_core::protocol::StreamPosition;
 use switchyard_core::protocol::encode::PresenceEntry;
 use tokio::sync::{Notify, watch};
@@ -74,7 +74,7 @@ struct Link {
 
 /// The NATS broker.
 pub struct NatsBroker {
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     js: Js,
     ensured: Arc<Ensured>,
     link: Arc<Link>,
@@ -99,7 +99,10 @@ impl std::fmt::Debug for NatsBroker {
 ///
 /// The connection is opened in the background: the gateway starts while NATS
 /// is unreachable and reports [`BrokerHealth::Down`] until JetStream answers.
-pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
+pub async fn connect(
+    config: &Config,
+    hub: Arc<dyn BrokerEvents>,
+) -> anyhow::Result<Arc<dyn Broker>> {
     let b = &config.broker;
     let broker: Arc<dyn Broker> =
         NatsBroker::start(&b.nats_urls, b.presence_ttl, b.nats_replicas, hub).await?;
@@ -118,7 +121,7 @@ impl NatsBroker {
         urls: &[String],
         presence_ttl: Duration,
         replicas: usize,
-        hub: Arc<Hub>,
+        hub: Arc<dyn BrokerEvents>,
     ) -> anyhow::Result<Arc<Self>> {
         anyhow::ensure!(!urls.is_empty(), "broker.nats_urls names no server");
         let addrs: Vec<async_nats::ServerAddr> = urls
@@ -345,7 +348,7 @@ impl Broker for NatsBroker {
         client: &str,
         data: Arc<RawValue>,
     ) -> Result<(), BrokerError> {
-        if self.hub.deliver_direct(tenant, client, &data) > 0 {
+        if self.hub.on_direct(tenant, client, &data, None) > 0 {
             return Ok(());
         }
         let me = self.hub.node_id();

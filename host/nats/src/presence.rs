@@ -24,8 +24,8 @@ use futures_util::future::join_all;
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use switchyard_core::broker::BrokerError;
+use switchyard_core::broker::events::BrokerEvents;
 use switchyard_core::channel::ChannelKey;
-use switchyard_core::hub::Hub;
 use switchyard_core::presence::Delta;
 use switchyard_core::protocol::encode::PresenceEntry;
 use tokio::sync::{Notify, watch};
@@ -45,7 +45,7 @@ type Members = HashMap<String, String>;
 pub struct Presence {
     js: Js,
     ensured: Arc<Ensured>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     node: Arc<str>,
     ttl: Duration,
     replicas: usize,
@@ -74,7 +74,7 @@ impl Presence {
     pub fn new(
         js: Js,
         ensured: Arc<Ensured>,
-        hub: Arc<Hub>,
+        hub: Arc<dyn BrokerEvents>,
         ttl: Duration,
         replicas: usize,
     ) -> Self {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use switchyard_core::broker::BrokerError;
-use switchyard_core::hub::Hub;
+use switchyard_core::broker::events::BrokerEvents;
 use tokio::sync::watch;
 
 use crate::keys;
@@ -31,7 +31,7 @@ type ClientId = (Arc<str>, Arc<str>);
 /// This node's view of the directory.
 pub struct Directory {
     shards: Arc<[Arc<Shard>]>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     node: Arc<str>,
     ttl: Duration,
     /// Clients written to Redis.
@@ -40,9 +40,9 @@ pub struct Directory {
 
 impl Directory {
     /// A directory writer for this node.
-    pub fn new(shards: Arc<[Arc<Shard>]>, hub: Arc<Hub>, ttl: Duration) -> Self {
+    pub fn new(shards: Arc<[Arc<Shard>]>, hub: Arc<dyn BrokerEvents>, ttl: Duration) -> Self {
         let node = hub.node_id().clone();
-        hub.track_registry_changes();
+        hub.client_changes().track();
         Self {
             shards,
             hub,
@@ -78,7 +78,7 @@ impl Directory {
         loop {
             let refresh = tokio::select! {
                 _ = stop.changed() => return,
-                _ = self.hub.registry_changed().notified() => {
+                _ = self.hub.client_changes().changed().notified() => {
                     tokio::time::sleep(DEBOUNCE).await;
                     false
                 }
@@ -91,7 +91,7 @@ impl Directory {
     /// Writes added clients, removes departed ones; `refresh_all` rewrites every
     /// local client (heartbeat).
     pub async fn sync(&self, refresh_all: bool) {
-        let touched = self.hub.take_touched();
+        let touched = self.hub.client_changes().take();
         let (added, removed) = match touched {
             // Only the clients that changed: O(churn).
             Some(touched) if !refresh_all => {
@@ -109,7 +109,7 @@ impl Directory {
             // Heartbeat, or too many changes to list: compare the whole registry.
             _ => {
                 let mut current: HashSet<ClientId> = HashSet::new();
-                self.hub.for_each_client(|t, c| {
+                self.hub.for_each_client(&mut |t, c| {
                     current.insert((t.clone(), c.clone()));
                 });
                 let known = self.known.lock();

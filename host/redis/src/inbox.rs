@@ -19,7 +19,7 @@ use redis::aio::ConnectionManager;
 use serde_json::value::RawValue;
 use switchyard_core::backpressure::WrittenHook;
 use switchyard_core::broker::BrokerError;
-use switchyard_core::hub::Hub;
+use switchyard_core::broker::events::BrokerEvents;
 use tokio::sync::{mpsc, watch};
 
 use crate::keys::{self, INBOX_GROUP};
@@ -104,7 +104,7 @@ pub async fn enqueue(
 /// The consumer of this node's inbox.
 pub struct Inbox {
     shard: Arc<Shard>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     key: String,
     consumer: String,
     max_age: Duration,
@@ -117,7 +117,7 @@ impl Inbox {
     /// Starts the consumer and its acknowledger; both stop with `stop`.
     pub fn spawn(
         shards: &[Arc<Shard>],
-        hub: Arc<Hub>,
+        hub: Arc<dyn BrokerEvents>,
         max_age: Duration,
         metrics: InboxMetrics,
         stop: watch::Receiver<bool>,
@@ -379,11 +379,7 @@ impl Inbox {
                     }
                 }
             });
-            if self
-                .hub
-                .deliver_direct_with(tenant, client, &data, Some(hook))
-                > 0
-            {
+            if self.hub.on_direct(tenant, client, &data, Some(hook)) > 0 {
                 return;
             }
             // The hook (and guard) were dropped with the refused frames.

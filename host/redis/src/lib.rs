@@ -34,13 +34,13 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::value::RawValue;
 use switchyard_core::Config;
+use switchyard_core::broker::events::BrokerEvents;
 use switchyard_core::broker::memory::new_epoch;
 use switchyard_core::broker::{
     Broker, BrokerError, BrokerHealth, ChannelOptions, PublishMeta, Published,
 };
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::history::{Message, Recovery};
-use switchyard_core::hub::Hub;
 use switchyard_core::protocol::StreamPosition;
 use switchyard_core::protocol::encode::PresenceEntry;
 use tokio::sync::watch;
@@ -79,7 +79,7 @@ const DIRECT_RETENTION_MIN: Duration = Duration::from_secs(30);
 
 /// The Redis broker.
 pub struct RedisBroker {
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     shards: Arc<[Arc<Shard>]>,
     directory: Arc<Directory>,
     presence: Arc<Presence>,
@@ -102,7 +102,10 @@ impl std::fmt::Debug for RedisBroker {
 ///
 /// Connections are opened in the background: the gateway starts while Redis is
 /// unreachable and reports [`BrokerHealth::Down`] until a shard answers.
-pub async fn connect(config: &Config, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
+pub async fn connect(
+    config: &Config,
+    hub: Arc<dyn BrokerEvents>,
+) -> anyhow::Result<Arc<dyn Broker>> {
     let broker: Arc<dyn Broker> =
         RedisBroker::start(&config.broker.redis_urls, config.broker.presence_ttl, hub)?;
     Ok(broker)
@@ -113,7 +116,7 @@ impl RedisBroker {
     pub fn start(
         urls: &[String],
         presence_ttl: Duration,
-        hub: Arc<Hub>,
+        hub: Arc<dyn BrokerEvents>,
     ) -> Result<Arc<Self>, ConnectError> {
         if urls.is_empty() {
             return Err(ConnectError::NoServers);
@@ -360,7 +363,7 @@ impl Broker for RedisBroker {
         client: &str,
         data: Arc<RawValue>,
     ) -> Result<(), BrokerError> {
-        if self.hub.deliver_direct(tenant, client, &data) > 0 {
+        if self.hub.on_direct(tenant, client, &data, None) > 0 {
             return Ok(());
         }
         let me = self.hub.node_id();

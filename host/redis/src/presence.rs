@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use switchyard_core::broker::BrokerError;
+use switchyard_core::broker::events::BrokerEvents;
 use switchyard_core::channel::ChannelKey;
-use switchyard_core::hub::Hub;
 use switchyard_core::presence::Delta;
 use switchyard_core::protocol::encode::PresenceEntry;
 use tokio::sync::{Notify, watch};
@@ -46,7 +46,7 @@ type Members = HashMap<String, String>;
 /// Writes this node's presence and reads everyone's.
 pub struct Presence {
     shards: Arc<[Arc<Shard>]>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     node: Arc<str>,
     ttl: Duration,
     dirty: Mutex<HashSet<ChannelKey>>,
@@ -57,7 +57,7 @@ pub struct Presence {
 
 impl Presence {
     /// Presence for this node.
-    pub fn new(shards: Arc<[Arc<Shard>]>, hub: Arc<Hub>, ttl: Duration) -> Self {
+    pub fn new(shards: Arc<[Arc<Shard>]>, hub: Arc<dyn BrokerEvents>, ttl: Duration) -> Self {
         let node = hub.node_id().clone();
         Self {
             shards,

@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use redis::aio::{PubSubSink, PubSubStream};
 use switchyard_core::broker::BrokerError;
+use switchyard_core::broker::events::BrokerEvents;
 use switchyard_core::channel::ChannelKey;
 use switchyard_core::history::Message;
-use switchyard_core::hub::Hub;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::documents::DocEvent;
@@ -228,7 +228,7 @@ struct Track {
 /// The pub/sub task of one shard: connect, resubscribe, catch up, read, repeat.
 pub async fn run(
     shard: Arc<Shard>,
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     docs: mpsc::Sender<DocEvent>,
     reconnects: Counter,
     mut stop: watch::Receiver<bool>,
@@ -307,7 +307,7 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 #[allow(clippy::too_many_arguments)]
 async fn serve(
     shard: &Arc<Shard>,
-    hub: &Arc<Hub>,
+    hub: &Arc<dyn BrokerEvents>,
     docs: &mpsc::Sender<DocEvent>,
     sink: &mut PubSubSink,
     stream: &mut PubSubStream,
@@ -336,7 +336,7 @@ async fn serve(
         }
         if catch_up_needed {
             catch_up_needed = false;
-            catch_up(shard, hub, tracks).await;
+            catch_up(shard, &**hub, tracks).await;
             for key in shard.subs.wanted_documents() {
                 let _ = docs.send(DocEvent::Resync(key)).await;
             }
@@ -352,12 +352,12 @@ async fn serve(
                         if docs.try_send(ev).is_err() {
                             tracing::warn!(channel = name, "document event queue full; the replica catches up on the next entry");
                         }
-                    } else if deliver(hub, tracks, name, msg.get_payload_bytes()) {
+                    } else if deliver(&**hub, tracks, name, msg.get_payload_bytes()) {
                         let epoch = codec::decode(msg.get_payload_bytes()).map(|m| m.epoch.to_owned());
                         if let (Some(track), Ok(epoch)) = (tracks.get_mut(name), epoch) {
-                            catch_up_new_epoch(shard, hub, track, &epoch).await;
+                            catch_up_new_epoch(shard, &**hub, track, &epoch).await;
                         }
-                        deliver(hub, tracks, name, msg.get_payload_bytes());
+                        deliver(&**hub, tracks, name, msg.get_payload_bytes());
                     }
                 }
                 None => return Exit::Lost("stream ended".into()),
@@ -425,13 +425,18 @@ async fn warm_up_once(shard: &Shard) -> bool {
 /// Delivers a live message in order. Returns `true`, delivering nothing, when
 /// it opens a new epoch past seq 1 on a channel this node followed: the new
 /// epoch's earlier messages must be fetched first ([`catch_up_new_epoch`]).
-fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: &[u8]) -> bool {
+fn deliver(
+    hub: &dyn BrokerEvents,
+    tracks: &mut HashMap<String, Track>,
+    name: &str,
+    payload: &[u8],
+) -> bool {
     if let Some(delta) = payload.strip_prefix(codec::PRESENCE_PREFIX) {
         if let (Some(key), Some(d)) = (
             keys::parse_live_channel(name),
             switchyard_core::presence::Delta::decode(delta),
         ) {
-            hub.presence_remote(&key, &d);
+            hub.on_presence(&key, &d);
         }
         return false;
     }
@@ -471,7 +476,7 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
         .filter(|(_, node)| **node == **hub.node_id())
         .map(|(session, _)| session);
     let msg = live.into_message(track.epoch.clone());
-    hub.deliver_traced_skipping(&track.key, &msg, trace, skip);
+    hub.on_publication(&track.key, &msg, trace, skip);
     false
 }
 
@@ -481,7 +486,7 @@ fn deliver(hub: &Hub, tracks: &mut HashMap<String, Track>, name: &str, payload: 
 /// still holds them, then follows the epoch. Subscribers see the epoch change
 /// on the first of them (clients treat it as `recovered:false`); where the
 /// stream no longer starts at seq 1 the first seq they see tells them the gap.
-async fn catch_up_new_epoch(shard: &Shard, hub: &Hub, track: &mut Track, epoch: &str) {
+async fn catch_up_new_epoch(shard: &Shard, hub: &dyn BrokerEvents, track: &mut Track, epoch: &str) {
     let keys = ChannelKeys::new(&track.key);
     let mut conn = shard.conn();
     let reply = shard
@@ -517,7 +522,7 @@ async fn catch_up_new_epoch(shard: &Shard, hub: &Hub, track: &mut Track, epoch: 
             continue;
         }
         track.last = e.seq;
-        hub.deliver_catch_up(
+        hub.on_catch_up(
             &track.key,
             &Message {
                 seq: e.seq,
@@ -531,7 +536,7 @@ async fn catch_up_new_epoch(shard: &Shard, hub: &Hub, track: &mut Track, epoch: 
 }
 
 /// After a reconnect: replays from history what each channel missed.
-async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>) {
+async fn catch_up(shard: &Shard, hub: &dyn BrokerEvents, tracks: &mut HashMap<String, Track>) {
     let mut conn = shard.conn();
     for (name, (epoch, seq)) in shard.subs.noted() {
         let Some(key) = keys::parse_live_channel(&name) else {
@@ -601,7 +606,7 @@ async fn catch_up(shard: &Shard, hub: &Hub, tracks: &mut HashMap<String, Track>)
                             data: e.data,
                             published_at: instant_of(e.published_ms),
                         };
-                        hub.deliver_catch_up(&track.key, &msg);
+                        hub.on_catch_up(&track.key, &msg);
                     }
                 }
                 Ok(r) if !r.epoch.is_empty() && *r.epoch != *track.epoch => {

@@ -1,10 +1,12 @@
 //! The broker seam: sequencing, history, recovery and cross-node delivery.
 //!
 //! A broker assigns each channel's `seq`, keeps history for recovery and hands
-//! every published message to [`Hub::deliver`](crate::hub::Hub::deliver) on every
-//! node that watches the channel. The embedded [`memory::MemoryBroker`] serves one
-//! node; `switchyard-redis` implements the same trait across nodes.
+//! every published message to every node that watches the channel, through
+//! that node's [`events::BrokerEvents`] (the hub). The embedded
+//! [`memory::MemoryBroker`] serves one node; `switchyard-redis` and
+//! `switchyard-nats` implement the same trait across nodes.
 
+pub mod events;
 pub mod memory;
 
 use std::sync::Arc;
