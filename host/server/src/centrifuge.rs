@@ -1075,7 +1075,8 @@ pub async fn connection(
     let span = tracing::info_span!("centrifuge.connection", tenant = %tenant.id, peer = %remote);
     let tenant_id = tenant.id.to_string();
     drop(tenant);
-    tokio::spawn(
+    connection::spawn(
+        "centrifuge",
         async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;

@@ -305,6 +305,22 @@ impl Drain {
     }
 }
 
+/// Spawns a connection's task. Logs at `trace` how many bytes the task's
+/// future holds (`task_bytes`): the largest part of an idle connection's
+/// memory (docs/benchmarks.md, "Idle memory"); a constant per build, read
+/// with `RUST_LOG=switchyard_server::connection=trace`.
+pub(crate) fn spawn<F>(transport: &'static str, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    tracing::trace!(
+        transport,
+        task_bytes = std::mem::size_of_val(&task),
+        "connection task"
+    );
+    tokio::spawn(task);
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};

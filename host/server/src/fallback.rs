@@ -118,7 +118,7 @@ fn open(
     let idle = node.limits().idle_timeout;
     let expire = transport == "poll";
     let h = handle.clone();
-    tokio::spawn(async move {
+    connection::spawn(transport, async move {
         let _slot = slot;
         let mut session = session;
         let mut rx = rx;

@@ -118,7 +118,8 @@ pub async fn session(
     let open = Open::new(&server);
     let config = ws_config(&server);
     let limits = transport_limits(&server);
-    tokio::spawn(
+    connection::spawn(
+        "ws",
         async move {
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
@@ -187,7 +188,8 @@ pub async fn yjs(
         .min(std::time::Duration::from_secs(10));
     let span =
         tracing::info_span!("yjs.connection", tenant = %tenant, room = %room, peer = %remote);
-    tokio::spawn(
+    connection::spawn(
+        "yjs",
         async move {
             let Ok(upgraded) = on_upgrade.await else {
                 return;
@@ -252,7 +254,7 @@ pub async fn echo(server: &Arc<Server>, mut req: Request<Incoming>) -> Resp {
     let open = Open::new(&server);
     let config = ws_config(&server);
     let limits = transport_limits(&server);
-    tokio::spawn(async move {
+    connection::spawn("echo", async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
