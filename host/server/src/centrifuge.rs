@@ -1151,7 +1151,7 @@ pub async fn connection(
             {
                 handler.outbox().close(code, true);
             }
-            let ended = crate::websocket::drive(ws, &mut handler, limits, &metrics).await;
+            let ended = crate::websocket::drive(&mut ws, &mut handler, limits, &metrics).await;
             handler.into_session().close().await;
             open.closed(ended.code());
         }

@@ -128,7 +128,7 @@ pub async fn session(
                     return;
                 }
             };
-            let ws = WebSocketStream::from_raw_socket(
+            let mut ws = WebSocketStream::from_raw_socket(
                 TokioIo::new(upgraded),
                 Role::Server,
                 Some(config),
@@ -141,7 +141,8 @@ pub async fn session(
                 Session::open(node, tenant, Arc::from(client_id.as_str()), principal).traced(trace);
             let _listed = server.registry.register(&session, "websocket", remote_addr);
             tracing::debug!(session = session.name(), "connected");
-            let (ended, session) = drive_owned(ws, session, limits, &metrics).await;
+            let mut session = session;
+            let ended = websocket::drive(&mut ws, &mut session, limits, &metrics).await;
             session.close().await;
             open.closed(ended.code());
             tracing::debug!(?ended, "disconnected");
@@ -220,7 +221,8 @@ pub async fn yjs(
             let _slot = admitted.slot;
             let _listed = server.registry.register(&session, "yjs", admitted.remote);
             let handler = crate::yjs::YjsSession::new(session, &room);
-            let (ended, mut handler) = drive_owned(ws, handler, limits, &metrics).await;
+            let mut handler = handler;
+            let ended = websocket::drive(&mut ws, &mut handler, limits, &metrics).await;
             handler.leave().await;
             handler.into_session().close().await;
             open.closed(ended.code());
@@ -228,18 +230,6 @@ pub async fn yjs(
         .instrument(span),
     );
     response
-}
-
-/// Runs the transport and hands the handler back for teardown.
-async fn drive_owned<H: Handler>(
-    ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-    handler: H,
-    limits: TransportLimits,
-    metrics: &switchyard_core::metrics::Metrics,
-) -> (websocket::Ended, H) {
-    let mut handler = handler;
-    let ended = websocket::drive(ws, &mut handler, limits, metrics).await;
-    (ended, handler)
 }
 
 /// `/echo` (diagnostics).
@@ -258,7 +248,7 @@ pub async fn echo(server: &Arc<Server>, mut req: Request<Incoming>) -> Resp {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let ws =
+        let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         let node = server.node().clone();
@@ -266,7 +256,7 @@ pub async fn echo(server: &Arc<Server>, mut req: Request<Incoming>) -> Resp {
         let echo = Echo::new(node.limits().send_queue_messages);
         let id = node.next_session_id();
         server.track_echo(id, Some(echo.outbox().clone()));
-        let (ended, _echo) = drive_owned(ws, echo, limits, &node.metrics).await;
+        let ended = websocket::drive(&mut ws, echo, limits, &node.metrics).await;
         server.track_echo(id, None);
         open.closed(ended.code());
     });

@@ -428,8 +428,15 @@ where
 /// Runs a connection to its end: the [`read`]er and the [`write`]r side by
 /// side in this task, then the close phase (the handshake's other half,
 /// bounded by `close_timeout`; the linger after a read error). The handler
-/// is dropped when this returns.
-pub async fn drive<S, H>(ws: S, mut handler: H, limits: TransportLimits, metrics: &Metrics) -> Ended
+/// is dropped when this returns. The socket is borrowed, not moved: the
+/// connection's task keeps it in one place (an async fn's by-value argument
+/// would be stored twice in the task, see "Idle memory" in docs/benchmarks.md).
+pub async fn drive<S, H>(
+    ws: &mut S,
+    mut handler: H,
+    limits: TransportLimits,
+    metrics: &Metrics,
+) -> Ended
 where
     S: Stream<Item = Result<Message, WsError>>
         + Sink<Message, Error = WsError>
@@ -490,7 +497,7 @@ where
     if linger {
         // Not dropped with input unread (a reset could cost the peer our
         // close frame): EOF, or at most LINGER / LINGER_BYTES.
-        let mut ws = conn.ws.into_inner();
+        let ws = conn.ws.into_inner();
         let bound = limits.close_timeout.min(LINGER);
         let discarded = tokio::time::timeout(bound, ws.discard_input(LINGER_BYTES)).await;
         tracing::debug!(?discarded, "input discarded after close");
@@ -532,11 +539,11 @@ mod tests {
 
     #[tokio::test]
     async fn echoes_and_closes_on_request() {
-        let (server, mut client) = pair().await;
+        let (mut server, mut client) = pair().await;
         let metrics = Metrics::new();
         let run = tokio::spawn(async move {
             let m = Metrics::new();
-            drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
+            drive(&mut server, Echo::new(16), limits(10_000, 20_000), &m).await
         });
         client.send(Message::text("hi")).await.expect("send");
         assert_eq!(
@@ -585,7 +592,7 @@ mod tests {
     async fn a_blocked_writer_does_not_stop_the_reader() {
         use tokio::io::AsyncWriteExt;
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let mut server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
         let outbox = Arc::new(Outbox::new(16));
         // 1 MiB queued for a pipe of 64 KiB whose other end is never read:
         // the writer's first batch can never be flushed.
@@ -601,7 +608,7 @@ mod tests {
         };
         let run = tokio::spawn(async move {
             let m = Metrics::new();
-            drive(server, handler, limits(10_000, 20_000), &m).await
+            drive(&mut server, handler, limits(10_000, 20_000), &m).await
         });
         let (_rx, mut tx) = tokio::io::split(b);
         for _ in 0..10 {
@@ -622,10 +629,10 @@ mod tests {
 
     #[tokio::test]
     async fn pings_and_terminates_a_silent_peer() {
-        let (server, client) = pair().await;
+        let (mut server, client) = pair().await;
         let m = Metrics::new();
         // The client never polls, so it never answers pings.
-        let ended = drive(server, Echo::new(16), limits(20, 100), &m).await;
+        let ended = drive(&mut server, Echo::new(16), limits(20, 100), &m).await;
         assert_eq!(ended, Ended::Zombie);
         assert_eq!(m.zombies.get(), 1);
         drop(client);
@@ -633,12 +640,12 @@ mod tests {
 
     #[tokio::test]
     async fn slow_consumer_close_is_sent_with_4008() {
-        let (server, mut client) = pair().await;
+        let (mut server, mut client) = pair().await;
         let echo = Echo::new(4);
         let outbox = echo.outbox().clone();
         let run = tokio::spawn(async move {
             let m = Metrics::new();
-            drive(server, echo, limits(10_000, 20_000), &m).await
+            drive(&mut server, echo, limits(10_000, 20_000), &m).await
         });
         // Deliveries (not replies, which never overflow) beyond the capacity.
         for _ in 0..5 {
@@ -656,12 +663,12 @@ mod tests {
 
     #[tokio::test]
     async fn draining_flushes_queue_before_1001() {
-        let (server, mut client) = pair().await;
+        let (mut server, mut client) = pair().await;
         let echo = Echo::new(16);
         let outbox = echo.outbox().clone();
         let run = tokio::spawn(async move {
             let m = Metrics::new();
-            drive(server, echo, limits(10_000, 20_000), &m).await
+            drive(&mut server, echo, limits(10_000, 20_000), &m).await
         });
         outbox.push_frame(Frame::from_static("a")).expect("a");
         outbox.push_frame(Frame::from_static("b")).expect("b");
@@ -684,10 +691,10 @@ mod tests {
         let config = WebSocketConfig::default()
             .max_frame_size(Some(1024))
             .max_message_size(Some(1024));
-        let server = WebSocketStream::from_raw_socket(a, Role::Server, Some(config)).await;
+        let mut server = WebSocketStream::from_raw_socket(a, Role::Server, Some(config)).await;
         let run = tokio::spawn(async move {
             let m = Metrics::new();
-            drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
+            drive(&mut server, Echo::new(16), limits(10_000, 20_000), &m).await
         });
         let (mut rx, mut tx) = tokio::io::split(b);
         // A masked binary frame of 1 MiB (64-bit length, zero mask key): far
@@ -720,7 +727,7 @@ mod tests {
     async fn protocol_error_still_sends_earlier_replies_then_1002() {
         use tokio::io::AsyncWriteExt;
         let (a, mut b) = tokio::io::duplex(64 * 1024);
-        let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+        let mut server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
         // A valid masked text frame "hi" (zero mask key), then the same frame
         // with RSV2 set, which no negotiated extension allows (Autobahn 3.2).
         let mut raw = vec![0x81, 0x82, 0, 0, 0, 0, b'h', b'i'];
@@ -728,7 +735,7 @@ mod tests {
         b.write_all(&raw).await.expect("write");
         let run = tokio::spawn(async move {
             let m = Metrics::new();
-            drive(server, Echo::new(16), limits(10_000, 20_000), &m).await
+            drive(&mut server, Echo::new(16), limits(10_000, 20_000), &m).await
         });
         let mut client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
         let mut got = Vec::new();
