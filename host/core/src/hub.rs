@@ -36,6 +36,12 @@ struct Subscriber {
     principal: Arc<str>,
     /// `Some` while recovering: live messages wait here (seq, frame).
     pending: Option<Vec<(u64, Outgoing)>>,
+    /// Set by [`Hub::activate`]: the epoch and last seq of the recovery head.
+    /// A broker may hand over a live message after the history read that
+    /// already returned it (they travel on different connections): such a
+    /// message, of this epoch at or below this seq, is dropped. The first
+    /// one above it, or of another epoch, clears it.
+    floor: Option<(Arc<str>, u64)>,
     /// Subscribed with `"presence":true`: gets `join` / `leave` frames.
     presence: bool,
 }
@@ -167,6 +173,7 @@ impl Hub {
         }
         self.deliver_with(
             key,
+            Some(&msg.epoch),
             msg.seq,
             Outgoing {
                 frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
@@ -215,6 +222,7 @@ impl Hub {
     pub fn deliver_catch_up(&self, key: &ChannelKey, msg: &Message) {
         self.deliver_with(
             key,
+            Some(&msg.epoch),
             msg.seq,
             Outgoing {
                 frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
@@ -230,12 +238,15 @@ impl Hub {
     /// version) on every local subscriber of `key`; recovering subscribers hold
     /// it for the splice in [`Hub::activate`].
     pub fn deliver_outgoing(&self, key: &ChannelKey, seq: u64, item: Outgoing) {
-        self.deliver_with(key, seq, item, false, None);
+        self.deliver_with(key, None, seq, item, false, None);
     }
 
+    /// Queues `item` (at `seq` of `epoch`; a document version has no epoch)
+    /// on every subscriber of `key` but `skip`.
     fn deliver_with(
         &self,
         key: &ChannelKey,
+        epoch: Option<&Arc<str>>,
         seq: u64,
         item: Outgoing,
         replay: bool,
@@ -251,6 +262,13 @@ impl Hub {
         for sub in &mut ch.subs {
             if sub.session == skip {
                 continue;
+            }
+            if let Some((floor_epoch, floor_seq)) = &sub.floor {
+                if epoch.is_some_and(|e| e == floor_epoch) && seq <= *floor_seq {
+                    // Already in its recovery head.
+                    continue;
+                }
+                sub.floor = None;
             }
             match &mut sub.pending {
                 Some(buf) if buf.len() < self.pending_limit => buf.push((seq, item.clone())),
@@ -301,6 +319,7 @@ impl Hub {
             client: info.client,
             principal: info.principal,
             pending: Some(Vec::new()),
+            floor: None,
             presence,
         });
         if presence {
@@ -509,11 +528,15 @@ impl Hub {
 
     /// Ends recovery: queues `head` (the `subscribed` reply and replayed messages),
     /// then the live messages held meanwhile whose seq is above `last_seq`.
+    /// With `epoch` (a message channel's), a live message of that epoch at or
+    /// below `last_seq` that arrives later still is dropped too: the broker's
+    /// history read can overtake its live feed.
     pub fn activate(
         &self,
         key: &ChannelKey,
         session: SessionId,
         head: Vec<Outgoing>,
+        epoch: Option<&Arc<str>>,
         last_seq: u64,
     ) {
         let Some(entry) = self.channels.get(key).map(|e| e.value().clone()) else {
@@ -524,6 +547,7 @@ impl Hub {
             return;
         };
         let pending = sub.pending.take().unwrap_or_default();
+        sub.floor = epoch.map(|e| (e.clone(), last_seq));
         // The head (subscribed + replay) answers the subscriber's own command:
         // replies, under the reader's flow control. Live ones held meanwhile
         // are deliveries.
@@ -841,14 +865,61 @@ mod tests {
         let (a, b) = (Arc::new(Outbox::new(8)), Arc::new(Outbox::new(8)));
         h.add(&key, info(1, &a));
         h.add(&key, info(2, &b));
-        h.activate(&key, 1, vec![], 0);
-        h.activate(&key, 2, vec![], 0);
+        h.activate(&key, 1, vec![], None, 0);
+        h.activate(&key, 2, vec![], None, 0);
         h.deliver(&key, &msg(1));
         let (mut qa, mut qb) = (VecDeque::new(), VecDeque::new());
         a.take(&mut qa);
         b.take(&mut qb);
         let (fa, fb) = (&qa[0].frame, &qb[0].frame);
         assert_eq!(fa.bytes().as_ptr(), fb.bytes().as_ptr(), "same allocation");
+    }
+
+    fn seqs(o: &Outbox) -> Vec<u64> {
+        drain(o)
+            .iter()
+            .map(|s| {
+                serde_json::from_str::<serde_json::Value>(s).expect("json")["seq"]
+                    .as_u64()
+                    .expect("seq")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_live_message_that_arrives_after_the_history_that_held_it_is_dropped() {
+        let h = hub();
+        let key = ChannelKey::new("t", "room:1");
+        let o = Arc::new(Outbox::new(16));
+        h.add(&key, info(1, &o));
+        let head = vec![Outgoing {
+            frame: encode::message("room:1", 3, "e", &msg(3).data),
+            published_at: None,
+            on_written: None,
+        }];
+        h.activate(&key, 1, head, Some(&"e".into()), 3);
+        // 2 and 3 come live only now: the history read overtook them.
+        h.deliver(&key, &msg(2));
+        h.deliver(&key, &msg(3));
+        h.deliver(&key, &msg(4));
+        h.deliver(&key, &msg(4));
+        assert_eq!(
+            seqs(&o),
+            vec![3, 4, 4],
+            "the floor is gone after the first newer one"
+        );
+    }
+
+    #[test]
+    fn another_epoch_after_recovery_is_delivered_from_seq_1() {
+        let h = hub();
+        let key = ChannelKey::new("t", "room:1");
+        let o = Arc::new(Outbox::new(16));
+        h.add(&key, info(1, &o));
+        h.activate(&key, 1, vec![], Some(&"old".into()), 5);
+        h.deliver(&key, &msg(1)); // epoch "e": a new epoch
+        h.deliver(&key, &msg(2));
+        assert_eq!(seqs(&o), vec![1, 2]);
     }
 
     #[test]
@@ -865,7 +936,7 @@ mod tests {
             published_at: None,
             on_written: None,
         }];
-        h.activate(&key, 1, head, 3);
+        h.activate(&key, 1, head, Some(&"e".into()), 3);
         h.deliver(&key, &msg(5));
         let got: Vec<u64> = drain(&o)
             .iter()
@@ -886,8 +957,8 @@ mod tests {
         let fast = Arc::new(Outbox::new(100));
         h.add(&key, info(1, &slow));
         h.add(&key, info(2, &fast));
-        h.activate(&key, 1, vec![], 0);
-        h.activate(&key, 2, vec![], 0);
+        h.activate(&key, 1, vec![], None, 0);
+        h.activate(&key, 2, vec![], None, 0);
         for s in 1..=10 {
             h.deliver(&key, &msg(s));
         }

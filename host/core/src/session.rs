@@ -538,7 +538,9 @@ impl Session {
                 on_written: None,
             });
         }
-        self.node.hub.activate(&key, self.id, head, last);
+        self.node
+            .hub
+            .activate(&key, self.id, head, Some(&rec.epoch), last);
     }
 
     async fn unsubscribe(&mut self, channel: &str) {

@@ -85,7 +85,7 @@ fn subscribe_local(hub: &Hub, key: &ChannelKey, session: u64, outbox: &Arc<Outbo
             principal: "".into(),
         },
     );
-    hub.activate(key, session, Vec::new(), 0);
+    hub.activate(key, session, Vec::new(), None, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -478,7 +478,7 @@ impl Documents {
             };
             head.push(out(frame));
         }
-        self.hub.activate(key, session, head, live.version);
+        self.hub.activate(key, session, head, None, live.version);
         Ok(())
     }
 
