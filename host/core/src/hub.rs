@@ -108,6 +108,15 @@ pub struct SubscriberInfo {
     pub principal: Arc<str>,
 }
 
+/// `msg` encoded once for every subscriber of `key`.
+fn message_frame(key: &ChannelKey, msg: &Message) -> Outgoing {
+    Outgoing {
+        frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
+        published_at: Some(msg.published_at),
+        on_written: None,
+    }
+}
+
 /// Node-local fan-out and registry.
 #[derive(Debug)]
 pub struct Hub {
@@ -175,11 +184,7 @@ impl Hub {
             key,
             Some(&msg.epoch),
             msg.seq,
-            Outgoing {
-                frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
-                published_at: Some(msg.published_at),
-                on_written: None,
-            },
+            message_frame(key, msg),
             false,
             skip,
         );
@@ -213,25 +218,6 @@ impl Hub {
             _ => None,
         };
         self.deliver_skipping(key, msg, skip);
-    }
-
-    /// Like [`Hub::deliver`], for a message this node replays after it missed
-    /// it (its broker connection was down): queued under reply flow control
-    /// ([`Outbox::push_reply`]), since a catch-up burst can be longer than a
-    /// delivery queue and must not close subscribers that read.
-    pub fn deliver_catch_up(&self, key: &ChannelKey, msg: &Message) {
-        self.deliver_with(
-            key,
-            Some(&msg.epoch),
-            msg.seq,
-            Outgoing {
-                frame: encode::message(&key.channel, msg.seq, &msg.epoch, &msg.data),
-                published_at: Some(msg.published_at),
-                on_written: None,
-            },
-            true,
-            None,
-        );
     }
 
     /// Queues an encoded frame at position `seq` (a message seq or a document
@@ -703,30 +689,7 @@ impl Hub {
 
     /// Queues a `direct` message to every connection of a client. Returns how many got it.
     pub fn deliver_direct(&self, tenant: &str, client: &str, data: &RawValue) -> usize {
-        self.deliver_direct_with(tenant, client, data, None)
-    }
-
-    /// Like [`Hub::deliver_direct`], running `on_written` after a connection flushed
-    /// the frame (the Redis broker XACKs there).
-    pub fn deliver_direct_with(
-        &self,
-        tenant: &str,
-        client: &str,
-        data: &RawValue,
-        on_written: Option<WrittenHook>,
-    ) -> usize {
-        let key = (Arc::from(tenant), Arc::from(client));
-        let Some(list) = self.clients.get(&key).map(|l| l.clone()) else {
-            return 0;
-        };
-        let item = Outgoing {
-            frame: encode::direct(data),
-            published_at: None,
-            on_written,
-        };
-        list.iter()
-            .filter(|c| c.outbox.push(item.clone()).is_ok())
-            .count()
+        self.on_direct(tenant, client, data, None)
     }
 
     /// Live connections on this node.
@@ -765,7 +728,14 @@ impl BrokerEvents for Hub {
     }
 
     fn on_catch_up(&self, key: &ChannelKey, msg: &Message) {
-        self.deliver_catch_up(key, msg);
+        self.deliver_with(
+            key,
+            Some(&msg.epoch),
+            msg.seq,
+            message_frame(key, msg),
+            true,
+            None,
+        );
     }
 
     fn on_direct(
@@ -775,7 +745,18 @@ impl BrokerEvents for Hub {
         data: &RawValue,
         on_written: Option<WrittenHook>,
     ) -> usize {
-        self.deliver_direct_with(tenant, client, data, on_written)
+        let key = (Arc::from(tenant), Arc::from(client));
+        let Some(list) = self.clients.get(&key).map(|l| l.clone()) else {
+            return 0;
+        };
+        let item = Outgoing {
+            frame: encode::direct(data),
+            published_at: None,
+            on_written,
+        };
+        list.iter()
+            .filter(|c| c.outbox.push(item.clone()).is_ok())
+            .count()
     }
 
     fn on_presence(&self, key: &ChannelKey, delta: &Delta) {
@@ -875,6 +856,15 @@ mod tests {
         assert_eq!(fa.bytes().as_ptr(), fb.bytes().as_ptr(), "same allocation");
     }
 
+    /// A recovery head replaying message `seq` of epoch "e" on `room:1`.
+    fn replayed(seq: u64) -> Vec<Outgoing> {
+        vec![Outgoing {
+            frame: encode::message("room:1", seq, "e", &msg(seq).data),
+            published_at: None,
+            on_written: None,
+        }]
+    }
+
     fn seqs(o: &Outbox) -> Vec<u64> {
         drain(o)
             .iter()
@@ -892,11 +882,7 @@ mod tests {
         let key = ChannelKey::new("t", "room:1");
         let o = Arc::new(Outbox::new(16));
         h.add(&key, info(1, &o));
-        let head = vec![Outgoing {
-            frame: encode::message("room:1", 3, "e", &msg(3).data),
-            published_at: None,
-            on_written: None,
-        }];
+        let head = replayed(3);
         h.activate(&key, 1, head, Some(&"e".into()), 3);
         // 2 and 3 come live only now: the history read overtook them.
         h.deliver(&key, &msg(2));
@@ -931,22 +917,10 @@ mod tests {
         // live messages 3 and 4 arrive while history (up to 3) is being read
         h.deliver(&key, &msg(3));
         h.deliver(&key, &msg(4));
-        let head = vec![Outgoing {
-            frame: encode::message("room:1", 3, "e", &msg(3).data),
-            published_at: None,
-            on_written: None,
-        }];
+        let head = replayed(3);
         h.activate(&key, 1, head, Some(&"e".into()), 3);
         h.deliver(&key, &msg(5));
-        let got: Vec<u64> = drain(&o)
-            .iter()
-            .map(|s| {
-                serde_json::from_str::<serde_json::Value>(s).expect("json")["seq"]
-                    .as_u64()
-                    .expect("seq")
-            })
-            .collect();
-        assert_eq!(got, vec![3, 4, 5]);
+        assert_eq!(seqs(&o), vec![3, 4, 5]);
     }
 
     #[test]
