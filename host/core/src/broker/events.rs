@@ -1,12 +1,11 @@
 //! How a broker reaches the node it serves: [`BrokerEvents`], implemented by
 //! the [`Hub`](crate::hub::Hub) (as centrifuge's `BrokerEventHandler`).
 //!
-//! A cross-node broker (Redis, NATS) is handed an `Arc<dyn BrokerEvents>` at
-//! connect and needs nothing else from the node: it calls the `on_*` hooks
-//! with what arrives from the other nodes, and reads the node-local state it
-//! mirrors into the broker (who is subscribed, which clients are connected
-//! here). The embedded memory broker delivers to its hub directly (it is the
-//! only node).
+//! Every broker (memory, Redis, NATS) is handed an `Arc<dyn BrokerEvents>`
+//! when it is created and needs nothing else from the node: it calls the
+//! `on_*` hooks with what it delivers (from the other nodes, or — the memory
+//! broker — from this one), and reads the node-local state it mirrors into
+//! the broker (who is subscribed, which clients are connected here).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -30,7 +29,7 @@ pub type ClientKey = (Arc<str>, Arc<str>);
 /// What a broker tells the node, and what it asks about it. Every hook is
 /// synchronous and cheap (it queues frames, it never waits on a socket), so a
 /// broker may call it from its reader task for every message.
-pub trait BrokerEvents: Send + Sync + 'static {
+pub trait BrokerEvents: Send + Sync + std::fmt::Debug + 'static {
     /// This node's id: how the broker names it to the other nodes (skip
     /// lists, presence entries, the client directory, inboxes).
     fn node_id(&self) -> &Arc<str>;

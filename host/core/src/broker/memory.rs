@@ -10,10 +10,11 @@ use serde_json::value::RawValue;
 
 use super::{Broker, BrokerError, ChannelOptions, PublishMeta, Published};
 use crate::backpressure::TokenBucket;
+use crate::broker::events::BrokerEvents;
 use crate::channel::ChannelKey;
 use crate::dedupe::DedupeWindow;
 use crate::history::{History, Message, Recovery};
-use crate::hub::{Hub, SessionId};
+use crate::hub::SessionId;
 use crate::protocol::StreamPosition;
 use crate::protocol::encode::PresenceEntry;
 
@@ -50,13 +51,13 @@ pub fn new_epoch() -> Arc<str> {
 /// In-process broker for a single node.
 #[derive(Debug)]
 pub struct MemoryBroker {
-    hub: Arc<Hub>,
+    hub: Arc<dyn BrokerEvents>,
     channels: DashMap<ChannelKey, Arc<Mutex<ChannelState>>>,
 }
 
 impl MemoryBroker {
     /// A broker delivering into `hub`.
-    pub fn new(hub: Arc<Hub>) -> Arc<Self> {
+    pub fn new(hub: Arc<dyn BrokerEvents>) -> Arc<Self> {
         Arc::new(Self {
             hub,
             channels: DashMap::new(),
@@ -140,7 +141,7 @@ impl MemoryBroker {
         st.history.set_limits(opts.history_size, opts.history_ttl);
         st.history.push(now, msg.clone());
         // Delivered under the channel lock so every subscriber sees seq order.
-        self.hub.deliver_traced_skipping(key, &msg, trace, skip);
+        self.hub.on_publication(key, &msg, trace, skip);
         Ok(Published {
             seq: msg.seq,
             epoch: msg.epoch,
@@ -225,7 +226,7 @@ impl Broker for MemoryBroker {
         client: &str,
         data: Arc<RawValue>,
     ) -> Result<(), BrokerError> {
-        if self.hub.deliver_direct(tenant, client, &data) > 0 {
+        if self.hub.on_direct(tenant, client, &data, None) > 0 {
             Ok(())
         } else {
             Err(BrokerError::NotFound)
