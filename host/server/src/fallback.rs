@@ -83,8 +83,8 @@ fn open(
     initial: Vec<Command>,
 ) -> (String, Arc<Fallback>) {
     let node = server.node().clone();
-    let open = Open::new(server);
-    open.started(transport);
+    let counted = Open::new(server);
+    counted.started(transport);
     let csrf = uuid::Uuid::new_v4().simple().to_string();
     let tenant = admitted.tenant.clone();
     let label = tenant.metric_label();
@@ -149,7 +149,7 @@ fn open(
         }
         session.close().await;
         drop(listed);
-        open.closed(
+        counted.closed(
             h.closed
                 .lock()
                 .map_or(CloseCode::Normal.code(), |c| c.code.code()),

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::Instrument;
 
 use crate::Server;
-use crate::connection::{self, Admitted, Open, admit, refuse};
+use crate::connection::{self, Open, admit, refuse};
 use crate::echo::Echo;
 use crate::handshake::{self, HandshakeError, Upgrade};
 use crate::response::{Resp, status_of, text};
@@ -92,16 +92,7 @@ pub async fn session(
         Err(e) => return refuse(server, e),
     };
     let node = server.node().clone();
-    let Admitted {
-        tenant,
-        client_id,
-        principal,
-        traceparent,
-        trace,
-        ip,
-        remote: remote_addr,
-        slot,
-    } = match admit(server, &req, remote, path_tenant.as_deref()) {
+    let admitted = match admit(server, &req, remote, path_tenant.as_deref()) {
         Ok(a) => a,
         Err(e) => return refuse(server, e),
     };
@@ -110,10 +101,10 @@ pub async fn session(
     let server = server.clone();
     let span = tracing::info_span!(
         "ws.connection",
-        tenant = %tenant.id,
-        client = %client_id,
-        peer = %ip,
-        traceparent = %traceparent,
+        tenant = %admitted.tenant.id,
+        client = %admitted.client_id,
+        peer = %admitted.ip,
+        traceparent = %admitted.traceparent,
     );
     let open = Open::new(&server);
     let config = ws_config(&server);
@@ -136,12 +127,18 @@ pub async fn session(
             .await;
             let metrics = node.metrics.clone();
             open.started("ws");
-            let _slot = slot; // this address's connection slot, held until the end
-            let session =
-                Session::open(node, tenant, Arc::from(client_id.as_str()), principal).traced(trace);
-            let _listed = server.registry.register(&session, "websocket", remote_addr);
+            let _slot = admitted.slot; // this address's connection slot, held until the end
+            let mut session = Session::open(
+                node,
+                admitted.tenant,
+                Arc::from(admitted.client_id.as_str()),
+                admitted.principal,
+            )
+            .traced(admitted.trace);
+            let _listed = server
+                .registry
+                .register(&session, "websocket", admitted.remote);
             tracing::debug!(session = session.name(), "connected");
-            let mut session = session;
             let ended = websocket::drive(&mut ws, &mut session, limits, &metrics).await;
             session.close().await;
             open.closed(ended.code());
@@ -220,8 +217,7 @@ pub async fn yjs(
             .traced(admitted.trace);
             let _slot = admitted.slot;
             let _listed = server.registry.register(&session, "yjs", admitted.remote);
-            let handler = crate::yjs::YjsSession::new(session, &room);
-            let mut handler = handler;
+            let mut handler = crate::yjs::YjsSession::new(session, &room);
             let ended = websocket::drive(&mut ws, &mut handler, limits, &metrics).await;
             handler.leave().await;
             handler.into_session().close().await;
