@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod doc;
+pub mod kafka;
 pub mod nats;
 pub mod node;
 pub mod otlp;

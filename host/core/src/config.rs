@@ -65,6 +65,8 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Tenants by id. `default` always exists.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Links to other messaging systems (Kafka).
+    pub bridges: BridgesConfig,
 }
 
 impl Default for Config {
@@ -81,6 +83,7 @@ impl Default for Config {
             log: LogConfig::default(),
             telemetry: TelemetryConfig::default(),
             tenants,
+            bridges: BridgesConfig::default(),
         }
     }
 }
@@ -296,6 +299,164 @@ impl Default for BrokerConfig {
             nats_replicas: 1,
             presence_ttl: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[bridges]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgesConfig {
+    /// `[[bridges.kafka]]`: Kafka topics ↔ channels of one tenant.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kafka: Vec<KafkaBridgeConfig>,
+}
+
+/// `[[bridges.kafka]]`: consumes topics into channels of `tenant` and produces
+/// the tenant's publishes on matching channels to topics, at least once.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaBridgeConfig {
+    /// Name in logs and metric labels (default `kafka-<index>`).
+    pub name: String,
+    /// Bootstrap servers (`host:port`).
+    pub brokers: Vec<String>,
+    /// The tenant whose channels it reads and writes.
+    pub tenant: String,
+    /// Consumer group: the nodes of one cluster share it, so each record is
+    /// published by one node.
+    pub group: String,
+    /// Topics consumed into channels.
+    pub consume: Vec<KafkaConsumeConfig>,
+    /// Channels produced to topics.
+    pub produce: Vec<KafkaProduceConfig>,
+    /// Most consumed records published but not yet accepted by the broker.
+    pub max_in_flight: usize,
+    /// Extra librdkafka client properties (`"socket.timeout.ms" = "10000"`);
+    /// the ones the bridge sets itself for its guarantees are refused.
+    pub options: BTreeMap<String, String>,
+}
+
+impl Default for KafkaBridgeConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            brokers: vec!["127.0.0.1:9092".to_owned()],
+            tenant: "default".to_owned(),
+            group: "switchyard".to_owned(),
+            consume: Vec::new(),
+            produce: Vec::new(),
+            max_in_flight: 256,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `consume` entry: a topic and the channel its records go to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConsumeConfig {
+    /// Topic name.
+    pub topic: String,
+    /// Channel template; `{key}` is replaced by the record key.
+    pub channel: String,
+}
+
+/// One `produce` entry: channels matching a pattern go to a topic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaProduceConfig {
+    /// Channel pattern (`*` wildcard); the first matching entry applies.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Topic name.
+    pub topic: String,
+}
+
+/// librdkafka properties a bridge sets itself (its delivery guarantees
+/// depend on them), refused in `options`.
+pub const KAFKA_RESERVED_OPTIONS: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "acks",
+    "statistics.interval.ms",
+];
+
+/// Whether `t` is a Kafka topic name: 1-249 of `[A-Za-z0-9._-]`, not `.`/`..`.
+pub fn valid_kafka_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t != "."
+        && t != ".."
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl KafkaBridgeConfig {
+    fn check(&self, tenants: &BTreeMap<String, TenantConfig>) -> Result<(), ConfigError> {
+        let at = format!("bridges.kafka {:?}", self.name);
+        let bad = |m: String| Err(ConfigError::Invalid(format!("{at}: {m}")));
+        if !crate::channel::valid_tenant(&self.name) {
+            return bad("name must be 1-64 characters of [A-Za-z0-9_-]".into());
+        }
+        if self.brokers.is_empty() || self.brokers.iter().any(|b| b.trim().is_empty()) {
+            return bad("brokers must name at least one host:port".into());
+        }
+        if !tenants.contains_key(&self.tenant) {
+            return bad(format!("unknown tenant {:?}", self.tenant));
+        }
+        if self.group.is_empty() || self.group.len() > 255 {
+            return bad("group must be 1-255 characters".into());
+        }
+        if self.consume.is_empty() && self.produce.is_empty() {
+            return bad("nothing to do: give consume or produce entries".into());
+        }
+        if !(1..=100_000).contains(&self.max_in_flight) {
+            return bad("max_in_flight must be between 1 and 100000".into());
+        }
+        for c in &self.consume {
+            if !valid_kafka_topic(&c.topic) {
+                return bad(format!(
+                    "consume topic {:?} is not a Kafka topic name",
+                    c.topic
+                ));
+            }
+            if let Err(e) = crate::channel::validate(&c.channel.replace("{key}", "k")) {
+                return bad(format!("consume channel {:?}: {e}", c.channel));
+            }
+        }
+        if let Some(t) = self.consume.iter().enumerate().find_map(|(i, c)| {
+            self.consume[..i]
+                .iter()
+                .any(|o| o.topic == c.topic)
+                .then_some(&c.topic)
+        }) {
+            return bad(format!("topic {t:?} is consumed twice"));
+        }
+        for p in &self.produce {
+            if p.pattern.is_empty() || p.pattern.len() > 256 {
+                return bad(format!(
+                    "produce match {:?} must be 1-256 characters",
+                    p.pattern
+                ));
+            }
+            if !valid_kafka_topic(&p.topic) {
+                return bad(format!(
+                    "produce topic {:?} is not a Kafka topic name",
+                    p.topic
+                ));
+            }
+        }
+        if let Some(k) = self
+            .options
+            .keys()
+            .find(|k| KAFKA_RESERVED_OPTIONS.contains(&k.as_str()))
+        {
+            return bad(format!("options may not set {k:?}: the bridge sets it"));
+        }
+        Ok(())
     }
 }
 
@@ -813,6 +974,21 @@ impl Config {
                 )));
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, b) in self.bridges.kafka.iter_mut().enumerate() {
+            if b.name.is_empty() {
+                b.name = format!("kafka-{i}");
+            }
+            if !names.insert(b.name.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "bridges.kafka: two bridges are named {:?}",
+                    b.name
+                )));
+            }
+        }
+        for b in &self.bridges.kafka {
+            b.check(&self.tenants)?;
+        }
         for (host, tenant) in &self.server.hosts {
             if !self.tenants.contains_key(tenant) {
                 return Err(ConfigError::Invalid(format!(
@@ -920,6 +1096,75 @@ mod tests {
         assert_eq!(c.limits.max_message_bytes, 65536);
         assert!(c.tenants.contains_key("default"));
         assert_eq!(c.broker.kind, BrokerKind::Memory);
+    }
+
+    #[test]
+    fn a_kafka_bridge_takes_the_design_keys() {
+        let c = Config::from_toml(
+            "[tenants.acme]\n[[bridges.kafka]]\nbrokers = [\"10.0.0.1:9092\"]\ntenant = \"acme\"\n\
+             group = \"g\"\nconsume = [{ topic = \"orders\", channel = \"orders:{key}\" }]\n\
+             produce = [{ match = \"audit:*\", topic = \"audit\" }]\n",
+        )
+        .expect("bridge");
+        let b = &c.bridges.kafka[0];
+        assert_eq!(b.name, "kafka-0", "named by its index");
+        assert_eq!((b.tenant.as_str(), b.group.as_str()), ("acme", "g"));
+        assert_eq!(b.consume[0].channel, "orders:{key}");
+        assert_eq!(b.produce[0].pattern, "audit:*");
+        assert_eq!(b.max_in_flight, 256);
+    }
+
+    #[test]
+    fn a_kafka_bridge_is_refused_when_inconsistent() {
+        let base = "[[bridges.kafka]]\n";
+        for (bad, why) in [
+            (
+                "tenant = \"nope\"\nproduce = [{ match = \"a:*\", topic = \"t\" }]\n",
+                "unknown tenant",
+            ),
+            (
+                "brokers = []\nproduce = [{ match = \"a:*\", topic = \"t\" }]\n",
+                "brokers",
+            ),
+            (
+                "max_in_flight = 0\nproduce = [{ match = \"a:*\", topic = \"t\" }]\n",
+                "max_in_flight",
+            ),
+            ("", "nothing to do"),
+            (
+                "consume = [{ topic = \"a b\", channel = \"x:{key}\" }]\n",
+                "not a Kafka topic",
+            ),
+            (
+                "consume = [{ topic = \"t\", channel = \"x {key}\" }]\n",
+                "consume channel",
+            ),
+            (
+                "consume = [{ topic = \"t\", channel = \"a:{key}\" }, { topic = \"t\", channel = \"b:{key}\" }]\n",
+                "consumed twice",
+            ),
+            (
+                "produce = [{ match = \"\", topic = \"t\" }]\n",
+                "produce match",
+            ),
+            (
+                "options = { \"group.id\" = \"x\" }\nproduce = [{ match = \"a:*\", topic = \"t\" }]\n",
+                "the bridge sets it",
+            ),
+            (
+                "name = \"a b\"\nproduce = [{ match = \"a:*\", topic = \"t\" }]\n",
+                "name must be",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{base}{bad}"))
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let twice =
+            "[[bridges.kafka]]\nname = \"a\"\nproduce = [{ match = \"a:*\", topic = \"t\" }]\n";
+        let e = Config::from_toml(&format!("{twice}{twice}")).expect_err("same name");
+        assert!(e.to_string().contains("two bridges"), "{e}");
     }
 
     #[test]

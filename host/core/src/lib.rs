@@ -3,6 +3,7 @@
 //! the policy seam. No sockets live here.
 
 pub mod backpressure;
+pub mod bridge;
 pub mod broker;
 pub mod channel;
 pub mod config;

@@ -1,8 +1,9 @@
 //! The node: everything a connection needs, shared by all of them.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
+use crate::bridge::PublishTap;
 use crate::broker::Broker;
 use crate::config::{Config, Limits};
 use crate::document::log::{DocumentLog, MemoryDocumentLog};
@@ -29,6 +30,7 @@ pub struct Node {
     pub documents: Arc<Documents>,
     draining: AtomicBool,
     next_session: AtomicU64,
+    taps: OnceLock<Box<[Arc<dyn PublishTap>]>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -77,6 +79,7 @@ impl Node {
             tenants,
             draining: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
+            taps: OnceLock::new(),
         })
     }
 
@@ -97,6 +100,17 @@ impl Node {
             .unwrap_or_default();
         broker.spawn_sweeper(std::time::Duration::from_secs(30), idle);
         Self::new(config, hub, broker)
+    }
+
+    /// Installs the taps that see every accepted publication (bridges), once,
+    /// at start; `false` if some were installed already.
+    pub fn set_publish_taps(&self, taps: Vec<Arc<dyn PublishTap>>) -> bool {
+        self.taps.set(taps.into_boxed_slice()).is_ok()
+    }
+
+    /// The installed taps (none: an empty slice, one atomic load).
+    pub fn publish_taps(&self) -> &[Arc<dyn PublishTap>] {
+        self.taps.get().map_or(&[], |t| t)
     }
 
     /// Limits in force.

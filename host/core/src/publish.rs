@@ -79,15 +79,18 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-/// Who is publishing: a connected client, or the server side (HTTP API key),
-/// which is routed like any other but not subject to the client rate-limit
-/// and publish-authorization policies.
+/// Who is publishing: a connected client, or the server side (HTTP API key,
+/// a bridge), which is routed like any other but not subject to the client
+/// rate-limit and publish-authorization policies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Publisher {
     /// A client session.
     Client,
     /// A trusted server-side caller.
     Server,
+    /// A bridge from another messaging system: trusted like the server, and
+    /// its publications are not handed to the publish taps (no loops).
+    Bridge,
 }
 
 /// Runs the pipeline. An empty result means the router dropped the message.
@@ -186,7 +189,7 @@ async fn run(
     span: &Trace,
     skip: Option<SessionId>,
 ) -> Result<Vec<Accepted>, PublishError> {
-    let trusted = by == Publisher::Server;
+    let trusted = by != Publisher::Client;
     channel::validate(channel).map_err(|e| PublishError::BadChannel(e.to_string()))?;
     if tenant.is_document(channel) {
         return Err(PublishError::Invalid(format!(
@@ -272,11 +275,15 @@ async fn run(
             trace,
             skip,
         };
+        let tapped = tapped(node, by).then(|| data.clone());
         let p = node.broker.publish(&key, data, &opts, meta).await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
         node.metrics.publishes.inc();
+        if let Some(data) = &tapped {
+            tap(node, tenant, channel, &p, data);
+        }
         out.push(Accepted {
             channel: channel.to_owned(),
             seq: p.seq,
@@ -296,11 +303,15 @@ async fn run(
             trace,
             skip,
         };
+        let tapped = tapped(node, by).then(|| payload.clone());
         let p = node.broker.publish(&key, payload, &opts, meta).await?;
         if let Some(retry_after_ms) = p.limited {
             return Err(PublishError::ChannelLimited(retry_after_ms));
         }
         node.metrics.publishes.inc();
+        if let Some(data) = &tapped {
+            tap(node, tenant, &t.channel, &p, data);
+        }
         out.push(Accepted {
             channel: t.channel,
             seq: p.seq,
@@ -310,7 +321,33 @@ async fn run(
     Ok(out)
 }
 
-/// One broker publish, with the sender left out when `skip` names it.
+/// Whether the node's taps see what `by` publishes (no taps: no data kept).
+fn tapped(node: &Node, by: Publisher) -> bool {
+    by != Publisher::Bridge && !node.publish_taps().is_empty()
+}
+
+/// Hands an accepted, first-seen publication to the node's taps.
+fn tap(
+    node: &Node,
+    tenant: &Tenant,
+    channel: &str,
+    p: &crate::broker::Published,
+    data: &Arc<RawValue>,
+) {
+    if p.duplicate {
+        return;
+    }
+    let publication = crate::bridge::Accepted {
+        tenant: &tenant.id,
+        channel,
+        seq: p.seq,
+        data,
+    };
+    for t in node.publish_taps() {
+        t.accepted(publication);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -377,6 +414,45 @@ mod tests {
             .await;
             assert!(r.is_ok(), "{ch}");
         }
+    }
+
+    #[derive(Default)]
+    struct Seen(parking_lot::Mutex<Vec<(String, u64, String)>>);
+    impl crate::bridge::PublishTap for Seen {
+        fn accepted(&self, p: crate::bridge::Accepted<'_>) {
+            self.0
+                .lock()
+                .push((p.channel.to_owned(), p.seq, p.data.get().to_owned()));
+        }
+    }
+
+    #[tokio::test]
+    async fn taps_see_each_first_publication_but_not_a_bridges_own() {
+        let node = Node::with_memory_broker(Arc::new(Config::from_toml("").expect("cfg")));
+        let tenant = node.tenants.get("default").expect("tenant");
+        let seen = Arc::new(Seen::default());
+        assert!(node.set_publish_taps(vec![seen.clone()]));
+        assert!(!node.set_publish_taps(Vec::new()), "installed once");
+        let p = Principal::anonymous();
+        for (data, msg_id, by) in [
+            ("1", Some("m1"), Publisher::Client),
+            ("1", Some("m1"), Publisher::Client), // a repeat: acked, not tapped
+            ("2", None, Publisher::Server),
+            ("3", None, Publisher::Bridge),
+        ] {
+            let data = RawValue::from_string(data.into()).expect("raw");
+            publish(&node, &tenant, &p, "c", "room:1", data, msg_id, by)
+                .await
+                .expect("published");
+        }
+        let seen = seen.0.lock().clone();
+        assert_eq!(
+            seen,
+            [
+                ("room:1".to_owned(), 1, "1".to_owned()),
+                ("room:1".to_owned(), 2, "2".to_owned())
+            ]
+        );
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-//! Wiring: logging, file limits, broker, plugins, server, signals, drain.
+//! Wiring: logging, file limits, broker, plugins, bridges, server, signals, drain.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -175,6 +175,8 @@ async fn run(
     let plugins = PluginHost::start(node.clone())
         .await
         .context("starting the plugin runtime")?;
+    // After the plugins: a bridged record is routed by the tenant's router.
+    let bridges = switchyard_kafka::start(&node).context("starting the kafka bridges")?;
     let server = Server::with_tls(
         node.clone(),
         Some(Arc::new(PluginAdmin(plugins.clone()))),
@@ -213,6 +215,9 @@ async fn run(
     );
     let left = server.drain().await;
     accept.abort();
+    // Consumers commit what the broker accepted and leave their groups;
+    // producers flush what drained connections published.
+    bridges.stop().await;
     if left > 0 {
         tracing::warn!(left, "drain timeout reached; closing remaining connections");
     } else {
