@@ -26,6 +26,13 @@ nats-server --version
 # playwright-core for tests/browser.rs, from the committed lockfile (drives /usr/bin/chromium)
 [ -f tests/js/node_modules/playwright-core/package.json ] || (cd tests/js && npm ci --no-audit --no-fund)
 
+# Built in the background while the plugins and the workspace build (cached
+# under target/tools after the first run); waited for before the tests.
+step "test brokers (tansu for tests/kafka.rs; background)"
+mkdir -p target
+scripts/test-brokers.sh > target/test-brokers.log 2>&1 &
+brokers_pid=$!
+
 step "format"
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
@@ -39,6 +46,13 @@ scripts/check-deploy.sh   # deploy/ recipes: nginx -t, haproxy -c, Kubernetes sc
 
 step "lint"
 cargo clippy --workspace --all-targets -- -D warnings
+
+step "test brokers (waiting for the background build)"
+if ! wait "$brokers_pid"; then
+  cat target/test-brokers.log
+  exit 1
+fi
+tail -1 target/test-brokers.log
 
 step "tests"
 cargo test --workspace -- --test-threads "${TEST_THREADS:-4}"

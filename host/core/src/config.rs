@@ -1079,6 +1079,16 @@ mod tests {
     }
 
     #[test]
+    fn the_configuration_docs_show_full_toml_as_it_is() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let full = include_str!("../../../examples/configs/full.toml");
+        assert!(
+            docs.contains(full.trim_end()),
+            "docs/configuration.md \"Full example\" differs from examples/configs/full.toml"
+        );
+    }
+
+    #[test]
     fn document_limits_are_checked() {
         for bad in [
             "[limits]\ndocument_log_size = 0\n",
