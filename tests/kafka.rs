@@ -43,13 +43,13 @@ async fn produce(p: &FutureProducer, topic: &str, key: &str, value: &str, header
 }
 
 /// The gateway config of a bridge on `kafka` (tenant `default`).
-fn bridge_config(kafka: &KafkaServer, broker: &str, bridge_extra: &str) -> String {
+fn bridge_config(kafka: &KafkaServer, broker: &str, tenant_extra: &str) -> String {
     format!(
-        "{broker}\n[tenants.default]\napi_keys = [\"k\"]\n\
+        "{broker}\n[tenants.default]\napi_keys = [\"k\"]\n{tenant_extra}\n\
          [[bridges.kafka]]\nbrokers = [\"{}\"]\ntenant = \"default\"\ngroup = \"gw\"\n\
          consume = [{{ topic = \"orders\", channel = \"orders:{{key}}\" }}]\n\
          produce = [{{ match = \"audit:*\", topic = \"audit\" }}]\n\
-         options = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n{bridge_extra}",
+         options = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
         kafka.bootstrap()
     )
 }
@@ -201,6 +201,58 @@ async fn records_reach_subscribers_in_order_per_key_and_publishes_reach_their_to
     gw.wait_metric_value(
         "switchyard_kafka_produced_total{bridge=\"kafka-0\",topic=\"audit\",outcome=\"delivered\"}",
         |v| v == 2.0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_tenants_router_plugin_routes_bridged_records() {
+    let router = switchyard_tests::target_dir().join("plugins/namespace-router.wasm");
+    assert!(
+        router.exists(),
+        "{} is missing: run scripts/build-plugins.sh first",
+        router.display()
+    );
+    let plugins = switchyard_tests::scratch_dir("kafka-plugins");
+    std::fs::copy(&router, plugins.join("router.wasm")).expect("copy router");
+    let kafka = KafkaServer::start();
+    kafka.create_topic("orders", 1);
+    kafka.create_topic("audit", 1);
+    let rules = "[tenants.default.policies.router]\nplugin = \"router\"\n\
+                 [[tenants.default.policies.router.config.rules]]\nmatch = \"orders:spam\"\ndrop = true\n\
+                 [[tenants.default.policies.router.config.rules]]\nmatch = \"orders:*\"\nto = [\"$channel\", \"orders:all\"]\n";
+    let gw = Gateway::start(&format!(
+        "[plugins]\ndir = {:?}\n{}",
+        plugins.display().to_string(),
+        bridge_config(&kafka, "", rules)
+    ));
+    let mut all = subscribed(&gw, &["orders:all"]).await;
+    let mut one = subscribed(&gw, &["orders:k"]).await;
+    let p = producer(&kafka);
+    produce(&p, "orders", "spam", r#"{"n":-1}"#, OwnedHeaders::new()).await;
+    for i in 0..5 {
+        produce(
+            &p,
+            "orders",
+            "k",
+            &json!({ "n": i }).to_string(),
+            OwnedHeaders::new(),
+        )
+        .await;
+    }
+    for want in 0..5 {
+        let m = next_message(&mut one, switchyard_tests::WAIT).await;
+        assert_eq!(m["data"]["value"]["n"], want, "{m}");
+        let m = next_message(&mut all, switchyard_tests::WAIT).await;
+        assert_eq!(
+            (m["channel"].as_str(), &m["data"]["value"]["n"]),
+            (Some("orders:all"), &json!(want)),
+            "fanned out by the router: {m}"
+        );
+    }
+    gw.wait_metric_value(
+        "switchyard_kafka_consumed_total{bridge=\"kafka-0\",topic=\"orders\",outcome=\"routed_away\"}",
+        |v| v == 1.0,
     )
     .await;
 }
