@@ -27,7 +27,7 @@ nats-server --version
 [ -f tests/js/node_modules/playwright-core/package.json ] || (cd tests/js && npm ci --no-audit --no-fund)
 
 # Built in the background while the plugins and the workspace build (cached
-# under target/tools after the first run); waited for before the tests.
+# under target/test-brokers after the first run); waited for before the tests.
 step "test brokers (tansu for tests/kafka.rs; background)"
 mkdir -p target
 scripts/test-brokers.sh > target/test-brokers.log 2>&1 &

@@ -1,5 +1,5 @@
 //! Real Kafka-compatible brokers for tests: `tansu` (built once by the
-//! README's test command into `target/tools/bin`), each on a free loopback
+//! README's test command into `target/test-brokers/bin`), each on a free loopback
 //! port with its own SQLite store (kept across [`KafkaServer::restart`]),
 //! killed on drop. Topics are created with tansu's own CLI.
 
@@ -15,7 +15,7 @@ pub fn tansu_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU") {
         return PathBuf::from(p);
     }
-    let p = crate::target_dir().join("tools").join("bin").join("tansu");
+    let p = crate::target_dir().join("test-brokers").join("bin").join("tansu");
     assert!(
         p.exists(),
         "{} is missing: run scripts/test-brokers.sh (the README's test command does)",
