@@ -15,7 +15,10 @@ pub fn tansu_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU") {
         return PathBuf::from(p);
     }
-    let p = crate::target_dir().join("test-brokers").join("bin").join("tansu");
+    let p = crate::target_dir()
+        .join("test-brokers")
+        .join("bin")
+        .join("tansu");
     assert!(
         p.exists(),
         "{} is missing: run scripts/test-brokers.sh (the README's test command does)",
